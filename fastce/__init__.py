@@ -1,0 +1,36 @@
+"""fastce: fast softmax cross-entropy on NumPy arrays.
+
+Row-wise log-sum-exp, log-softmax, softmax, cross-entropy (forward, fused forward +
+backward, backward) and NLL with PyTorch's semantics, computed by SIMD kernels
+(AVX-512, AVX2+FMA, NEON, scalar; chosen at import) over OpenMP threads.
+"""
+__version__ = "0.1.0"
+
+from ._api import (  # noqa: E402
+    CrossEntropyLoss,
+    cross_entropy,
+    cross_entropy_backward,
+    cross_entropy_with_grad,
+    log_softmax,
+    logsumexp,
+    nll_loss,
+    softmax,
+)
+from ._config import (  # noqa: E402
+    _select_initial_isa,
+    get_isa,
+    get_num_threads,
+    set_isa,
+    set_num_threads,
+    show_config,
+    supported_isas,
+)
+
+_select_initial_isa()
+del _select_initial_isa
+
+__all__ = [
+    "CrossEntropyLoss", "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad",
+    "log_softmax", "logsumexp", "nll_loss", "softmax",
+    "get_isa", "set_isa", "supported_isas", "get_num_threads", "set_num_threads", "show_config",
+]

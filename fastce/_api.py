@@ -1,0 +1,445 @@
+"""fastce's public functions on NumPy arrays.
+
+Each function validates its arguments (``_validation``), presents the data to the
+kernels in their canonical ``(A, C, B)`` layout, runs one row sweep (``_kernels``) and
+reduces the per-row results in a fixed order.  Semantics follow PyTorch
+(``torch.nn.functional``); the formulas are in the docstrings and in design.md.
+"""
+import numpy as np
+
+from . import _kernels
+from . import _validation as V
+
+__all__ = [
+    "logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
+    "cross_entropy_backward", "nll_loss", "CrossEntropyLoss",
+]
+
+_THREADS_DOC = """n_threads : int, optional
+        Threads for this call; default :func:`fastce.get_num_threads`. Results are
+        bitwise identical for any value."""
+
+
+def _cuda_dispatch(name, *arrays):
+    """The CuPy twin of ``name`` when any argument is a CuPy array, else None."""
+    import sys
+    if "cupy" not in sys.modules:
+        return None
+    from . import cuda
+    if cuda.is_cupy_call(*arrays):
+        return getattr(cuda, name)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# log-sum-exp, log-softmax, softmax
+# ---------------------------------------------------------------------------------------
+def logsumexp(x, axis=-1, *, out=None, n_threads=None):
+    """Log of the sum of exponentials along ``axis``: ``log(sum(exp(x), axis))``, stably.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64
+        Input; any layout.
+    axis : int, default -1
+        The axis to reduce.
+    out : ndarray, optional
+        Receives the result: ``x``'s shape without ``axis``, ``x``'s dtype.
+    n_threads : int, optional
+        Threads for this call; default :func:`fastce.get_num_threads`.
+
+    Returns
+    -------
+    ndarray or scalar
+        ``out`` if given; a NumPy scalar for 1-D ``x``. Rows that are all ``-inf`` give
+        ``-inf``; a row holding ``nan`` or ``+inf`` gives ``nan`` or ``+inf`` like NumPy.
+    """
+    twin = _cuda_dispatch("logsumexp", x, out)
+    if twin:
+        return twin(x, axis, out=out, n_threads=n_threads)
+    x = V.as_float_array(x, "x")
+    ax = _array_axis(x, axis)
+    nt = V.resolve_threads(n_threads)
+    shape = x.shape[:ax] + x.shape[ax + 1:]
+    if out is not None:
+        V.check_out(out, shape, x.dtype, {"x": x})
+    a, c, b = V.rows3_shape(x.shape, ax)
+    res = np.full(a * b, -np.inf)
+    if a * b and c:
+        _kernels.lse_rows(V.as_rows3(x, ax), res, nt)
+    res = res.reshape(shape)
+    if out is not None:
+        np.copyto(out, res, casting="same_kind")
+        return out
+    res = res.astype(x.dtype)
+    return res[()] if res.ndim == 0 else res
+
+
+def log_softmax(x, axis=-1, *, out=None, n_threads=None):
+    """Log-softmax along ``axis``: ``x - logsumexp(x, axis, keepdims=True)``.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64
+        Input; any layout.
+    axis : int, default -1
+        The class axis.
+    out : ndarray, optional
+        Receives the result (``x``'s shape and dtype, any strides, must not overlap ``x``).
+    n_threads : int, optional
+        Threads for this call; default :func:`fastce.get_num_threads`.
+
+    Returns
+    -------
+    ndarray
+        ``out`` if given, else a new C-ordered array.
+    """
+    return _softmax_impl("log_softmax", x, axis, out, n_threads, True)
+
+
+def softmax(x, axis=-1, *, out=None, n_threads=None):
+    """Softmax along ``axis``: ``exp(x - logsumexp(x, axis, keepdims=True))``.
+
+    Parameters and returns as :func:`log_softmax`.
+    """
+    return _softmax_impl("softmax", x, axis, out, n_threads, False)
+
+
+def _array_axis(x, axis):
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    return V.check_axis(axis, x.ndim)
+
+
+def _softmax_impl(name, x, axis, out, n_threads, log_space):
+    twin = _cuda_dispatch(name, x, out)
+    if twin:
+        return twin(x, axis, out=out, n_threads=n_threads)
+    x = V.as_float_array(x, "x")
+    ax = _array_axis(x, axis)
+    nt = V.resolve_threads(n_threads)
+    if out is None:
+        out = np.empty(x.shape, dtype=x.dtype)
+    else:
+        V.check_out(out, x.shape, x.dtype, {"x": x})
+    a, c, b = V.rows3_shape(x.shape, ax)
+    if a * b * c:
+        out3, copy_to = V.writable_rows3(out, ax)
+        _kernels.softmax_rows(V.as_rows3(x, ax), out3, log_space, nt)
+        if copy_to is not None:
+            np.copyto(copy_to, out3.reshape(copy_to.shape))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# cross-entropy
+# ---------------------------------------------------------------------------------------
+class _CECall:
+    """One validated cross-entropy call: canonical views and per-row parameters."""
+
+    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
+                 n_threads, inplace=False, out=None):
+        self.reduction = V.check_reduction(reduction)
+        self.eps = V.check_label_smoothing(label_smoothing)
+        ignore_index = V.check_ignore_index(ignore_index)
+        self.n_threads = V.resolve_threads(n_threads)
+        if inplace:
+            V.check_inplace(logits, out)
+        x = V.as_float_array(logits, "logits")
+        if x.ndim == 0:
+            raise ValueError("logits must have shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+        self.axis = 0 if x.ndim == 1 else 1
+        self.n_classes = x.shape[self.axis]
+        if self.n_classes == 0:
+            raise ValueError(f"logits must have at least one class, got shape {x.shape}")
+        self.x = x
+        self.target_shape = V.expected_target_shape(x.shape)
+        self.t = V.as_hard_target(target, x.shape, self.n_classes, ignore_index)
+        self.wt, self.wd = V.as_weight(weight, self.n_classes, x.dtype)
+        if out is not None:
+            V.check_out(out, x.shape, x.dtype, {"logits": x, "target": target, "weight": weight})
+        self.out = out
+        self.inplace = inplace
+
+    @property
+    def rows(self):
+        return self.t.shape[0]
+
+    def weight_sum(self):
+        return float(self.wd.sum()) if self.wd is not None else float(self.n_classes)
+
+    def mean_normaliser(self):
+        valid = self.t >= 0
+        if self.wd is None:
+            return float(np.count_nonzero(valid))
+        return float(self.wd[self.t[valid]].sum())
+
+    def sweep(self, want_loss, grad_output=None, want_grad=False, lse=None, want_lse=False):
+        """Run the row sweep; returns (per-row loss or None, per-row lse or None, grad or None)."""
+        loss = np.empty(self.rows) if want_loss else None
+        compute_lse = lse is None
+        if compute_lse and want_lse:
+            lse = np.empty(self.rows)
+        grad = copy_to = None
+        scale0, scale_rows = 0.0, None
+        if want_grad:
+            g0, scale_rows = V.as_grad_output(grad_output, self.reduction, self.target_shape)
+            if self.reduction == "mean":
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    scale0 = float(np.float64(g0) / np.float64(self.mean_normaliser()))
+            elif self.reduction == "sum":
+                scale0 = g0
+            if self.inplace:
+                grad = self.x
+            elif self.out is not None:
+                grad = self.out
+            else:
+                grad = np.empty(self.x.shape, dtype=self.x.dtype)
+        if self.rows:
+            grad3 = None
+            if grad is not None:
+                grad3, copy_to = V.writable_rows3(grad, self.axis)
+            _kernels.ce_rows(V.as_rows3(self.x, self.axis), self.t, self.wt, self.wd, self.weight_sum(),
+                             self.eps, loss, lse, compute_lse, grad3, scale_rows, scale0, self.n_threads)
+            if copy_to is not None:
+                np.copyto(copy_to, grad3.reshape(copy_to.shape))
+        return loss, lse, grad
+
+    def reduce(self, loss_rows):
+        dtype = self.x.dtype
+        if self.reduction == "none":
+            return loss_rows.reshape(self.target_shape).astype(dtype)
+        total = np.float64(loss_rows.sum())  # NumPy's pairwise sum: a fixed order
+        if self.reduction == "sum":
+            return dtype.type(total)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return dtype.type(total / np.float64(self.mean_normaliser()))
+
+
+_CE_PARAMS = """Parameters
+    ----------
+    logits : array_like of float32 or float64
+        Scores, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (class axis 1, as
+        in torch); any layout.
+    target : array_like of int
+        Class indices in ``[0, C)`` or ``ignore_index``; shape ``()``, ``(N,)`` or
+        ``(N, d1, ..., dk)``.
+    weight : array_like, shape (C,), optional
+        Class weights ``w`` (default all ones).
+    ignore_index : int, default -100
+        Rows whose target equals it contribute no loss and get a zero gradient.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        'none' gives one loss per row (target's shape); 'sum' their sum; 'mean' their
+        sum divided by ``sum_i w[target_i]`` over the rows not ignored (nan when every
+        row is ignored or the batch is empty, like torch).
+    label_smoothing : float in [0, 1], default 0
+        ``eps``: the row loss becomes
+        ``(1 - eps) * w[y] * nll + (eps / C) * sum_c w_c * (-log_softmax(x)_c)``."""
+
+_GRAD_PARAMS = """grad_output : float or ndarray, default 1.0
+        Upstream gradient: a scalar for 'mean'/'sum', one value per row (target's
+        shape) for 'none'.
+    out : ndarray, optional
+        Receives the gradient (logits' shape and dtype, any strides, no overlap with
+        the inputs).
+    inplace : bool, default False
+        Write the gradient into ``logits`` itself (a writeable C-contiguous ndarray),
+        allocating nothing of size N x C. The logits are overwritten: use it only when
+        nothing else needs them."""
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, n_threads=None):
+    twin = _cuda_dispatch("cross_entropy", logits, target, weight)
+    if twin:
+        return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                    label_smoothing=label_smoothing, n_threads=n_threads)
+    call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads)
+    loss, _, _ = call.sweep(want_loss=True)
+    return call.reduce(loss)
+
+
+cross_entropy.__doc__ = f"""Cross-entropy between logits and class-index targets, as ``torch.nn.functional.cross_entropy``.
+
+    One read of the logits; no N x C temporary.
+
+    {_CE_PARAMS}
+    {_THREADS_DOC}
+
+    Returns
+    -------
+    loss : NumPy scalar (logits' dtype) for 'mean'/'sum'; ndarray of target's shape for 'none'
+    """
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, grad_output=1.0, out=None, inplace=False,
+                            n_threads=None):
+    twin = _cuda_dispatch("cross_entropy_with_grad", logits, target, weight, out)
+    if twin:
+        return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                    label_smoothing=label_smoothing, grad_output=grad_output, out=out,
+                    inplace=inplace, n_threads=n_threads)
+    call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
+                   inplace=inplace, out=out)
+    loss, _, grad = call.sweep(want_loss=True, grad_output=grad_output, want_grad=True)
+    return call.reduce(loss), grad
+
+
+cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t. the logits in one sweep.
+
+    Each row is read once from memory, its log-sum-exp found, and the gradient row
+    ``d loss / d logits`` written (the second read hits the cache).
+
+    {_CE_PARAMS}
+    {_GRAD_PARAMS}
+    {_THREADS_DOC}
+
+    Returns
+    -------
+    loss : as :func:`cross_entropy`
+    grad : ndarray, logits' shape and dtype (``out`` or ``logits`` itself when given/in place)
+    """
+
+
+def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
+                           reduction="mean", label_smoothing=0.0, out=None, inplace=False,
+                           n_threads=None):
+    twin = _cuda_dispatch("cross_entropy_backward", logits, target, weight, out)
+    if twin:
+        return twin(logits, target, grad_output, weight=weight, ignore_index=ignore_index,
+                    reduction=reduction, label_smoothing=label_smoothing, out=out,
+                    inplace=inplace, n_threads=n_threads)
+    call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
+                   inplace=inplace, out=out)
+    _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True)
+    return grad
+
+
+cross_entropy_backward.__doc__ = f"""Gradient of :func:`cross_entropy` w.r.t. the logits.
+
+    {_CE_PARAMS}
+    {_GRAD_PARAMS}
+    {_THREADS_DOC}
+
+    Returns
+    -------
+    grad : ndarray, logits' shape and dtype
+    """
+
+
+def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of class-index targets, as ``torch.nn.functional.nll_loss``.
+
+    ``l_i = -w[y_i] * log_probs[i, y_i]`` (0 for ignored rows); 'mean' divides the sum
+    by ``sum_i w[y_i]`` over rows not ignored.
+
+    Parameters
+    ----------
+    log_probs : array_like of float32 or float64
+        Shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``, usually a log-softmax.
+    target, weight, ignore_index, reduction
+        As :func:`cross_entropy`.
+
+    Returns
+    -------
+    loss : as :func:`cross_entropy`
+    """
+    twin = _cuda_dispatch("nll_loss", log_probs, target, weight)
+    if twin:
+        return twin(log_probs, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
+    call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None)
+    lp3 = V.as_rows3(call.x, call.axis)
+    a, _, b = lp3.shape
+    valid = call.t >= 0
+    rows = np.flatnonzero(valid)
+    picked = lp3[rows // b, call.t[valid], rows % b].astype(np.float64)  # O(N) gather
+    w = call.wd[call.t[valid]] if call.wd is not None else 1.0
+    loss = np.zeros(call.rows)
+    loss[valid] = -w * picked
+    return call.reduce(loss)
+
+
+# ---------------------------------------------------------------------------------------
+# module-style front end
+# ---------------------------------------------------------------------------------------
+class CrossEntropyLoss:
+    """Cross-entropy criterion with a NumPy-friendly ``backward``.
+
+    ``loss = crit(logits, target)`` computes the loss in one read of the logits and keeps
+    only O(N) state (the per-row log-sum-exp); ``crit.backward()`` then writes the
+    gradient in one more sweep, without recomputing the log-sum-exp.  The logits must not
+    change between the two calls (``backward`` reads them again).
+
+    Parameters
+    ----------
+    weight, ignore_index, reduction, label_smoothing
+        As :func:`cross_entropy`.
+    n_threads : int, optional
+        Threads per call; default :func:`fastce.get_num_threads`.
+
+    Examples
+    --------
+    >>> crit = CrossEntropyLoss()
+    >>> loss = crit(logits, target)
+    >>> grad = crit.backward()            # d loss / d logits
+    """
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                 n_threads=None):
+        self.weight = weight
+        self.ignore_index = V.check_ignore_index(ignore_index)
+        self.reduction = V.check_reduction(reduction)
+        self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        self.n_threads = None if n_threads is None else V.check_n_threads(n_threads)
+        self._saved = None
+
+    def __call__(self, logits, target):
+        twin = _cuda_dispatch("cross_entropy", logits, target, self.weight)
+        if twin:
+            self._saved = ("cuda", logits, target)
+            return twin(logits, target, weight=self.weight, ignore_index=self.ignore_index,
+                        reduction=self.reduction, label_smoothing=self.label_smoothing)
+        call = _CECall(logits, target, self.weight, self.ignore_index, self.reduction,
+                       self.label_smoothing, self.n_threads)
+        loss, lse, _ = call.sweep(want_loss=True, want_lse=True)
+        self._saved = ("cpu", logits, call, lse)
+        return call.reduce(loss)
+
+    forward = __call__
+
+    def backward(self, grad_output=1.0, *, out=None, inplace=False):
+        """Gradient of the last loss w.r.t. its logits.
+
+        Parameters
+        ----------
+        grad_output : float or ndarray, default 1.0
+            Scalar for 'mean'/'sum', one value per row for 'none'.
+        out : ndarray, optional
+            Receives the gradient.
+        inplace : bool, default False
+            Overwrite the logits passed to the last call with the gradient.
+
+        Returns
+        -------
+        ndarray
+            The gradient, logits' shape and dtype.
+        """
+        if self._saved is None:
+            raise RuntimeError("backward() called before the loss was computed: call the criterion first")
+        if self._saved[0] == "cuda":
+            _, logits, target = self._saved
+            from . import cuda
+            return cuda.cross_entropy_backward(
+                logits, target, grad_output, weight=self.weight, ignore_index=self.ignore_index,
+                reduction=self.reduction, label_smoothing=self.label_smoothing, out=out, inplace=inplace)
+        _, logits, call, lse = self._saved
+        if inplace:
+            V.check_inplace(logits, out)
+        elif out is not None:
+            V.check_out(out, call.x.shape, call.x.dtype, {"logits": call.x, "weight": self.weight})
+        call.out, call.inplace = out, inplace
+        _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True, lse=lse)
+        if inplace:
+            self._saved = None  # the logits are gone
+        return grad

@@ -1,0 +1,121 @@
+"""Run-time configuration: kernel path (ISA), thread count, and ``show_config``."""
+import os
+import platform
+import sys
+
+import numpy as np
+
+from . import _kernels
+
+__all__ = ["get_isa", "set_isa", "supported_isas", "get_num_threads", "set_num_threads", "show_config"]
+
+_ISA_NAMES = ("scalar", "avx2", "avx512", "neon")
+_num_threads = None  # None: follow OpenMP's default (OMP_NUM_THREADS, threadpoolctl)
+
+
+def supported_isas():
+    """Kernel paths this build has and this CPU can run, most capable first.
+
+    Returns
+    -------
+    list of str
+        For example ``['avx512', 'avx2', 'scalar']`` on an AVX-512 x86-64 machine.
+    """
+    return [name for name, _, ok in _kernels.isa_table() if ok]
+
+
+def get_isa():
+    """Name of the kernel path in use (``'avx512'``, ``'avx2'``, ``'neon'`` or ``'scalar'``)."""
+    return _kernels.current_isa()
+
+
+def set_isa(name):
+    """Route every kernel through the path ``name``.
+
+    Parameters
+    ----------
+    name : {'scalar', 'avx2', 'avx512', 'neon'}
+        Must be one of :func:`supported_isas`.
+
+    Returns
+    -------
+    str
+        The previous path, so a caller can restore it.
+    """
+    built = {n: ok for n, _, ok in _kernels.isa_table()}
+    if name not in _ISA_NAMES:
+        raise ValueError(f"isa must be one of {list(_ISA_NAMES)}, got {name!r}")
+    if name not in built:
+        raise ValueError(f"isa {name!r} is not compiled into this build ({platform.machine()}); "
+                         f"available: {supported_isas()}")
+    if not built[name]:
+        raise ValueError(f"isa {name!r} is not supported by this CPU; supported: {supported_isas()}")
+    previous = get_isa()
+    _kernels.select_isa(name)
+    return previous
+
+
+def _select_initial_isa():
+    forced = os.environ.get("FASTCE_ISA", "").strip().lower()
+    if forced:
+        try:
+            set_isa(forced)
+        except ValueError as exc:
+            raise RuntimeError(f"FASTCE_ISA={forced!r} cannot be honoured: {exc}") from None
+    else:
+        _kernels.select_isa(supported_isas()[0])
+
+
+def get_num_threads():
+    """Number of threads the next call will use when ``n_threads`` is not given.
+
+    The default is OpenMP's: all cores, lowered by ``OMP_NUM_THREADS`` or by a
+    ``threadpoolctl`` limit in force; :func:`set_num_threads` overrides it.
+    """
+    if _num_threads is not None:
+        return _num_threads
+    return max(1, int(_kernels.omp_max_threads()))
+
+
+def set_num_threads(n):
+    """Set the default thread count for fastce calls (``None`` restores OpenMP's default)."""
+    global _num_threads
+    from ._validation import check_n_threads
+    _num_threads = None if n is None else check_n_threads(n, name="n")
+
+
+def _config_dict():
+    from . import __version__
+    return {
+        "fastce": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "isa": get_isa(),
+        "isas_supported": supported_isas(),
+        "isas_built": [n for n, _, _ in _kernels.isa_table()],
+        "openmp": _kernels.have_openmp(),
+        "num_threads": get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "gpu": _gpu_description(),
+    }
+
+
+def _gpu_description():
+    try:
+        from . import cuda
+    except ImportError:
+        return None
+    describe = getattr(cuda, "describe", None)
+    return describe() if describe else None
+
+
+def show_config(file=None):
+    """Print the build and run-time configuration: versions, ISA, OpenMP, threads, GPU."""
+    cfg = _config_dict()
+    out = file or sys.stdout
+    print("fastce configuration", file=out)
+    for key, value in cfg.items():
+        if key == "openmp" and not value:
+            value = "NO - this build is serial: every call uses one thread (rebuild with an OpenMP compiler)"
+        print(f"  {key:15s} {value}", file=out)

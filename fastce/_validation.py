@@ -1,0 +1,226 @@
+"""Argument validation and layout normalisation: the only place fastce checks input.
+
+Every public function calls into this module before touching a kernel; the kernels
+trust what they get.  Errors name the argument and the offending value:
+``TypeError`` for a wrong type or dtype, ``ValueError`` for a wrong shape or value,
+``IndexError`` for a class index out of range.
+"""
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---------------------------------------------------------------------------------------
+# scalars
+# ---------------------------------------------------------------------------------------
+def check_n_threads(n, name="n_threads"):
+    """Return ``n`` as a positive int, or raise."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int or None, got {n!r} ({type(n).__name__})")
+    n = operator.index(n)
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    return n
+
+
+def resolve_threads(n_threads):
+    """The thread count for one call: ``n_threads`` if given, else the library default."""
+    from ._config import get_num_threads
+    return get_num_threads() if n_threads is None else check_n_threads(n_threads)
+
+
+def check_reduction(reduction):
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_ignore_index(ignore_index):
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    return int(ignore_index)
+
+
+def check_label_smoothing(label_smoothing):
+    if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return eps
+
+
+def check_axis(axis, ndim, name="axis"):
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimension(s)")
+    return int(axis) % ndim
+
+
+# ---------------------------------------------------------------------------------------
+# arrays
+# ---------------------------------------------------------------------------------------
+def as_float_array(x, name):
+    """``x`` as a float32/float64 ndarray (array-likes converted; no copy of ndarrays)."""
+    if _is_cupy(x):
+        raise TypeError(f"{name} is a CuPy array but another argument is not: mix of CuPy and NumPy")
+    arr = np.asarray(x)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    return arr
+
+
+def _is_cupy(x):
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def as_hard_target(target, logits_shape, n_classes, ignore_index):
+    """Validate class-index targets; return them flat as int64 with -1 marking ignored rows.
+
+    ``logits_shape`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; the target shape
+    must be ``()``, ``(N,)`` or ``(N, d1, ..., dk)`` respectively.
+    """
+    if _is_cupy(target):
+        raise TypeError("target is a CuPy array but logits is not: mix of CuPy and NumPy")
+    t = np.asarray(target)
+    expected = expected_target_shape(logits_shape)
+    if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
+        if np.issubdtype(t.dtype, np.floating) and t.shape == tuple(logits_shape):
+            raise TypeError(
+                f"target with the logits' shape {t.shape} and dtype {t.dtype} would be class "
+                f"probabilities, which this function does not support yet; class indices "
+                f"need an integer dtype")
+        raise TypeError(f"target must have an integer dtype (class indices), got {t.dtype}")
+    if t.shape != expected:
+        raise ValueError(f"target has shape {t.shape}, but logits of shape {tuple(logits_shape)} "
+                         f"need a target of shape {expected}")
+    t64 = t.astype(np.int64, copy=False).reshape(-1)
+    ignored = t64 == ignore_index
+    bad = ((t64 < 0) | (t64 >= n_classes)) & ~ignored
+    if bad.any():
+        flat = int(np.flatnonzero(bad)[0])
+        pos = np.unravel_index(flat, t.shape) if t.ndim else ()
+        raise IndexError(f"target{list(pos)} = {t64[flat]} is out of bounds for {n_classes} "
+                         f"classes (valid: 0 <= target < {n_classes}, or ignore_index={ignore_index})")
+    return np.where(ignored, np.int64(-1), t64)
+
+
+def expected_target_shape(logits_shape):
+    if len(logits_shape) == 1:
+        return ()
+    return (logits_shape[0],) + tuple(logits_shape[2:])
+
+
+def as_weight(weight, n_classes, dtype):
+    """Class weights as ``(weight in dtype, weight in float64)``, or ``(None, None)``."""
+    if weight is None:
+        return None, None
+    if _is_cupy(weight):
+        raise TypeError("weight is a CuPy array but logits is not: mix of CuPy and NumPy")
+    w = np.asarray(weight)
+    if w.dtype == np.bool_ or not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+        raise TypeError(f"weight must hold real numbers, got dtype {w.dtype}")
+    if w.shape != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
+    wd = np.ascontiguousarray(w, dtype=np.float64)
+    return np.ascontiguousarray(w, dtype=dtype), wd
+
+
+def as_grad_output(grad_output, reduction, target_shape):
+    """``(scalar, None)`` for 'mean'/'sum', ``(None, per-row float64 array)`` for 'none'."""
+    if _is_cupy(grad_output):
+        raise TypeError("grad_output is a CuPy array but logits is not: mix of CuPy and NumPy")
+    g = np.asarray(grad_output)
+    if g.dtype == np.bool_ or not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
+        raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
+    if reduction == "none":
+        if g.shape != tuple(target_shape):
+            raise ValueError(f"grad_output must have the shape of the per-row loss {tuple(target_shape)} "
+                             f"for reduction='none', got {g.shape}")
+        return None, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+    if g.ndim != 0:
+        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
+    return float(g), None
+
+
+def _overlaps(a, b):
+    if b is None or not isinstance(b, np.ndarray) or not np.may_share_memory(a, b):
+        return False
+    try:
+        return np.shares_memory(a, b, max_work=10_000)
+    except np.exceptions.TooHardError:  # undecided: refuse rather than risk aliasing
+        return True
+
+
+def check_out(out, shape, dtype, inputs, name="out"):
+    """Check a caller's output buffer: ndarray, shape, dtype, writeable, no input overlap."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for input_name, arr in inputs.items():
+        if _overlaps(out, arr):
+            raise ValueError(f"{name} overlaps the input {input_name!r}; pass a separate buffer "
+                             f"(or inplace=True where the function offers it)")
+    return out
+
+
+def check_inplace(logits, out):
+    """``inplace=True`` needs the caller's own writeable, C-contiguous float ndarray."""
+    if out is not None:
+        raise ValueError("inplace=True and out= are exclusive: in place, the gradient goes into logits")
+    if not isinstance(logits, np.ndarray):
+        raise ValueError(f"inplace=True needs logits to be a numpy.ndarray, got {type(logits).__name__}")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"logits must have dtype float32 or float64, got {logits.dtype}")
+    if not logits.flags.writeable:
+        raise ValueError("inplace=True needs writeable logits, but logits is read-only")
+    if not logits.flags.c_contiguous:
+        raise ValueError("inplace=True needs C-contiguous logits; pass out= for other layouts")
+
+
+# ---------------------------------------------------------------------------------------
+# layout: the kernels' canonical (A, C, B) view
+# ---------------------------------------------------------------------------------------
+def rows3_shape(shape, axis):
+    a = int(np.prod(shape[:axis], dtype=np.int64))
+    b = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return (a, shape[axis], b)
+
+
+def _strides_ok(arr):
+    return all(s % arr.itemsize == 0 for s in arr.strides)
+
+
+def as_rows3(x, axis):
+    """Read-only ``(A, C, B)`` view of ``x`` with the class axis in the middle.
+
+    A view whenever NumPy can express one (always for contiguous arrays, and for 2-D
+    arrays of any strides); otherwise a copy.
+    """
+    x3 = x.reshape(rows3_shape(x.shape, axis))
+    if not _strides_ok(x3):
+        x3 = np.ascontiguousarray(x3)
+    return x3
+
+
+def writable_rows3(out, axis):
+    """``(A, C, B)`` view of an output buffer, or ``(temp, out)`` when no view exists.
+
+    Returns ``(view, target)``: the kernels write into ``view``; when ``target`` is not
+    None the caller copies ``view`` into it afterwards.
+    """
+    shape3 = rows3_shape(out.shape, axis)
+    view = out.reshape(shape3)  # a view when the strides allow one, else a copy
+    if out.size == 0 or not np.may_share_memory(view, out) or not _strides_ok(view):
+        return np.empty(shape3, dtype=out.dtype), out
+    return view, None

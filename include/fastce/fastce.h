@@ -1,0 +1,61 @@
+/* fastce: the C interface between the ISA-specific kernels and the Cython row loops.
+ *
+ * Each ISA translation unit (src/isa_*.c) fills one fce_kernels table with its
+ * instantiations of the row kernels (kernels_impl.h) for float32 and float64;
+ * src/dispatch.c picks the table once, from the CPU's features or FASTCE_ISA. */
+#ifndef FASTCE_H
+#define FASTCE_H
+#include <math.h>
+#include <stdint.h>
+
+/* Summary of a row (or of a piece of one): sum = sum_c exp(x_c - max); wx = sum_c w_c x_c.
+ * An empty or all -inf row has max = -inf and sum = 0. lse = max + log(sum). */
+typedef struct {
+    double max;
+    double sum;
+    double wx;
+} fce_stats;
+
+#define FCE_DECLARE_DTYPE_TABLE(DT, T)                                                         \
+    typedef struct {                                                                           \
+        void (*row_stats)(const T *x, int64_t n, const T *w, int want_wx, fce_stats *st);      \
+        void (*row_exp_affine)(const T *x, T *out, int64_t n, double shift, double a,          \
+                               double beta, const T *w);                                       \
+        void (*row_sub_shift)(const T *x, T *out, int64_t n, double shift);                    \
+        void (*vexp)(const T *x, T *out, int64_t n);                                           \
+        void (*vlog)(const T *x, T *out, int64_t n);                                           \
+    } fce_kernels_##DT;
+FCE_DECLARE_DTYPE_TABLE(f32, float)
+FCE_DECLARE_DTYPE_TABLE(f64, double)
+#undef FCE_DECLARE_DTYPE_TABLE
+
+typedef struct {
+    const char *name;
+    int vector_bits;
+    fce_kernels_f32 f32;
+    fce_kernels_f64 f64;
+} fce_kernels;
+
+/* Combine the summaries of two disjoint pieces of a row. Applied in a fixed order, so
+ * a row split into pieces gives the same bits whichever threads computed them. */
+static inline fce_stats fce_stats_merge(fce_stats a, fce_stats b) {
+    fce_stats r;
+    r.wx = a.wx + b.wx;
+    if (b.max == -INFINITY && b.sum == 0.0) { r.max = a.max; r.sum = a.sum; return r; }
+    if (a.max == -INFINITY && a.sum == 0.0) { r.max = b.max; r.sum = b.sum; return r; }
+    r.max = a.max > b.max ? a.max : b.max;
+    r.sum = a.sum * exp(a.max - r.max) + b.sum * exp(b.max - r.max);
+    if (a.max != a.max || b.max != b.max) r.max = NAN;
+    return r;
+}
+
+static inline double fce_stats_lse(fce_stats s) { return s.max + log(s.sum); }
+
+/* ---- dispatch (src/dispatch.c) ---- */
+/* number of ISA tables compiled into this build, and the i-th (most capable first) */
+int fce_isa_count(void);
+const fce_kernels *fce_isa_table(int i);
+/* 1 if the running CPU (and OS) supports the i-th table */
+int fce_isa_supported(int i);
+
+#endif

@@ -1,0 +1,156 @@
+/* Row kernels, written once for float32 and float64 (template: see template.h).
+ *
+ * A "row" is n contiguous class scores. Every kernel has the three phases of NumPy's SIMD
+ * loops: a body unrolled 4 vectors deep (independent exp chains keep the FMA units
+ * busy), a one-vector loop, and a masked tail that computes exactly like the body.
+ *
+ * row_stats     one read: running max per lane and sum of exp(x - max) (online softmax;
+ *               the sum is rescaled only when a lane's max grows, once per 4-vector
+ *               block), plus optionally sum(w * x). Sums accumulate in float64.
+ *               Lanes start at the lowest finite value, not -inf, so -inf scores add
+ *               exp(-inf) = 0 instead of exp(-inf - -inf) = nan.
+ * exp_affine    out = a * exp(x - shift) - beta * w (w = 1 when NULL): softmax, and the
+ *               cross-entropy gradient rows. out may alias x (in-place gradients).
+ * sub_shift     out = x - shift: log-softmax rows.
+ * Shifts arrive in float64 and are applied as hi + lo float pairs, so a float32 row is
+ * shifted by the exact float64 value up to the final rounding. */
+
+#if FCE_IS_F32
+#define FCE_LOWEST (-3.40282347e38f)
+#else
+#define FCE_LOWEST (-1.7976931348623157e308)
+#endif
+
+typedef struct { V mx; ACC s; ACC wx; } FN(stats_acc);
+
+/* one vector of the online max/sum update; xz/wz are the (zero-filled) operands of w*x */
+static inline void FN(stats_step1)(FN(stats_acc) *A, V xv, V xz, V wz, const int want_wx) {
+    const V bm = VOP(max)(A->mx, xv);
+    if (VOP(any_gt)(bm, A->mx)) {
+        A->s = AOP(scale)(A->s, FN(exp)(VOP(sub)(A->mx, bm)));
+        A->mx = bm;
+    }
+    A->s = AOP(add)(A->s, FN(exp)(VOP(sub)(xv, A->mx)));
+    if (want_wx) A->wx = AOP(add)(A->wx, VOP(mul)(xz, wz));
+}
+
+static inline void FN(stats_impl)(const FCE_T *x, int64_t n, const FCE_T *w, const int want_wx,
+                                  fce_stats *st) {
+    FN(stats_acc) A = {VOP(set1)(FCE_LOWEST), AOP(zero)(), AOP(zero)()};
+    const V one = VOP(set1)((FCE_T)1);
+    int64_t i = 0;
+    for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
+        const V x0 = VOP(loadu)(x + i), x1 = VOP(loadu)(x + i + FCE_VN);
+        const V x2 = VOP(loadu)(x + i + 2 * FCE_VN), x3 = VOP(loadu)(x + i + 3 * FCE_VN);
+        const V bm = VOP(max)(A.mx, VOP(max)(VOP(max)(x0, x1), VOP(max)(x2, x3)));
+        if (VOP(any_gt)(bm, A.mx)) {
+            A.s = AOP(scale)(A.s, FN(exp)(VOP(sub)(A.mx, bm)));
+            A.mx = bm;
+        }
+        const V e01 = VOP(add)(FN(exp)(VOP(sub)(x0, A.mx)), FN(exp)(VOP(sub)(x1, A.mx)));
+        const V e23 = VOP(add)(FN(exp)(VOP(sub)(x2, A.mx)), FN(exp)(VOP(sub)(x3, A.mx)));
+        A.s = AOP(add)(A.s, VOP(add)(e01, e23));
+        if (want_wx) {
+            V p;
+            if (w) {
+                p = VOP(fma)(x0, VOP(loadu)(w + i), VOP(mul)(x1, VOP(loadu)(w + i + FCE_VN)));
+                p = VOP(fma)(x2, VOP(loadu)(w + i + 2 * FCE_VN), p);
+                p = VOP(fma)(x3, VOP(loadu)(w + i + 3 * FCE_VN), p);
+            } else {
+                p = VOP(add)(VOP(add)(x0, x1), VOP(add)(x2, x3));
+            }
+            A.wx = AOP(add)(A.wx, p);
+        }
+    }
+    for (; i + FCE_VN <= n; i += FCE_VN) {
+        const V xv = VOP(loadu)(x + i);
+        FN(stats_step1)(&A, xv, xv, w ? VOP(loadu)(w + i) : one, want_wx);
+    }
+    if (i < n) {
+        const int64_t r = n - i;
+        FN(stats_step1)(&A, VOP(load_tail)(x + i, r, (FCE_T)-INFINITY),
+                        want_wx ? VOP(load_tail)(x + i, r, (FCE_T)0) : one,
+                        w ? VOP(load_tail)(w + i, r, (FCE_T)0) : one, /* x lanes past n are 0 */
+                        want_wx);
+    }
+    const FCE_T gm = VOP(hmax)(A.mx);
+    st->wx = want_wx ? AOP(hsum)(A.wx) : 0.0;
+    if (gm == FCE_LOWEST) { /* empty row, or every score is -inf */
+        st->max = -INFINITY;
+        st->sum = 0.0;
+        return;
+    }
+    st->max = (double)gm;
+    st->sum = AOP(hsum)(AOP(scale)(A.s, FN(exp)(VOP(sub)(A.mx, VOP(set1)(gm)))));
+}
+
+static void FN(row_stats)(const FCE_T *x, int64_t n, const FCE_T *w, int want_wx, fce_stats *st) {
+    /* separate instantiations, so the common want_wx == 0 loop carries no dead work */
+    if (want_wx) FN(stats_impl)(x, n, w, 1, st);
+    else FN(stats_impl)(x, n, NULL, 0, st);
+}
+
+static inline V FN(affine1)(V xv, V hi, V lo, V a, V b, V wv, const int has_beta) {
+    const V y = VOP(mul)(a, FN(exp)(VOP(sub)(VOP(sub)(xv, hi), lo)));
+    return has_beta ? VOP(sub)(y, VOP(mul)(b, wv)) : y;
+}
+
+static inline void FN(exp_affine_impl)(const FCE_T *x, FCE_T *out, int64_t n, double shift, double a,
+                                       double beta, const FCE_T *w, const int has_beta) {
+    const FCE_T hs = (FCE_T)shift;
+    const V hi = VOP(set1)(hs), lo = VOP(set1)((FCE_T)(shift - (double)hs));
+    const V av = VOP(set1)((FCE_T)a), bv = VOP(set1)((FCE_T)beta), one = VOP(set1)((FCE_T)1);
+    int64_t i = 0;
+    for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
+        V y[4];
+        for (int k = 0; k < 4; k++) {
+            const V wv = (has_beta && w) ? VOP(loadu)(w + i + k * FCE_VN) : one;
+            y[k] = FN(affine1)(VOP(loadu)(x + i + k * FCE_VN), hi, lo, av, bv, wv, has_beta);
+        }
+        for (int k = 0; k < 4; k++) VOP(storeu)(out + i + k * FCE_VN, y[k]);
+    }
+    for (; i + FCE_VN <= n; i += FCE_VN) {
+        const V wv = (has_beta && w) ? VOP(loadu)(w + i) : one;
+        VOP(storeu)(out + i, FN(affine1)(VOP(loadu)(x + i), hi, lo, av, bv, wv, has_beta));
+    }
+    if (i < n) {
+        const int64_t r = n - i;
+        const V wv = (has_beta && w) ? VOP(load_tail)(w + i, r, (FCE_T)0) : one;
+        VOP(store_tail)(out + i, r, FN(affine1)(VOP(load_tail)(x + i, r, (FCE_T)0), hi, lo, av, bv, wv, has_beta));
+    }
+}
+
+static void FN(row_exp_affine)(const FCE_T *x, FCE_T *out, int64_t n, double shift, double a, double beta,
+                               const FCE_T *w) {
+    if (beta != 0.0) FN(exp_affine_impl)(x, out, n, shift, a, beta, w, 1);
+    else FN(exp_affine_impl)(x, out, n, shift, a, 0.0, NULL, 0);
+}
+
+static void FN(row_sub_shift)(const FCE_T *x, FCE_T *out, int64_t n, double shift) {
+    const FCE_T hs = (FCE_T)shift;
+    const V hi = VOP(set1)(hs), lo = VOP(set1)((FCE_T)(shift - (double)hs));
+    int64_t i = 0;
+    for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
+        V y[4];
+        for (int k = 0; k < 4; k++) y[k] = VOP(sub)(VOP(sub)(VOP(loadu)(x + i + k * FCE_VN), hi), lo);
+        for (int k = 0; k < 4; k++) VOP(storeu)(out + i + k * FCE_VN, y[k]);
+    }
+    for (; i + FCE_VN <= n; i += FCE_VN) VOP(storeu)(out + i, VOP(sub)(VOP(sub)(VOP(loadu)(x + i), hi), lo));
+    if (i < n) {
+        const int64_t r = n - i;
+        VOP(store_tail)(out + i, r, VOP(sub)(VOP(sub)(VOP(load_tail)(x + i, r, (FCE_T)0), hi), lo));
+    }
+}
+
+/* elementwise exp and log over a buffer: for the accuracy tests and elementwise losses */
+#define FCE__ELEMENTWISE(NAME, OP)                                                           \
+    static void FN(NAME)(const FCE_T *x, FCE_T *out, int64_t n) {                            \
+        int64_t i = 0;                                                                       \
+        for (; i + FCE_VN <= n; i += FCE_VN) VOP(storeu)(out + i, OP(VOP(loadu)(x + i)));    \
+        if (i < n) VOP(store_tail)(out + i, n - i, OP(VOP(load_tail)(x + i, n - i, (FCE_T)1))); \
+    }
+FCE__ELEMENTWISE(vexp, FN(exp))
+FCE__ELEMENTWISE(vlog, FN(log))
+#undef FCE__ELEMENTWISE
+
+#undef FCE_LOWEST

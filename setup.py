@@ -1,0 +1,116 @@
+"""Build script for fastce's compiled core.
+
+One extension module, ``fastce._kernels``: the Cython row loops plus one C translation
+unit per instruction set (``src/isa_*.c``).  Each ISA unit selects its target with a
+pragma, so every unit builds with the same flags and no ``-march=native`` is ever used;
+the kernel table is picked at import time from the CPU's features.
+
+OpenMP is probed the way scikit-learn does it: compile and link a tiny program with the
+compiler's OpenMP flag.  Without it the build still succeeds, serial, and says so loudly.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import warnings
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+OMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d", n > 0);
+        return 0;
+    }
+    """
+)
+
+
+def openmp_flags():
+    """Return (compile_args, link_args) enabling OpenMP, or ([], []) if unavailable."""
+    if os.environ.get("FASTCE_DISABLE_OPENMP"):
+        return [], []
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    cc = os.environ.get("CC", cc).split()[0]
+    if shutil.which(cc) is None:
+        cc = "cc"
+    flags = ["-fopenmp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        exe = os.path.join(tmp, "probe")
+        with open(src, "w") as f:
+            f.write(OMP_PROBE)
+        try:
+            subprocess.run([cc, *flags, src, "-o", exe], check=True, capture_output=True)
+            out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            out = ""
+    if out.strip() != "1":
+        return [], []
+    return flags, flags
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        cflags, lflags = openmp_flags()
+        if not cflags:
+            warnings.warn(
+                "\n\n*** fastce: the C compiler has no working OpenMP. Building a SERIAL "
+                "extension: every call will use one thread. Install a compiler with "
+                "OpenMP (gcc, or clang with libomp) and rebuild for multi-threading. ***\n",
+                stacklevel=1,
+            )
+            print("fastce: building WITHOUT OpenMP (serial)", file=sys.stderr)
+        for ext in self.extensions:
+            ext.extra_compile_args += cflags
+            ext.extra_link_args += lflags
+            ext.define_macros.append(("FASTCE_HAVE_OPENMP", "1" if cflags else "0"))
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        "fastce._kernels",
+        sources=[
+            "fastce/_kernels.pyx",
+            "src/dispatch.c",
+            "src/isa_scalar.c",
+            "src/isa_avx2.c",
+            "src/isa_avx512.c",
+            "src/isa_neon.c",
+        ],
+        include_dirs=["include", "src", np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        # -fno-math-errno lets libm calls in scalar code inline; we never use -ffast-math:
+        # inf and nan semantics are part of the contract.
+        extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"],
+        depends=[os.path.join("include", "fastce", f) for f in os.listdir(os.path.join(HERE, "include", "fastce"))],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)
