@@ -3,19 +3,22 @@
 
 Design, in layers:
 
-1. Kernel table.  ``include/fastce/fastce.h`` declares one table of row kernels per ISA
+1. Kernel table.  ``include/fastce/fastce.h`` declares one table of kernels per ISA
    (scalar, AVX2+FMA, AVX-512, NEON), each compiled from the same templates.  One table is
-   selected at import (``select_isa``) and all loops call through it.
-2. Canonical layout.  The Python layer hands every array over as a 3-D view
+   selected at import (``select_isa``) and every loop calls through it.
+2. Canonical layout and plan.  The Python layer hands every array over as a 3-D view
    ``(A, C, B)``: ``A`` leading rows, ``C`` classes, ``B`` trailing positions (``B == 1``
-   for 2-D logits).  A "row" is ``(a, b)``: ``C`` scores ``x[a, :, b]``, stride ``sc``.
-3. Row loops.  ``prange`` over the ``A * B`` rows, static schedule, GIL released.  Rows
-   whose class stride is 1 go straight to the kernels; other rows are gathered into a
-   per-thread scratch row (``C`` elements, never an ``N x C`` temporary), and gradients
-   are scattered back.
-4. Determinism.  Each row is computed by one thread with a fixed summation order, and
-   per-row results land in ``O(N)`` float64 buffers that the caller reduces in a fixed
-   order, so results are bitwise identical for any ``n_threads``.
+   for 2-D logits).  A "row" is ``(a, b)``, flat index ``r = a * B + b``: ``C`` scores
+   ``x[a, :, b]``.  ``plan`` picks how rows are walked from shapes and strides alone:
+   rows (SIMD along classes), columns (``lanes`` rows side by side, for class-strided
+   layouts, read in place, or small ``C``, transposed into scratch), or split (a few
+   huge rows cut into fixed chunks).
+3. Per-row arithmetic.  ``finish_row`` turns a row's log-sum-exp into its loss and the
+   coefficients of its output row; every mode shares it.
+4. Sweeps.  ``prange`` over rows, blocks or chunks, static schedule, GIL released,
+   per-thread scratch of ``C`` (or ``C * lanes``) elements, never ``N x C``.  Each row is
+   computed by one thread in a fixed order, and per-row results land in ``O(N)`` float64
+   buffers the caller reduces in a fixed order: bitwise identical for any ``n_threads``.
 
 No argument checking here: ``fastce/_validation.py`` has done it.  Every pointer and
 stride below is trusted.
@@ -47,16 +50,40 @@ cdef extern from "fastce/fastce.h" nogil:
         void (*row_exp_affine)(const float *x, float *out, int64_t n, double shift, double a,
                                double beta, const float *w) noexcept nogil
         void (*row_sub_shift)(const float *x, float *out, int64_t n, double shift) noexcept nogil
+        int lanes
+        void (*col_stats)(const float *x, int64_t sc, int64_t C, int64_t nl, const float *w,
+                          int want_wx, double *mx, double *sum, double *wx) noexcept nogil
+        void (*col_exp_affine)(const float *x, int64_t sc, float *out, int64_t osc, int64_t C,
+                               int64_t nl, const double *shift, const double *a,
+                               const double *beta, const float *w) noexcept nogil
+        void (*col_sub_shift)(const float *x, int64_t sc, float *out, int64_t osc, int64_t C,
+                              int64_t nl, const double *shift) noexcept nogil
         void (*vexp)(const float *x, float *out, int64_t n) noexcept nogil
         void (*vlog)(const float *x, float *out, int64_t n) noexcept nogil
+        # --- binary cross-entropy with logits (_bce.pxi) ---
+        void (*bce_block)(const float *x, const float *y, const float *w, const float *pw, double pw0,
+                          float *grad, int64_t n, double gscale, const float *gscale_elem,
+                          double lscale, double *loss_sum, float *loss_elem) noexcept nogil
 
     ctypedef struct fce_kernels_f64:
         void (*row_stats)(const double *x, int64_t n, const double *w, int want_wx, fce_stats *st) noexcept nogil
         void (*row_exp_affine)(const double *x, double *out, int64_t n, double shift, double a,
                                double beta, const double *w) noexcept nogil
         void (*row_sub_shift)(const double *x, double *out, int64_t n, double shift) noexcept nogil
+        int lanes
+        void (*col_stats)(const double *x, int64_t sc, int64_t C, int64_t nl, const double *w,
+                          int want_wx, double *mx, double *sum, double *wx) noexcept nogil
+        void (*col_exp_affine)(const double *x, int64_t sc, double *out, int64_t osc, int64_t C,
+                               int64_t nl, const double *shift, const double *a,
+                               const double *beta, const double *w) noexcept nogil
+        void (*col_sub_shift)(const double *x, int64_t sc, double *out, int64_t osc, int64_t C,
+                              int64_t nl, const double *shift) noexcept nogil
         void (*vexp)(const double *x, double *out, int64_t n) noexcept nogil
         void (*vlog)(const double *x, double *out, int64_t n) noexcept nogil
+        # --- binary cross-entropy with logits (_bce.pxi) ---
+        void (*bce_block)(const double *x, const double *y, const double *w, const double *pw, double pw0,
+                          double *grad, int64_t n, double gscale, const double *gscale_elem,
+                          double lscale, double *loss_sum, double *loss_elem) noexcept nogil
 
     ctypedef struct fce_kernels:
         const char *name
@@ -67,6 +94,7 @@ cdef extern from "fastce/fastce.h" nogil:
     int fce_isa_count()
     const fce_kernels *fce_isa_table(int i)
     int fce_isa_supported(int i)
+    fce_stats fce_stats_merge(fce_stats a, fce_stats b)
 
 
 cdef extern from *:
@@ -124,32 +152,8 @@ def omp_max_threads():
     return fce_omp_max_threads()
 
 
-cdef inline void k_stats(const floating *x, int64_t n, const floating *w, int want_wx,
-                         fce_stats *st) noexcept nogil:
-    if floating is float:
-        KT.f32.row_stats(x, n, w, want_wx, st)
-    else:
-        KT.f64.row_stats(x, n, w, want_wx, st)
-
-
-cdef inline void k_exp_affine(const floating *x, floating *out, int64_t n, double shift,
-                              double a, double beta, const floating *w) noexcept nogil:
-    if floating is float:
-        KT.f32.row_exp_affine(x, out, n, shift, a, beta, w)
-    else:
-        KT.f64.row_exp_affine(x, out, n, shift, a, beta, w)
-
-
-cdef inline void k_sub_shift(const floating *x, floating *out, int64_t n,
-                             double shift) noexcept nogil:
-    if floating is float:
-        KT.f32.row_sub_shift(x, out, n, shift)
-    else:
-        KT.f64.row_sub_shift(x, out, n, shift)
-
-
 # ---------------------------------------------------------------------------------------
-# 2./3. Row addressing, gather and scatter
+# 2. Geometry and the sweep plan
 # ---------------------------------------------------------------------------------------
 cdef struct RowGeom:
     char *base          # address of element [0, 0, 0]
@@ -158,7 +162,7 @@ cdef struct RowGeom:
     int64_t sc          # element stride of the class axis
 
 
-cdef inline RowGeom geom_of(cnp.ndarray arr):
+cdef RowGeom geom_of(cnp.ndarray arr):
     cdef RowGeom g
     g.base = <char *> cnp.PyArray_DATA(arr)
     g.A = arr.shape[0]
@@ -170,217 +174,462 @@ cdef inline RowGeom geom_of(cnp.ndarray arr):
     return g
 
 
-cdef inline floating *row_ptr(RowGeom *g, int64_t r, floating *dummy) noexcept nogil:
-    # `dummy` only carries the fused type
+cdef inline char *row_addr(const RowGeom *g, int64_t r) noexcept nogil:
     cdef int64_t a = r // g.B
-    cdef int64_t b = r - a * g.B
-    return <floating *> (g.base + a * g.sa + b * g.sb)
+    return g.base + a * g.sa + (r - a * g.B) * g.sb
 
 
-cdef inline void gather(const floating *src, int64_t sc, int64_t n, floating *dst) noexcept nogil:
+# The walk depends on shapes and strides only, never on the thread count.
+DEF MODE_ROWS = 0     # one row at a time, SIMD along the classes (gathered when strided)
+DEF MODE_SPLIT = 1    # a few huge rows: fixed-size chunks in parallel, merged in order
+DEF MODE_COLS = 2     # `lanes` rows side by side, read in place (class-strided layouts)
+DEF MODE_COLS_T = 3   # `lanes` rows side by side, transposed into scratch (small C)
+
+DEF SMALL_C = 32          # up to here, contiguous rows go `lanes` at a time
+DEF SPLIT_CHUNK = 16384   # elements per chunk when huge rows are split
+DEF SPLIT_MIN_C = 65536   # rows at least this long are split ...
+DEF SPLIT_MAX_ROWS = 16   # ... when there are fewer than this many
+DEF MAX_LANES = 16
+
+DEF OUT_NONE = 0
+DEF OUT_EXP = 1       # out = a * exp(x - lse) - beta * w, then out[y] -= gamma
+DEF OUT_LOG = 2       # out = x - lse
+
+DEF NO_TARGET = -2    # the softmax family has no targets
+DEF IGNORED = -1      # target == ignore_index (marked so by the Python layer)
+
+
+cdef struct Sweep:
+    # what: per-row targets and outputs
+    const int64_t *target       # (rows,) class or IGNORED; NULL for the softmax family
+    const double *wd            # (C,) float64 class weights, or NULL
+    const void *wt              # (C,) the same in the data dtype, or NULL
+    double W                    # sum of the weights (C when unweighted)
+    double eps                  # label smoothing
+    double *loss                # (rows,) out, or NULL
+    double *lse                 # (rows,) out when compute_lse, else in; or NULL
+    bint compute_lse
+    int out_kind
+    const double *scale         # (rows,) per-row gradient scale, or NULL -> scale0
+    double scale0
+    # where: geometry and plan
+    RowGeom x, o                # input rows; output rows (o == x when not writing)
+    int64_t rows, C
+    int mode
+    int64_t lanes               # rows per column block
+    int64_t nblocks             # column blocks, or (row, chunk) items when split
+    int64_t per                 # blocks per a (lanes on b) or per b; chunks per row
+    bint lanes_on_b
+    bint x_strided, o_strided   # rows whose class stride is not 1
+    bint direct_out             # the output has the input's strides (columns write in place)
+
+
+cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, int64_t lanes):
+    cdef int64_t item = x.itemsize
+    s.x = geom_of(x)
+    s.o = geom_of(out) if out is not None else s.x
+    s.C = s.x.C
+    s.rows = s.x.A * s.x.B
+    s.lanes = lanes
+    s.x_strided = s.x.sc != 1
+    s.o_strided = out is not None and s.o.sc != 1
+    s.direct_out = s.o.sa == s.x.sa and s.o.sb == s.x.sb and s.o.sc == s.x.sc
+    s.mode = MODE_ROWS
+    if s.x_strided and s.x.B >= lanes and s.x.sb == item:
+        s.mode, s.lanes_on_b = MODE_COLS, True
+        s.per = (s.x.B + lanes - 1) // lanes
+        s.nblocks = s.x.A * s.per
+    elif s.x_strided and s.x.A >= lanes and s.x.sa == item:
+        s.mode, s.lanes_on_b = MODE_COLS, False
+        s.per = (s.x.A + lanes - 1) // lanes
+        s.nblocks = s.x.B * s.per
+    elif s.C <= SMALL_C and lanes > 1:
+        s.mode = MODE_COLS_T
+        s.nblocks = (s.rows + lanes - 1) // lanes
+    elif s.C >= SPLIT_MIN_C and s.rows < SPLIT_MAX_ROWS and not s.x_strided and not s.o_strided:
+        s.mode = MODE_SPLIT
+        s.per = (s.C + SPLIT_CHUNK - 1) // SPLIT_CHUNK
+        s.nblocks = s.rows * s.per
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Per-row arithmetic shared by every mode
+# ---------------------------------------------------------------------------------------
+cdef inline double stats_lse(double mx, double sm) noexcept nogil:
+    if sm == 0.0 and mx == -INFINITY:  # empty or all -inf
+        return -INFINITY
+    return mx + log(sm)
+
+
+cdef inline int64_t target_of(const Sweep *s, int64_t r) noexcept nogil:
+    return s.target[r] if s.target != NULL else NO_TARGET
+
+
+cdef inline bint wants_wx(const Sweep *s) noexcept nogil:
+    return s.target != NULL and s.eps != 0.0 and s.loss != NULL and s.compute_lse
+
+
+cdef inline void ignore_row(const Sweep *s, int64_t r) noexcept nogil:
+    if s.loss != NULL:
+        s.loss[r] = 0.0
+    if s.compute_lse and s.lse != NULL:
+        s.lse[r] = NAN
+
+
+cdef inline void finish_row(const Sweep *s, int64_t r, int64_t y, double lse, double xy, double wx,
+                            double *coef) noexcept nogil:
+    """Store row r's lse and loss; coef = (a, beta, gamma) of its output row."""
+    cdef double wy, g, loss
+    if s.compute_lse and s.lse != NULL:
+        s.lse[r] = lse
+    if y == NO_TARGET:
+        coef[0], coef[1], coef[2] = 1.0, 0.0, 0.0
+        return
+    wy = s.wd[y] if s.wd != NULL else 1.0
+    if s.loss != NULL:
+        loss = (1.0 - s.eps) * wy * (lse - xy)
+        if s.eps != 0.0:  # skipped at eps == 0: 0 * inf would turn masked rows into nan
+            loss = loss + s.eps / s.C * (s.W * lse - wx)
+        s.loss[r] = loss
+    # d loss / d x_c = g [((1-eps) w_y + eps W / C) p_c - (eps / C) w_c - (1-eps) w_y [c == y]]
+    g = s.scale[r] if s.scale != NULL else s.scale0
+    coef[0] = g * ((1.0 - s.eps) * wy + s.eps / s.C * s.W)
+    coef[1] = g * s.eps / s.C
+    coef[2] = g * (1.0 - s.eps) * wy
+
+
+# thin typed wrappers over the table
+cdef inline void k_stats(const floating *x, int64_t n, const void *w, int want_wx,
+                         fce_stats *st) noexcept nogil:
+    if floating is float:
+        KT.f32.row_stats(x, n, <const float *> w, want_wx, st)
+    else:
+        KT.f64.row_stats(x, n, <const double *> w, want_wx, st)
+
+
+cdef inline void k_out(const Sweep *s, const floating *x, floating *out, int64_t n, double lse,
+                       const double *coef) noexcept nogil:
+    if s.out_kind == OUT_LOG:
+        if floating is float:
+            KT.f32.row_sub_shift(x, out, n, lse)
+        else:
+            KT.f64.row_sub_shift(x, out, n, lse)
+    elif floating is float:
+        KT.f32.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const float *> s.wt)
+    else:
+        KT.f64.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const double *> s.wt)
+
+
+cdef inline void copy_strided(const floating *src, int64_t ss, floating *dst, int64_t ds,
+                              int64_t n) noexcept nogil:
     cdef int64_t c
     for c in range(n):
-        dst[c] = src[c * sc]
+        dst[c * ds] = src[c * ss]
 
 
-cdef inline void scatter(const floating *src, floating *dst, int64_t sc, int64_t n) noexcept nogil:
+cdef inline void zero_strided(floating *dst, int64_t ds, int64_t n) noexcept nogil:
     cdef int64_t c
-    for c in range(n):
-        dst[c * sc] = src[c]
-
-
-cdef inline void zero_row(floating *dst, int64_t sc, int64_t n) noexcept nogil:
-    cdef int64_t c
-    if sc == 1:
+    if ds == 1:
         memset(dst, 0, n * sizeof(floating))
     else:
         for c in range(n):
-            dst[c * sc] = 0
-
-
-cdef inline double stats_lse(fce_stats *st) noexcept nogil:
-    if st.sum == 0.0 and st.max == -INFINITY:
-        return -INFINITY
-    return st.max + log(st.sum)
-
-
-# Per-row work lives in these helpers: their locals are private to the calling thread.
-# (Inside a prange body, a variable written only through its address would be shared.)
-cdef inline double row_lse(const floating *row, int64_t n, const floating *w,
-                           double *wx) noexcept nogil:
-    cdef fce_stats st
-    k_stats(row, n, w, wx != NULL, &st)
-    if wx != NULL:
-        wx[0] = st.wx
-    return stats_lse(&st)
+            dst[c * ds] = 0
 
 
 # ---------------------------------------------------------------------------------------
-# log-sum-exp, log-softmax, softmax
+# 4. Sweeps
 # ---------------------------------------------------------------------------------------
-def lse_rows(cnp.ndarray x, cnp.ndarray out, int n_threads):
-    """out[a, b] = logsumexp(x[a, :, b]).  x: (A, C, B) floating; out: (A, B) float64, C-order."""
-    if x.dtype == np.float32:
-        _lse_rows[float](x, out, n_threads)
+cdef void run_sweep(Sweep *s, int n_threads, floating *dummy) noexcept nogil:
+    # `dummy` only carries the dtype
+    if s.rows == 0 or s.C == 0:
+        return
+    if s.mode == MODE_ROWS:
+        sweep_rows(s, n_threads, dummy)
+    elif s.mode == MODE_SPLIT:
+        sweep_split(s, n_threads, dummy)
     else:
-        _lse_rows[double](x, out, n_threads)
+        sweep_cols(s, n_threads, dummy)
 
 
-cdef void _lse_rows(cnp.ndarray x, cnp.ndarray out, int n_threads, floating *dummy=NULL):
-    cdef RowGeom g = geom_of(x)
-    cdef double *res = <double *> cnp.PyArray_DATA(out)
-    cdef int64_t r, nrows = g.A * g.B
-    cdef floating *row
+# -- rows ------------------------------------------------------------------------------
+cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
+    cdef int64_t r
     cdef floating *scratch
-    with nogil, parallel(num_threads=n_threads):
-        scratch = <floating *> malloc(g.C * sizeof(floating)) if g.sc != 1 else NULL
-        for r in prange(nrows, schedule='static'):
-            row = row_ptr(&g, r, dummy)
-            if g.sc != 1:
-                gather(row, g.sc, g.C, scratch)
-                row = scratch
-            res[r] = row_lse(row, g.C, <floating *> NULL, NULL)
+    with parallel(num_threads=n_threads):
+        scratch = NULL
+        if s.x_strided or s.o_strided:
+            scratch = <floating *> malloc(s.C * sizeof(floating))
+        for r in prange(s.rows, schedule='static'):
+            one_row(s, r, scratch, dummy)
         free(scratch)
+
+
+cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating *dummy) noexcept nogil:
+    # per-row state lives here, private to the calling thread (a prange body would share
+    # a variable it only writes through its address)
+    cdef int64_t y = target_of(s, r)
+    cdef const floating *row
+    cdef floating *orow
+    cdef floating *dst
+    cdef fce_stats st
+    cdef double lse, wx = 0.0, xy = 0.0
+    cdef double coef[3]
+    if y == IGNORED:
+        ignore_row(s, r)
+        if s.out_kind != OUT_NONE:
+            zero_strided(<floating *> row_addr(&s.o, r), s.o.sc, s.C)
+        return
+    row = <const floating *> row_addr(&s.x, r)
+    if s.x_strided:
+        copy_strided(row, s.x.sc, scratch, 1, s.C)
+        row = scratch
+    if s.compute_lse:
+        k_stats(row, s.C, s.wt, wants_wx(s), &st)
+        lse, wx = stats_lse(st.max, st.sum), st.wx
+    else:
+        lse = s.lse[r]
+    if y >= 0:
+        xy = row[y]
+    finish_row(s, r, y, lse, xy, wx, coef)
+    if s.out_kind == OUT_NONE:
+        return
+    orow = <floating *> row_addr(&s.o, r)
+    dst = scratch if s.o_strided else orow
+    k_out(s, row, dst, s.C, lse, coef)
+    if y >= 0 and s.out_kind == OUT_EXP:
+        dst[y] = dst[y] - <floating> coef[2]
+    if s.o_strided:
+        copy_strided(dst, 1, orow, s.o.sc, s.C)
+
+
+# -- split: few huge rows ----------------------------------------------------------------
+cdef void sweep_split(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
+    """Chunk statistics in parallel; merged per row in chunk order (thread-independent)."""
+    cdef int64_t k, r, y
+    cdef fce_stats *parts = <fce_stats *> malloc(s.nblocks * sizeof(fce_stats))
+    cdef double *coef = <double *> malloc(4 * s.rows * sizeof(double))  # a, beta, gamma, lse
+    if s.compute_lse:
+        for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
+            split_stats(s, k, parts, dummy)
+    for r in range(s.rows):
+        split_finish(s, r, parts, coef + 4 * r, dummy)
+    if s.out_kind != OUT_NONE:
+        for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
+            split_out(s, k, coef, dummy)
+        for r in range(s.rows):
+            y = target_of(s, r)
+            if y >= 0 and s.out_kind == OUT_EXP:
+                (<floating *> row_addr(&s.o, r))[y] -= <floating> coef[4 * r + 2]
+    free(parts)
+    free(coef)
+
+
+cdef inline void split_stats(const Sweep *s, int64_t k, fce_stats *parts, floating *dummy) noexcept nogil:
+    cdef int64_t r = k // s.per
+    cdef int64_t c0 = (k - r * s.per) * SPLIT_CHUNK
+    cdef const floating *w = (<const floating *> s.wt) + c0 if s.wt != NULL else NULL
+    k_stats((<const floating *> row_addr(&s.x, r)) + c0, min(<int64_t> SPLIT_CHUNK, s.C - c0), w,
+            wants_wx(s), &parts[k])
+
+
+cdef inline void split_finish(const Sweep *s, int64_t r, const fce_stats *parts, double *coef,
+                              floating *dummy) noexcept nogil:
+    cdef int64_t k, y = target_of(s, r)
+    cdef fce_stats st
+    cdef double lse
+    if y == IGNORED:
+        ignore_row(s, r)
+        coef[3] = NAN  # marks the row for zeroing in split_out
+        return
+    if s.compute_lse:
+        st = parts[r * s.per]
+        for k in range(1, s.per):
+            st = fce_stats_merge(st, parts[r * s.per + k])
+        lse = stats_lse(st.max, st.sum)
+    else:
+        st.wx = 0.0
+        lse = s.lse[r]
+    finish_row(s, r, y, lse, (<const floating *> row_addr(&s.x, r))[y] if y >= 0 else 0.0,
+               st.wx, coef)
+    coef[3] = lse
+
+
+cdef inline void split_out(const Sweep *s, int64_t k, const double *coef, floating *dummy) noexcept nogil:
+    cdef int64_t r = k // s.per
+    cdef int64_t c0 = (k - r * s.per) * SPLIT_CHUNK
+    cdef int64_t n = min(<int64_t> SPLIT_CHUNK, s.C - c0)
+    cdef const double *cf = coef + 4 * r
+    cdef floating *dst = (<floating *> row_addr(&s.o, r)) + c0
+    cdef Sweep sub
+    if target_of(s, r) == IGNORED:
+        memset(dst, 0, n * sizeof(floating))
+        return
+    sub = s[0]
+    if sub.wt != NULL:
+        sub.wt = (<const floating *> s.wt) + c0
+    k_out(&sub, (<const floating *> row_addr(&s.x, r)) + c0, dst, n, cf[3], cf)
+
+
+# -- columns: `lanes` rows side by side ----------------------------------------------------
+cdef void sweep_cols(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
+    cdef int64_t k
+    cdef floating *scratch
+    cdef bint need_scratch = s.mode == MODE_COLS_T or (s.out_kind != OUT_NONE and not s.direct_out)
+    with parallel(num_threads=n_threads):
+        scratch = NULL
+        if need_scratch:
+            scratch = <floating *> malloc(s.C * s.lanes * sizeof(floating))
+        for k in prange(s.nblocks, schedule='static'):
+            one_block(s, k, scratch)
+        free(scratch)
+
+
+cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcept nogil:
+    cdef int64_t r0, rstep, nl, l, c, y, r
+    cdef int64_t i, j, L = s.lanes, C = s.C
+    cdef const floating *xp
+    cdef floating *dst
+    cdef floating *orow
+    cdef int64_t xsc, osc
+    cdef int64_t ys[MAX_LANES]
+    cdef double mx[MAX_LANES]
+    cdef double sm[MAX_LANES]
+    cdef double wx[MAX_LANES]
+    cdef double lse[MAX_LANES]
+    cdef double a[MAX_LANES]
+    cdef double beta[MAX_LANES]
+    cdef double gamma[MAX_LANES]
+    cdef double coef[3]
+    cdef bint any_beta = False
+    # which rows: lane l is row r0 + l * rstep
+    if s.mode == MODE_COLS_T:
+        r0, rstep = k * L, 1
+        nl = min(L, s.rows - r0)
+        for l in range(nl):  # transpose the block into scratch: class c of lane l at c * L + l
+            copy_strided(<const floating *> row_addr(&s.x, r0 + l), s.x.sc, scratch + l, L, C)
+        xp, xsc = scratch, L
+    else:
+        i = k // s.per
+        j = (k - i * s.per) * L
+        if s.lanes_on_b:  # a = i, b = j..j+nl
+            nl = min(L, s.x.B - j)
+            r0, rstep = i * s.x.B + j, 1
+        else:             # b = i, a = j..j+nl
+            nl = min(L, s.x.A - j)
+            r0, rstep = j * s.x.B + i, s.x.B
+        xp, xsc = <const floating *> row_addr(&s.x, r0), s.x.sc
+    for l in range(nl):
+        ys[l] = target_of(s, r0 + l * rstep)
+    # statistics of all lanes
+    if s.compute_lse:
+        if floating is float:
+            KT.f32.col_stats(xp, xsc, C, nl, <const float *> s.wt, wants_wx(s), mx, sm, wx)
+        else:
+            KT.f64.col_stats(xp, xsc, C, nl, <const double *> s.wt, wants_wx(s), mx, sm, wx)
+    for l in range(nl):
+        r = r0 + l * rstep
+        y = ys[l]
+        if y == IGNORED:
+            ignore_row(s, r)
+            lse[l], a[l], beta[l], gamma[l] = 0.0, 0.0, 0.0, 0.0
+            continue
+        lse[l] = stats_lse(mx[l], sm[l]) if s.compute_lse else s.lse[r]
+        finish_row(s, r, y, lse[l], xp[y * xsc + l] if y >= 0 else 0.0,
+                   wx[l] if wants_wx(s) else 0.0, coef)
+        a[l], beta[l], gamma[l] = coef[0], coef[1], coef[2]
+        any_beta = any_beta or coef[1] != 0.0
+    if s.out_kind == OUT_NONE:
+        return
+    # output rows: in place of the input layout, or through scratch
+    if s.mode == MODE_COLS and s.direct_out:
+        dst, osc = <floating *> row_addr(&s.o, r0), s.o.sc
+    else:
+        dst, osc = scratch, L
+    if s.out_kind == OUT_LOG:
+        if floating is float:
+            KT.f32.col_sub_shift(xp, xsc, dst, osc, C, nl, lse)
+        else:
+            KT.f64.col_sub_shift(xp, xsc, dst, osc, C, nl, lse)
+    elif floating is float:
+        KT.f32.col_exp_affine(xp, xsc, dst, osc, C, nl, lse, a, beta if any_beta else NULL,
+                              <const float *> s.wt)
+    else:
+        KT.f64.col_exp_affine(xp, xsc, dst, osc, C, nl, lse, a, beta if any_beta else NULL,
+                              <const double *> s.wt)
+    for l in range(nl):
+        y = ys[l]
+        if y == IGNORED:
+            zero_strided(dst + l, osc, C)
+        elif y >= 0 and s.out_kind == OUT_EXP:
+            dst[y * osc + l] -= <floating> gamma[l]
+    if dst == scratch:
+        for l in range(nl):
+            orow = <floating *> row_addr(&s.o, r0 + l * rstep)
+            copy_strided(scratch + l, L, orow, s.o.sc, C)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points (called by fastce/_api.py with validated, canonical arrays)
+# ---------------------------------------------------------------------------------------
+cdef inline void *data_or_null(object arr):
+    return cnp.PyArray_DATA(<cnp.ndarray> arr) if arr is not None else NULL
+
+
+cdef void dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads):
+    if x.dtype == np.float32:
+        plan(s, x, out, KT.f32.lanes)
+        with nogil:
+            run_sweep(s, n_threads, <float *> NULL)
+    else:
+        plan(s, x, out, KT.f64.lanes)
+        with nogil:
+            run_sweep(s, n_threads, <double *> NULL)
+
+
+def lse_rows(cnp.ndarray x, cnp.ndarray lse, int n_threads):
+    """lse[r] = logsumexp of row r of the (A, C, B) array x; lse: (A*B,) float64."""
+    cdef Sweep s
+    memset(&s, 0, sizeof(s))
+    s.lse = <double *> cnp.PyArray_DATA(lse)
+    s.compute_lse = True
+    s.out_kind = OUT_NONE
+    dispatch(&s, x, None, n_threads)
 
 
 def softmax_rows(cnp.ndarray x, cnp.ndarray out, bint log_space, int n_threads):
-    """out = softmax(x) or log_softmax(x) along axis 1 of the (A, C, B) views x and out."""
-    if x.dtype == np.float32:
-        _softmax_rows[float](x, out, log_space, n_threads)
-    else:
-        _softmax_rows[double](x, out, log_space, n_threads)
-
-
-cdef void _softmax_rows(cnp.ndarray x, cnp.ndarray out, bint log_space, int n_threads,
-                        floating *dummy=NULL):
-    cdef RowGeom g = geom_of(x)
-    cdef RowGeom go = geom_of(out)
-    cdef int64_t r, nrows = g.A * g.B
-    cdef bint strided = g.sc != 1 or go.sc != 1
-    cdef floating *row
-    cdef floating *orow
-    cdef floating *scratch
-    cdef floating *dst
-    cdef double lse
-    with nogil, parallel(num_threads=n_threads):
-        scratch = <floating *> malloc(g.C * sizeof(floating)) if strided else NULL
-        for r in prange(nrows, schedule='static'):
-            row = row_ptr(&g, r, dummy)
-            orow = row_ptr(&go, r, dummy)
-            if strided:
-                gather(row, g.sc, g.C, scratch)
-                row = scratch
-            dst = scratch if strided else orow
-            lse = row_lse(row, g.C, <floating *> NULL, NULL)
-            if log_space:
-                k_sub_shift(row, dst, g.C, lse)
-            else:
-                k_exp_affine(row, dst, g.C, lse, 1.0, 0.0, <floating *> NULL)
-            if strided:
-                scatter(dst, orow, go.sc, g.C)
-        free(scratch)
-
-
-# ---------------------------------------------------------------------------------------
-# Cross-entropy with hard targets: loss rows, gradient rows, or both in one sweep
-# ---------------------------------------------------------------------------------------
-cdef struct CEParams:
-    const int64_t *target    # (A*B,) class index, or -1 for an ignored row
-    const double *wd         # (C,) class weights in float64, NULL = all ones
-    double W                 # sum of the weights (C when unweighted)
-    double eps               # label smoothing
-    double *loss             # (A*B,) per-row loss out, or NULL
-    double *lse              # (A*B,) per-row lse: out when compute_lse, else in; or NULL
-    const double *scale      # (A*B,) per-row gradient scale, or NULL -> scale0
-    double scale0
-    bint compute_lse
+    """out = softmax(x) or log_softmax(x) along axis 1 of the (A, C, B) arrays x and out."""
+    cdef Sweep s
+    memset(&s, 0, sizeof(s))
+    s.compute_lse = True
+    s.out_kind = OUT_LOG if log_space else OUT_EXP
+    dispatch(&s, x, out, n_threads)
 
 
 def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d, double W,
-            double eps, object loss, object lse, bint compute_lse, cnp.ndarray grad,
+            double eps, object loss, object lse, bint compute_lse, object grad,
             object scale_rows, double scale0, int n_threads):
-    """The cross-entropy row sweep (hard targets).
+    """The cross-entropy sweep (class-index targets).
 
-    x: (A, C, B) floating logits.  target: (A*B,) int64, -1 for ignored rows.
-    weight_t: (C,) weights in x's dtype or None; weight_d: the same in float64 or None.
-    loss/lse: (A*B,) float64 outputs or None; with compute_lse False, lse is an input.
-    grad: (A, C, B) of x's dtype (may be x itself), or None; its row scale is
-    scale_rows[r] (float64 (A*B,)) or scale0.
+    x: (A, C, B) logits.  target: (A*B,) int64, -1 for ignored rows.  weight_t/weight_d:
+    (C,) weights in x's dtype / float64, or None.  loss, lse: (A*B,) float64 or None; lse
+    is read instead of computed when compute_lse is False.  grad: (A, C, B) output of x's
+    dtype (may be x itself) or None, rows scaled by scale_rows[r] ((A*B,) float64) or
+    scale0.
     """
-    cdef CEParams p
-    p.target = <const int64_t *> cnp.PyArray_DATA(target)
-    p.wd = <const double *> cnp.PyArray_DATA(weight_d) if weight_d is not None else NULL
-    p.W = W
-    p.eps = eps
-    p.loss = <double *> cnp.PyArray_DATA(loss) if loss is not None else NULL
-    p.lse = <double *> cnp.PyArray_DATA(lse) if lse is not None else NULL
-    p.scale = <const double *> cnp.PyArray_DATA(scale_rows) if scale_rows is not None else NULL
-    p.scale0 = scale0
-    p.compute_lse = compute_lse
-    if x.dtype == np.float32:
-        _ce_rows[float](x, weight_t, grad, &p, n_threads)
-    else:
-        _ce_rows[double](x, weight_t, grad, &p, n_threads)
-
-
-cdef void _ce_rows(cnp.ndarray x, object weight_t, object grad, CEParams *p, int n_threads,
-                   floating *dummy=NULL):
-    cdef RowGeom g = geom_of(x)
-    cdef RowGeom gg = geom_of(grad) if grad is not None else g
-    cdef bint want_grad = grad is not None
-    cdef const floating *wt = <const floating *> cnp.PyArray_DATA(weight_t) if weight_t is not None else NULL
-    cdef int64_t r, nrows = g.A * g.B
-    cdef bint strided = g.sc != 1 or (want_grad and gg.sc != 1)
-    cdef floating *scratch
-    with nogil, parallel(num_threads=n_threads):
-        scratch = <floating *> malloc(g.C * sizeof(floating)) if strided else NULL
-        for r in prange(nrows, schedule='static'):
-            ce_one_row(p, wt, r, row_ptr(&g, r, dummy), g.sc,
-                       row_ptr(&gg, r, dummy) if want_grad else NULL, gg.sc, g.C, scratch)
-        free(scratch)
-
-
-cdef inline void ce_one_row(const CEParams *p, const floating *wt, int64_t r, floating *row,
-                            int64_t sc, floating *grow, int64_t gsc, int64_t C,
-                            floating *scratch) noexcept nogil:
-    """Loss and/or gradient of row r. `scratch` (C elements) is set when a row is strided."""
-    cdef int64_t y = p.target[r]
-    cdef bint smooth = p.eps != 0.0
-    cdef double lse, wx = 0.0, wy, xy, s, loss
-    cdef floating *dst
-    if y < 0:  # ignored row: no loss, no gradient
-        if p.loss != NULL:
-            p.loss[r] = 0.0
-        if p.lse != NULL and p.compute_lse:
-            p.lse[r] = NAN
-        if grow != NULL:
-            zero_row(grow, gsc, C)
-        return
-    if scratch != NULL:
-        gather(row, sc, C, scratch)
-        row = scratch
-    wy = p.wd[y] if p.wd != NULL else 1.0
-    xy = row[y]
-    if p.compute_lse:
-        lse = row_lse(row, C, wt, &wx if smooth else NULL)
-        if p.lse != NULL:
-            p.lse[r] = lse
-        if p.loss != NULL:
-            loss = (1.0 - p.eps) * wy * (lse - xy)
-            if smooth:  # skipped at eps == 0: 0 * inf would turn masked rows into nan
-                loss = loss + p.eps / C * (p.W * lse - wx)
-            p.loss[r] = loss
-    else:
-        lse = p.lse[r]
-    if grow == NULL:
-        return
-    s = p.scale[r] if p.scale != NULL else p.scale0
-    dst = scratch if scratch != NULL else grow
-    # d loss / d x_c = s * [((1-eps) w_y + eps W / C) p_c - (eps / C) w_c - (1-eps) w_y [c == y]]
-    k_exp_affine(row, dst, C, lse, s * ((1.0 - p.eps) * wy + p.eps / C * p.W), s * p.eps / C, wt)
-    dst[y] = dst[y] - <floating> (s * (1.0 - p.eps) * wy)
-    if scratch != NULL:
-        scatter(dst, grow, gsc, C)
+    cdef Sweep s
+    memset(&s, 0, sizeof(s))
+    s.target = <const int64_t *> cnp.PyArray_DATA(target)
+    s.wt = data_or_null(weight_t)
+    s.wd = <const double *> data_or_null(weight_d)
+    s.W = W
+    s.eps = eps
+    s.loss = <double *> data_or_null(loss)
+    s.lse = <double *> data_or_null(lse)
+    s.compute_lse = compute_lse
+    s.out_kind = OUT_EXP if grad is not None else OUT_NONE
+    s.scale = <const double *> data_or_null(scale_rows)
+    s.scale0 = scale0
+    dispatch(&s, x, grad, n_threads)
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,3 +662,6 @@ cdef object _elementwise(x, int which):
         else:
             KT.f64.vlog(<double *> cnp.PyArray_DATA(a), <double *> cnp.PyArray_DATA(out), n)
     return out
+
+
+include "_bce.pxi"  # binary cross-entropy with logits

@@ -22,8 +22,20 @@ typedef struct {
         void (*row_exp_affine)(const T *x, T *out, int64_t n, double shift, double a,          \
                                double beta, const T *w);                                       \
         void (*row_sub_shift)(const T *x, T *out, int64_t n, double shift);                    \
+        int lanes; /* rows per column block */                                                \
+        void (*col_stats)(const T *x, int64_t sc, int64_t C, int64_t nl, const T *w,           \
+                          int want_wx, double *mx, double *sum, double *wx);                   \
+        void (*col_exp_affine)(const T *x, int64_t sc, T *out, int64_t osc, int64_t C,         \
+                               int64_t nl, const double *shift, const double *a,               \
+                               const double *beta, const T *w);                                \
+        void (*col_sub_shift)(const T *x, int64_t sc, T *out, int64_t osc, int64_t C,          \
+                              int64_t nl, const double *shift);                                \
         void (*vexp)(const T *x, T *out, int64_t n);                                           \
         void (*vlog)(const T *x, T *out, int64_t n);                                           \
+        /* --- binary cross-entropy with logits (bce_impl.h) --- */                            \
+        void (*bce_block)(const T *x, const T *y, const T *w, const T *pw, double pw0, T *grad,  \
+                          int64_t n, double gscale, const T *gscale_elem, double lscale,       \
+                          double *loss_sum, T *loss_elem);                                     \
     } fce_kernels_##DT;
 FCE_DECLARE_DTYPE_TABLE(f32, float)
 FCE_DECLARE_DTYPE_TABLE(f64, double)

@@ -9,6 +9,7 @@
 #define FCE_IS_F32 1
 #include "fastce/vmath_impl.h"
 #include "fastce/kernels_impl.h"
+#include "fastce/bce_impl.h" /* binary cross-entropy with logits */
 #undef FCE_DT
 #undef FCE_T
 #undef FCE_VN
@@ -20,6 +21,7 @@
 #define FCE_IS_F32 0
 #include "fastce/vmath_impl.h"
 #include "fastce/kernels_impl.h"
+#include "fastce/bce_impl.h" /* binary cross-entropy with logits */
 #undef FCE_DT
 #undef FCE_T
 #undef FCE_VN
@@ -28,7 +30,12 @@
 #define FCE__STR_(x) #x
 #define FCE__STR(x) FCE__STR_(x)
 #define FCE__TABLE(DT) \
-    { fce_##DT##_row_stats, fce_##DT##_row_exp_affine, fce_##DT##_row_sub_shift, fce_##DT##_vexp, fce_##DT##_vlog }
+    { fce_##DT##_row_stats, fce_##DT##_row_exp_affine, fce_##DT##_row_sub_shift,                         \
+      FCE_##DT##_LANES, fce_##DT##_col_stats, fce_##DT##_col_exp_affine, fce_##DT##_col_sub_shift,       \
+      fce_##DT##_vexp, fce_##DT##_vlog, \
+      /* bce */ fce_##DT##_bce_block }
+#define FCE_f32_LANES FCE_F32_N
+#define FCE_f64_LANES FCE_F64_N
 
 const fce_kernels FCE_TABLE_NAME = {
     FCE__STR(FCE_ISA_NAME),

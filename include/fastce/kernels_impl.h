@@ -12,6 +12,7 @@
  * exp_affine    out = a * exp(x - shift) - beta * w (w = 1 when NULL): softmax, and the
  *               cross-entropy gradient rows. out may alias x (in-place gradients).
  * sub_shift     out = x - shift: log-softmax rows.
+ * col_*         the same three for blocks of FCE_VN rows held side by side (see below).
  * Shifts arrive in float64 and are applied as hi + lo float pairs, so a float32 row is
  * shifted by the exact float64 value up to the final rounding. */
 
@@ -152,5 +153,78 @@ static void FN(row_sub_shift)(const FCE_T *x, FCE_T *out, int64_t n, double shif
 FCE__ELEMENTWISE(vexp, FN(exp))
 FCE__ELEMENTWISE(vlog, FN(log))
 #undef FCE__ELEMENTWISE
+
+/* ---- column blocks: FCE_VN rows side by side ------------------------------------------
+ * Element (class c, lane l) is x[c * sc + l]; lanes l < nl are real rows, the others are
+ * loaded as zeros and never stored. One vector holds one class of FCE_VN rows, so a row
+ * costs no tail and no horizontal reduction: the path for small class counts (blocks
+ * transposed into scratch by the caller) and for class-strided layouts (K-dim inputs,
+ * Fortran order), which are read in place. Two passes per block (max, then sum of
+ * exp): a block of small C lives in L1. */
+
+static inline V FN(col_load)(const FCE_T *p, int64_t nl) {
+    return nl == FCE_VN ? VOP(loadu)(p) : VOP(load_tail)(p, nl, (FCE_T)0);
+}
+
+static inline void FN(col_store)(FCE_T *p, int64_t nl, V v) {
+    if (nl == FCE_VN) VOP(storeu)(p, v);
+    else VOP(store_tail)(p, nl, v);
+}
+
+/* per-lane float64 values as vectors: hi = rounded value, lo = the rounding remainder */
+static inline void FN(col_split)(const double *v, int64_t nl, V *hi, V *lo) {
+    FCE_T h[FCE_VN], l[FCE_VN];
+    for (int64_t k = 0; k < FCE_VN; k++) {
+        const double d = k < nl ? v[k] : 0.0;
+        h[k] = (FCE_T)d;
+        l[k] = (FCE_T)(d - (double)h[k]);
+    }
+    *hi = VOP(loadu)(h);
+    *lo = VOP(loadu)(l);
+}
+
+static void FN(col_stats)(const FCE_T *x, int64_t sc, int64_t C, int64_t nl, const FCE_T *w,
+                          int want_wx, double *mx, double *sum, double *wx) {
+    V m = VOP(set1)(FCE_LOWEST);
+    for (int64_t c = 0; c < C; c++) m = VOP(max)(m, FN(col_load)(x + c * sc, nl));
+    ACC s = AOP(zero)(), a = AOP(zero)();
+    for (int64_t c = 0; c < C; c++) {
+        const V xv = FN(col_load)(x + c * sc, nl);
+        s = AOP(add)(s, FN(exp)(VOP(sub)(xv, m)));
+        if (want_wx) a = AOP(add)(a, w ? VOP(mul)(xv, VOP(set1)(w[c])) : xv);
+    }
+    FCE_T mt[FCE_VN];
+    double st[FCE_VN], at[FCE_VN];
+    VOP(storeu)(mt, m);
+    AOP(store)(st, s);
+    AOP(store)(at, a);
+    for (int64_t l = 0; l < nl; l++) {
+        mx[l] = mt[l] == FCE_LOWEST ? -INFINITY : (double)mt[l]; /* empty or all -inf */
+        sum[l] = st[l];
+        if (want_wx) wx[l] = at[l];
+    }
+}
+
+static void FN(col_exp_affine)(const FCE_T *x, int64_t sc, FCE_T *out, int64_t osc, int64_t C, int64_t nl,
+                               const double *shift, const double *a, const double *beta, const FCE_T *w) {
+    V hi, lo, av, bv = VOP(zero)(), unused;
+    FN(col_split)(shift, nl, &hi, &lo);
+    FN(col_split)(a, nl, &av, &unused);
+    if (beta) FN(col_split)(beta, nl, &bv, &unused);
+    for (int64_t c = 0; c < C; c++) {
+        const V xv = FN(col_load)(x + c * sc, nl);
+        V y = VOP(mul)(av, FN(exp)(VOP(sub)(VOP(sub)(xv, hi), lo)));
+        if (beta) y = VOP(sub)(y, w ? VOP(mul)(bv, VOP(set1)(w[c])) : bv);
+        FN(col_store)(out + c * osc, nl, y);
+    }
+}
+
+static void FN(col_sub_shift)(const FCE_T *x, int64_t sc, FCE_T *out, int64_t osc, int64_t C, int64_t nl,
+                              const double *shift) {
+    V hi, lo;
+    FN(col_split)(shift, nl, &hi, &lo);
+    for (int64_t c = 0; c < C; c++)
+        FN(col_store)(out + c * osc, nl, VOP(sub)(VOP(sub)(FN(col_load)(x + c * sc, nl), hi), lo));
+}
 
 #undef FCE_LOWEST

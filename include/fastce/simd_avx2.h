@@ -72,6 +72,7 @@ static inline double fce__hsum4d(__m256d v) {
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 static inline double fce_f32acc_hsum(fce_f32acc a) { return fce__hsum4d(_mm256_add_pd(a.lo, a.hi)); }
+static inline void fce_f32acc_store(double *p, fce_f32acc a) { _mm256_storeu_pd(p, a.lo); _mm256_storeu_pd(p + 4, a.hi); }
 
 /* ---- float64 ---- */
 typedef __m256d fce_f64v;
@@ -125,5 +126,6 @@ static inline fce_f64acc fce_f64acc_zero(void) { return _mm256_setzero_pd(); }
 static inline fce_f64acc fce_f64acc_add(fce_f64acc a, fce_f64v v) { return _mm256_add_pd(a, v); }
 static inline fce_f64acc fce_f64acc_scale(fce_f64acc a, fce_f64v f) { return _mm256_mul_pd(a, f); }
 static inline double fce_f64acc_hsum(fce_f64acc a) { return fce__hsum4d(a); }
+static inline void fce_f64acc_store(double *p, fce_f64acc a) { _mm256_storeu_pd(p, a); }
 
 #endif

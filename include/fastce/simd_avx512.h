@@ -8,7 +8,8 @@
  *   hmax hsum               horizontal reductions (hsum returns double)
  *   pow2n                   2**n for n held in the low mantissa bits of t = n + 1.5*2**(mant bits)
  *   exponent / mantissa     x = 2**e * m, m in [1, 2), for positive normal x
- *   fce_DTacc               a float64 accumulator for sums of DT vectors (two f64 vectors for f32)
+ *   fce_DTacc               a float64 accumulator for sums of DT vectors (two f64 vectors for f32):
+ *                           zero, add, scale (lane-wise multiply), hsum, store (N doubles)
  * Kernels are written once against this vocabulary (kernels.h, vmath.h).
  */
 #ifndef FASTCE_SIMD_AVX512_H
@@ -71,6 +72,7 @@ static inline fce_f32acc fce_f32acc_scale(fce_f32acc a, fce_f32v f) {
     a.lo = _mm512_mul_pd(a.lo, fce__lo8(f)); a.hi = _mm512_mul_pd(a.hi, fce__hi8(f)); return a;
 }
 static inline double fce_f32acc_hsum(fce_f32acc a) { return _mm512_reduce_add_pd(_mm512_add_pd(a.lo, a.hi)); }
+static inline void fce_f32acc_store(double *p, fce_f32acc a) { _mm512_storeu_pd(p, a.lo); _mm512_storeu_pd(p + 8, a.hi); }
 
 /* ---- float64 ---- */
 typedef __m512d fce_f64v;
@@ -120,5 +122,6 @@ static inline fce_f64acc fce_f64acc_zero(void) { return _mm512_setzero_pd(); }
 static inline fce_f64acc fce_f64acc_add(fce_f64acc a, fce_f64v v) { return _mm512_add_pd(a, v); }
 static inline fce_f64acc fce_f64acc_scale(fce_f64acc a, fce_f64v f) { return _mm512_mul_pd(a, f); }
 static inline double fce_f64acc_hsum(fce_f64acc a) { return _mm512_reduce_add_pd(a); }
+static inline void fce_f64acc_store(double *p, fce_f64acc a) { _mm512_storeu_pd(p, a); }
 
 #endif

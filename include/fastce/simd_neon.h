@@ -64,6 +64,7 @@ static inline fce_f32acc fce_f32acc_scale(fce_f32acc a, fce_f32v f) {
     return a;
 }
 static inline double fce_f32acc_hsum(fce_f32acc a) { return vaddvq_f64(vaddq_f64(a.lo, a.hi)); }
+static inline void fce_f32acc_store(double *p, fce_f32acc a) { vst1q_f64(p, a.lo); vst1q_f64(p + 2, a.hi); }
 
 /* ---- float64 ---- */
 typedef float64x2_t fce_f64v;
@@ -116,5 +117,6 @@ static inline fce_f64acc fce_f64acc_zero(void) { return vdupq_n_f64(0.0); }
 static inline fce_f64acc fce_f64acc_add(fce_f64acc a, fce_f64v v) { return vaddq_f64(a, v); }
 static inline fce_f64acc fce_f64acc_scale(fce_f64acc a, fce_f64v f) { return vmulq_f64(a, f); }
 static inline double fce_f64acc_hsum(fce_f64acc a) { return vaddvq_f64(a); }
+static inline void fce_f64acc_store(double *p, fce_f64acc a) { vst1q_f64(p, a); }
 
 #endif

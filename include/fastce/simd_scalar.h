@@ -60,11 +60,13 @@ static inline fce_f32acc fce_f32acc_zero(void) { return 0.0; }
 static inline fce_f32acc fce_f32acc_add(fce_f32acc a, float v) { return a + (double)v; }
 static inline fce_f32acc fce_f32acc_scale(fce_f32acc a, float f) { return a * (double)f; }
 static inline double fce_f32acc_hsum(fce_f32acc a) { return a; }
+static inline void fce_f32acc_store(double *p, fce_f32acc a) { *p = a; }
 typedef double fce_f64acc;
 static inline fce_f64acc fce_f64acc_zero(void) { return 0.0; }
 static inline fce_f64acc fce_f64acc_add(fce_f64acc a, double v) { return a + v; }
 static inline fce_f64acc fce_f64acc_scale(fce_f64acc a, double f) { return a * f; }
 static inline double fce_f64acc_hsum(fce_f64acc a) { return a; }
+static inline void fce_f64acc_store(double *p, fce_f64acc a) { *p = a; }
 static inline double fce_f64_hsum(double v) { return v; }
 
 #endif
