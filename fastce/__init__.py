@@ -16,6 +16,11 @@ from ._api import (  # noqa: E402
     nll_loss,
     softmax,
 )
+from ._bce import (  # noqa: E402
+    BCEWithLogitsLoss,
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_with_grad,
+)
 from ._config import (  # noqa: E402
     _select_initial_isa,
     get_isa,
@@ -32,5 +37,6 @@ del _select_initial_isa
 __all__ = [
     "CrossEntropyLoss", "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad",
     "log_softmax", "logsumexp", "nll_loss", "softmax",
+    "BCEWithLogitsLoss", "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
     "get_isa", "set_isa", "supported_isas", "get_num_threads", "set_num_threads", "show_config",
 ]

@@ -138,7 +138,7 @@ class _CECall:
     """One validated cross-entropy call: canonical views and per-row parameters."""
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
-                 n_threads, inplace=False, out=None):
+                 n_threads, inplace=False, out=None, allow_soft=True):
         self.reduction = V.check_reduction(reduction)
         self.eps = V.check_label_smoothing(label_smoothing)
         ignore_index = V.check_ignore_index(ignore_index)
@@ -154,7 +154,12 @@ class _CECall:
             raise ValueError(f"logits must have at least one class, got shape {x.shape}")
         self.x = x
         self.target_shape = V.expected_target_shape(x.shape)
-        self.t = V.as_hard_target(target, x.shape, self.n_classes, ignore_index)
+        if allow_soft and V.is_probability_target(target, x.shape):
+            self.soft = V.as_soft_target(target, x.shape, x.dtype, ignore_index)
+            self.t = None
+        else:
+            self.soft = None
+            self.t = V.as_hard_target(target, x.shape, self.n_classes, ignore_index)
         self.wt, self.wd = V.as_weight(weight, self.n_classes, x.dtype)
         if out is not None:
             V.check_out(out, x.shape, x.dtype, {"logits": x, "target": target, "weight": weight})
@@ -163,12 +168,14 @@ class _CECall:
 
     @property
     def rows(self):
-        return self.t.shape[0]
+        return int(np.prod(self.target_shape, dtype=np.int64))
 
     def weight_sum(self):
         return float(self.wd.sum()) if self.wd is not None else float(self.n_classes)
 
     def mean_normaliser(self):
+        if self.soft is not None:  # probability targets: the number of rows, like torch
+            return float(self.rows)
         valid = self.t >= 0
         if self.wd is None:
             return float(np.count_nonzero(valid))
@@ -177,7 +184,7 @@ class _CECall:
     def sweep(self, want_loss, grad_output=None, want_grad=False, lse=None, want_lse=False):
         """Run the row sweep; returns (per-row loss or None, per-row lse or None, grad or None)."""
         loss = np.empty(self.rows) if want_loss else None
-        compute_lse = lse is None
+        compute_lse = lse is None or self.soft is not None  # soft rows always re-read targets
         if compute_lse and want_lse:
             lse = np.empty(self.rows)
         grad = copy_to = None
@@ -199,8 +206,14 @@ class _CECall:
             grad3 = None
             if grad is not None:
                 grad3, copy_to = V.writable_rows3(grad, self.axis)
-            _kernels.ce_rows(V.as_rows3(self.x, self.axis), self.t, self.wt, self.wd, self.weight_sum(),
-                             self.eps, loss, lse, compute_lse, grad3, scale_rows, scale0, self.n_threads)
+            x3 = V.as_rows3(self.x, self.axis)
+            if self.soft is not None:
+                _kernels.ce_soft_rows(x3, V.as_rows3(self.soft, self.axis), self.wt, self.weight_sum(),
+                                      self.eps, loss, lse if want_lse else None, grad3, scale_rows,
+                                      scale0, self.n_threads)
+            else:
+                _kernels.ce_rows(x3, self.t, self.wt, self.wd, self.weight_sum(), self.eps, loss,
+                                 lse, compute_lse, grad3, scale_rows, scale0, self.n_threads)
             if copy_to is not None:
                 np.copyto(copy_to, grad3.reshape(copy_to.shape))
         return loss, lse, grad
@@ -221,9 +234,13 @@ _CE_PARAMS = """Parameters
     logits : array_like of float32 or float64
         Scores, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (class axis 1, as
         in torch); any layout.
-    target : array_like of int
-        Class indices in ``[0, C)`` or ``ignore_index``; shape ``()``, ``(N,)`` or
-        ``(N, d1, ..., dk)``.
+    target : array_like of int, or of float
+        Class indices in ``[0, C)`` or ``ignore_index``, shape ``()``, ``(N,)`` or
+        ``(N, d1, ..., dk)``; or class probabilities ``t``, a float array of the logits'
+        shape, for which the row loss is ``-sum_c w_c t'_c log_softmax(x)_c`` with
+        ``t' = (1 - eps) t + eps / C``, 'mean' divides by the number of rows (not by
+        weights, like torch), and ``ignore_index`` must stay -100. A class with
+        ``t_c = 0`` and a ``-inf`` logit gives ``0 * -inf = nan``, as in torch.
     weight : array_like, shape (C,), optional
         Class weights ``w`` (default all ones).
     ignore_index : int, default -100
@@ -348,7 +365,7 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
     twin = _cuda_dispatch("nll_loss", log_probs, target, weight)
     if twin:
         return twin(log_probs, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
-    call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None)
+    call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None, allow_soft=False)
     lp3 = V.as_rows3(call.x, call.axis)
     a, _, b = lp3.shape
     valid = call.t >= 0

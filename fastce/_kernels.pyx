@@ -44,12 +44,18 @@ cdef extern from "fastce/fastce.h" nogil:
         double max
         double sum
         double wx
+        double wtx
+        double wts
 
     ctypedef struct fce_kernels_f32:
         void (*row_stats)(const float *x, int64_t n, const float *w, int want_wx, fce_stats *st) noexcept nogil
         void (*row_exp_affine)(const float *x, float *out, int64_t n, double shift, double a,
                                double beta, const float *w) noexcept nogil
         void (*row_sub_shift)(const float *x, float *out, int64_t n, double shift) noexcept nogil
+        void (*row_soft_stats)(const float *x, const float *t, int64_t n, const float *w,
+                               fce_stats *st) noexcept nogil
+        void (*row_soft_grad)(const float *x, const float *t, float *out, int64_t n, double shift,
+                              double a, double beta, double delta, const float *w) noexcept nogil
         int lanes
         void (*col_stats)(const float *x, int64_t sc, int64_t C, int64_t nl, const float *w,
                           int want_wx, double *mx, double *sum, double *wx) noexcept nogil
@@ -70,6 +76,10 @@ cdef extern from "fastce/fastce.h" nogil:
         void (*row_exp_affine)(const double *x, double *out, int64_t n, double shift, double a,
                                double beta, const double *w) noexcept nogil
         void (*row_sub_shift)(const double *x, double *out, int64_t n, double shift) noexcept nogil
+        void (*row_soft_stats)(const double *x, const double *t, int64_t n, const double *w,
+                               fce_stats *st) noexcept nogil
+        void (*row_soft_grad)(const double *x, const double *t, double *out, int64_t n, double shift,
+                              double a, double beta, double delta, const double *w) noexcept nogil
         int lanes
         void (*col_stats)(const double *x, int64_t sc, int64_t C, int64_t nl, const double *w,
                           int want_wx, double *mx, double *sum, double *wx) noexcept nogil
@@ -202,6 +212,7 @@ DEF IGNORED = -1      # target == ignore_index (marked so by the Python layer)
 cdef struct Sweep:
     # what: per-row targets and outputs
     const int64_t *target       # (rows,) class or IGNORED; NULL for the softmax family
+    bint soft                   # probability targets instead (rows mode only), geometry `t`
     const double *wd            # (C,) float64 class weights, or NULL
     const void *wt              # (C,) the same in the data dtype, or NULL
     double W                    # sum of the weights (C when unweighted)
@@ -214,6 +225,7 @@ cdef struct Sweep:
     double scale0
     # where: geometry and plan
     RowGeom x, o                # input rows; output rows (o == x when not writing)
+    RowGeom t                   # probability targets, when soft
     int64_t rows, C
     int mode
     int64_t lanes               # rows per column block
@@ -224,9 +236,12 @@ cdef struct Sweep:
     bint direct_out             # the output has the input's strides (columns write in place)
 
 
-cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, int64_t lanes):
+cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target, int64_t lanes):
     cdef int64_t item = x.itemsize
     s.x = geom_of(x)
+    s.soft = soft_target is not None
+    if s.soft:
+        s.t = geom_of(soft_target)
     s.o = geom_of(out) if out is not None else s.x
     s.C = s.x.C
     s.rows = s.x.A * s.x.B
@@ -235,6 +250,8 @@ cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, int64_t lanes):
     s.o_strided = out is not None and s.o.sc != 1
     s.direct_out = s.o.sa == s.x.sa and s.o.sb == s.x.sb and s.o.sc == s.x.sc
     s.mode = MODE_ROWS
+    if s.soft:
+        return
     if s.x_strided and s.x.B >= lanes and s.x.sb == item:
         s.mode, s.lanes_on_b = MODE_COLS, True
         s.per = (s.x.B + lanes - 1) // lanes
@@ -357,11 +374,57 @@ cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept no
     cdef floating *scratch
     with parallel(num_threads=n_threads):
         scratch = NULL
-        if s.x_strided or s.o_strided:
-            scratch = <floating *> malloc(s.C * sizeof(floating))
+        if s.x_strided or s.o_strided or s.soft:
+            scratch = <floating *> malloc(2 * s.C * sizeof(floating))
         for r in prange(s.rows, schedule='static'):
-            one_row(s, r, scratch, dummy)
+            if s.soft:
+                one_soft_row(s, r, scratch)
+            else:
+                one_row(s, r, scratch, dummy)
         free(scratch)
+
+
+cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
+    # l = -sum_c w_c t'_c (x_c - lse), t' = (1 - eps) t + eps / C
+    cdef const floating *row = <const floating *> row_addr(&s.x, r)
+    cdef const floating *trow = <const floating *> row_addr(&s.t, r)
+    cdef floating *orow
+    cdef floating *dst
+    cdef fce_stats st
+    cdef double lse, T1, wtx, g
+    if s.x_strided:
+        copy_strided(row, s.x.sc, scratch, 1, s.C)
+        row = scratch
+    if s.t.sc != 1:
+        copy_strided(trow, s.t.sc, scratch + s.C, 1, s.C)
+        trow = scratch + s.C
+    if floating is float:
+        KT.f32.row_soft_stats(row, trow, s.C, <const float *> s.wt, &st)
+    else:
+        KT.f64.row_soft_stats(row, trow, s.C, <const double *> s.wt, &st)
+    lse = stats_lse(st.max, st.sum)
+    T1 = (1.0 - s.eps) * st.wts + s.eps / s.C * s.W
+    wtx = (1.0 - s.eps) * st.wtx
+    if s.eps != 0.0:  # skipped at eps == 0: 0 * inf would turn masked rows into nan
+        wtx = wtx + s.eps / s.C * st.wx
+    if s.lse != NULL:
+        s.lse[r] = lse
+    if s.loss != NULL:
+        s.loss[r] = T1 * lse - wtx
+    if s.out_kind == OUT_NONE:
+        return
+    # d l / d x_c = g [T1 p_c - w_c ((1 - eps) t_c + eps / C)]
+    g = s.scale[r] if s.scale != NULL else s.scale0
+    orow = <floating *> row_addr(&s.o, r)
+    dst = scratch if s.o_strided else orow
+    if floating is float:
+        KT.f32.row_soft_grad(row, trow, dst, s.C, lse, g * T1, g * s.eps / s.C, g * (1.0 - s.eps),
+                             <const float *> s.wt)
+    else:
+        KT.f64.row_soft_grad(row, trow, dst, s.C, lse, g * T1, g * s.eps / s.C, g * (1.0 - s.eps),
+                             <const double *> s.wt)
+    if s.o_strided:
+        copy_strided(dst, 1, orow, s.o.sc, s.C)
 
 
 cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating *dummy) noexcept nogil:
@@ -575,13 +638,14 @@ cdef inline void *data_or_null(object arr):
     return cnp.PyArray_DATA(<cnp.ndarray> arr) if arr is not None else NULL
 
 
-cdef void dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads):
+cdef void dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads,
+                   cnp.ndarray soft_target=None):
     if x.dtype == np.float32:
-        plan(s, x, out, KT.f32.lanes)
+        plan(s, x, out, soft_target, KT.f32.lanes)
         with nogil:
             run_sweep(s, n_threads, <float *> NULL)
     else:
-        plan(s, x, out, KT.f64.lanes)
+        plan(s, x, out, soft_target, KT.f64.lanes)
         with nogil:
             run_sweep(s, n_threads, <double *> NULL)
 
@@ -630,6 +694,24 @@ def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d,
     s.scale = <const double *> data_or_null(scale_rows)
     s.scale0 = scale0
     dispatch(&s, x, grad, n_threads)
+
+
+def ce_soft_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, double W, double eps,
+                 object loss, object lse, object grad, object scale_rows, double scale0,
+                 int n_threads):
+    """The cross-entropy sweep with probability targets: target is (A, C, B) like x."""
+    cdef Sweep s
+    memset(&s, 0, sizeof(s))
+    s.wt = data_or_null(weight_t)
+    s.W = W
+    s.eps = eps
+    s.loss = <double *> data_or_null(loss)
+    s.lse = <double *> data_or_null(lse)
+    s.compute_lse = True
+    s.out_kind = OUT_EXP if grad is not None else OUT_NONE
+    s.scale = <const double *> data_or_null(scale_rows)
+    s.scale0 = scale0
+    dispatch(&s, x, grad, n_threads, target)
 
 
 # ---------------------------------------------------------------------------------------

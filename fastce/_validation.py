@@ -50,7 +50,7 @@ def check_label_smoothing(label_smoothing):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        raise ArgumentValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     return eps
 
 
@@ -79,6 +79,34 @@ def _is_cupy(x):
     return type(x).__module__.split(".")[0] == "cupy"
 
 
+class ArgumentValueError(ValueError, RuntimeError):
+    """A bad argument value for which torch raises ``RuntimeError``.
+
+    Catchable as ``ValueError`` (NumPy convention) and as ``RuntimeError`` (torch parity),
+    as NumPy's ``AxisError`` is both a ``ValueError`` and an ``IndexError``.
+    """
+
+
+class ArgumentTypeError(TypeError, RuntimeError):
+    """A bad argument dtype for which torch raises ``RuntimeError`` (see ArgumentValueError)."""
+
+
+def is_probability_target(target, logits_shape):
+    """Class probabilities: a floating target with exactly the logits' shape (torch's rule)."""
+    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+    return np.issubdtype(t.dtype, np.floating) and t.shape == tuple(logits_shape)
+
+
+def as_soft_target(target, logits_shape, dtype, ignore_index):
+    """Probability targets in the logits' dtype (copied only when the dtype differs)."""
+    if _is_cupy(target):
+        raise TypeError("target is a CuPy array but logits is not: mix of CuPy and NumPy")
+    if ignore_index != -100:
+        raise ArgumentValueError(f"ignore_index={ignore_index} is not supported with probability "
+                                 f"targets (a float target of the logits' shape {tuple(logits_shape)})")
+    return np.asarray(target).astype(dtype, copy=False)
+
+
 def as_hard_target(target, logits_shape, n_classes, ignore_index):
     """Validate class-index targets; return them flat as int64 with -1 marking ignored rows.
 
@@ -90,15 +118,14 @@ def as_hard_target(target, logits_shape, n_classes, ignore_index):
     t = np.asarray(target)
     expected = expected_target_shape(logits_shape)
     if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
-        if np.issubdtype(t.dtype, np.floating) and t.shape == tuple(logits_shape):
-            raise TypeError(
-                f"target with the logits' shape {t.shape} and dtype {t.dtype} would be class "
-                f"probabilities, which this function does not support yet; class indices "
-                f"need an integer dtype")
-        raise TypeError(f"target must have an integer dtype (class indices), got {t.dtype}")
+        raise ArgumentTypeError(
+            f"target must hold class indices (an integer dtype) of shape {expected}, or class "
+            f"probabilities (a float dtype) of the logits' shape {tuple(logits_shape)}; got "
+            f"dtype {t.dtype} and shape {t.shape}")
     if t.shape != expected:
-        raise ValueError(f"target has shape {t.shape}, but logits of shape {tuple(logits_shape)} "
-                         f"need a target of shape {expected}")
+        raise ArgumentValueError(f"target has shape {t.shape}, but logits of shape {tuple(logits_shape)} "
+                                 f"need a target of shape {expected} (class indices) or "
+                                 f"{tuple(logits_shape)} (class probabilities)")
     t64 = t.astype(np.int64, copy=False).reshape(-1)
     ignored = t64 == ignore_index
     bad = ((t64 < 0) | (t64 >= n_classes)) & ~ignored
@@ -126,7 +153,7 @@ def as_weight(weight, n_classes, dtype):
     if w.dtype == np.bool_ or not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
         raise TypeError(f"weight must hold real numbers, got dtype {w.dtype}")
     if w.shape != (n_classes,):
-        raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
+        raise ArgumentValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
     wd = np.ascontiguousarray(w, dtype=np.float64)
     return np.ascontiguousarray(w, dtype=dtype), wd
 
@@ -224,3 +251,74 @@ def writable_rows3(out, axis):
     if out.size == 0 or not np.may_share_memory(view, out) or not _strides_ok(view):
         return np.empty(shape3, dtype=out.dtype), out
     return view, None
+
+
+# ---------------------------------------------------------------------------------------
+# binary cross-entropy with logits (fastce/_bce.py)
+# ---------------------------------------------------------------------------------------
+def as_probability_target(target, logits_shape, dtype):
+    """Targets of ``binary_cross_entropy_with_logits``: a real floating array of exactly the
+    logits' shape (no broadcasting, like torch), returned in the logits' dtype (a copy only
+    when the dtype differs). Values are not checked: like torch, any real value is used as
+    given by the formula (probabilities in [0, 1] are the meaningful ones)."""
+    if _is_cupy(target):
+        raise TypeError("target is a CuPy array but logits is not: mix of CuPy and NumPy")
+    t = np.asarray(target)
+    if t.shape != tuple(logits_shape):
+        raise ValueError(f"Target size must be the same as input size: target has shape {t.shape}, "
+                         f"logits has shape {tuple(logits_shape)}")
+    if not np.issubdtype(t.dtype, np.floating):
+        raise TypeError(f"target must have a floating dtype (probabilities in [0, 1]), got {t.dtype}; "
+                        f"convert 0/1 labels with target.astype(logits.dtype)")
+    return t.astype(dtype, copy=False)
+
+
+def as_broadcast_operand(arr, name, shape, dtype):
+    """``weight`` / ``pos_weight`` of the BCE loss: real numbers whose shape broadcasts to the
+    logits' ``shape`` (NumPy rules, without enlarging it), returned in ``dtype`` in their own
+    shape (not broadcast), or None. With ``shape=None`` only the type is checked."""
+    if arr is None:
+        return None
+    if _is_cupy(arr):
+        raise TypeError(f"{name} is a CuPy array but logits is not: mix of CuPy and NumPy")
+    a = np.asarray(arr)
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if shape is None:
+        return a
+    try:
+        ok = np.broadcast_shapes(a.shape, tuple(shape)) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} of shape {a.shape} does not broadcast to the logits' shape "
+                         f"{tuple(shape)}")
+    return a.astype(dtype, copy=False)
+
+
+def as_elementwise_grad_output(grad_output, reduction, shape, dtype):
+    """Upstream gradient of an elementwise loss: ``(float, None)`` for 'mean'/'sum', or
+    ``(None, array of the logits' shape in dtype)`` for 'none' (a copy only when the dtype
+    differs; any layout)."""
+    if _is_cupy(grad_output):
+        raise TypeError("grad_output is a CuPy array but logits is not: mix of CuPy and NumPy")
+    g = np.asarray(grad_output)
+    if g.dtype == np.bool_ or not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
+        raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
+    if reduction == "none":
+        if g.shape != tuple(shape):
+            raise ValueError(f"grad_output must have the logits' shape {tuple(shape)} for "
+                             f"reduction='none', got {g.shape}")
+        return None, g.astype(dtype, copy=False)
+    if g.ndim != 0:
+        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
+    return float(g), None
+
+
+def check_inplace_inputs(logits, inputs):
+    """With ``inplace=True`` the gradient overwrites ``logits`` while the other inputs are
+    still being read: none of them may share memory with it."""
+    for input_name, arr in inputs.items():
+        if _overlaps(logits, arr):
+            raise ValueError(f"inplace=True would overwrite {input_name!r}, which shares memory "
+                             f"with logits; pass a separate {input_name} (or use out=)")

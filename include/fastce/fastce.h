@@ -14,6 +14,8 @@ typedef struct {
     double max;
     double sum;
     double wx;
+    double wtx; /* probability targets t: sum_c w_c t_c x_c */
+    double wts; /* and sum_c w_c t_c */
 } fce_stats;
 
 #define FCE_DECLARE_DTYPE_TABLE(DT, T)                                                         \
@@ -22,6 +24,9 @@ typedef struct {
         void (*row_exp_affine)(const T *x, T *out, int64_t n, double shift, double a,          \
                                double beta, const T *w);                                       \
         void (*row_sub_shift)(const T *x, T *out, int64_t n, double shift);                    \
+        void (*row_soft_stats)(const T *x, const T *t, int64_t n, const T *w, fce_stats *st);  \
+        void (*row_soft_grad)(const T *x, const T *t, T *out, int64_t n, double shift,         \
+                              double a, double beta, double delta, const T *w);                \
         int lanes; /* rows per column block */                                                \
         void (*col_stats)(const T *x, int64_t sc, int64_t C, int64_t nl, const T *w,           \
                           int want_wx, double *mx, double *sum, double *wx);                   \
@@ -53,6 +58,8 @@ typedef struct {
 static inline fce_stats fce_stats_merge(fce_stats a, fce_stats b) {
     fce_stats r;
     r.wx = a.wx + b.wx;
+    r.wtx = a.wtx + b.wtx;
+    r.wts = a.wts + b.wts;
     if (b.max == -INFINITY && b.sum == 0.0) { r.max = a.max; r.sum = a.sum; return r; }
     if (a.max == -INFINITY && a.sum == 0.0) { r.max = b.max; r.sum = b.sum; return r; }
     r.max = a.max > b.max ? a.max : b.max;

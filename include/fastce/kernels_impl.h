@@ -13,6 +13,7 @@
  *               cross-entropy gradient rows. out may alias x (in-place gradients).
  * sub_shift     out = x - shift: log-softmax rows.
  * col_*         the same three for blocks of FCE_VN rows held side by side (see below).
+ * soft_*        stats and gradient rows for probability targets (see below).
  * Shifts arrive in float64 and are applied as hi + lo float pairs, so a float32 row is
  * shifted by the exact float64 value up to the final rounding. */
 
@@ -33,6 +34,20 @@ static inline void FN(stats_step1)(FN(stats_acc) *A, V xv, V xz, V wz, const int
     }
     A->s = AOP(add)(A->s, FN(exp)(VOP(sub)(xv, A->mx)));
     if (want_wx) A->wx = AOP(add)(A->wx, VOP(mul)(xz, wz));
+}
+
+/* lanes -> row: the lanes' sums rescaled to the row max, then added up */
+static inline void FN(stats_finish)(const FN(stats_acc) *A, const int want_wx, fce_stats *st) {
+    const FCE_T gm = VOP(hmax)(A->mx);
+    st->wx = want_wx ? AOP(hsum)(A->wx) : 0.0;
+    st->wtx = st->wts = 0.0;
+    if (gm == FCE_LOWEST) { /* empty row, or every score is -inf */
+        st->max = -INFINITY;
+        st->sum = 0.0;
+        return;
+    }
+    st->max = (double)gm;
+    st->sum = AOP(hsum)(AOP(scale)(A->s, FN(exp)(VOP(sub)(A->mx, VOP(set1)(gm)))));
 }
 
 static inline void FN(stats_impl)(const FCE_T *x, int64_t n, const FCE_T *w, const int want_wx,
@@ -74,15 +89,7 @@ static inline void FN(stats_impl)(const FCE_T *x, int64_t n, const FCE_T *w, con
                         w ? VOP(load_tail)(w + i, r, (FCE_T)0) : one, /* x lanes past n are 0 */
                         want_wx);
     }
-    const FCE_T gm = VOP(hmax)(A.mx);
-    st->wx = want_wx ? AOP(hsum)(A.wx) : 0.0;
-    if (gm == FCE_LOWEST) { /* empty row, or every score is -inf */
-        st->max = -INFINITY;
-        st->sum = 0.0;
-        return;
-    }
-    st->max = (double)gm;
-    st->sum = AOP(hsum)(AOP(scale)(A.s, FN(exp)(VOP(sub)(A.mx, VOP(set1)(gm)))));
+    FN(stats_finish)(&A, want_wx, st);
 }
 
 static void FN(row_stats)(const FCE_T *x, int64_t n, const FCE_T *w, int want_wx, fce_stats *st) {
@@ -153,6 +160,57 @@ static void FN(row_sub_shift)(const FCE_T *x, FCE_T *out, int64_t n, double shif
 FCE__ELEMENTWISE(vexp, FN(exp))
 FCE__ELEMENTWISE(vlog, FN(log))
 #undef FCE__ELEMENTWISE
+
+/* ---- probability targets t (a second stream, same length as the row) -----------------
+ * soft_stats    row_stats with w*x always, plus wtx = sum w t x and wts = sum w t
+ *               (0 * -inf = nan where a masked class has zero probability, as in torch)
+ * soft_grad     out = a * exp(x - shift) - w * (beta + delta * t) */
+static void FN(row_soft_stats)(const FCE_T *x, const FCE_T *t, int64_t n, const FCE_T *w, fce_stats *st) {
+    FN(stats_acc) A = {VOP(set1)(FCE_LOWEST), AOP(zero)(), AOP(zero)()};
+    ACC wtx = AOP(zero)(), wts = AOP(zero)();
+    const V one = VOP(set1)((FCE_T)1);
+    int64_t i = 0;
+    for (; i + FCE_VN <= n; i += FCE_VN) {
+        const V xv = VOP(loadu)(x + i), wv = w ? VOP(loadu)(w + i) : one;
+        const V wt = VOP(mul)(wv, VOP(loadu)(t + i));
+        FN(stats_step1)(&A, xv, xv, wv, 1);
+        wts = AOP(add)(wts, wt);
+        wtx = AOP(add)(wtx, VOP(mul)(wt, xv));
+    }
+    if (i < n) {
+        const int64_t r = n - i;
+        const V xz = VOP(load_tail)(x + i, r, (FCE_T)0), wz = w ? VOP(load_tail)(w + i, r, (FCE_T)0) : one;
+        const V wt = VOP(mul)(wz, VOP(load_tail)(t + i, r, (FCE_T)0));
+        FN(stats_step1)(&A, VOP(load_tail)(x + i, r, (FCE_T)-INFINITY), xz, wz, 1);
+        wts = AOP(add)(wts, wt);
+        wtx = AOP(add)(wtx, VOP(mul)(wt, xz));
+    }
+    FN(stats_finish)(&A, 1, st);
+    st->wtx = AOP(hsum)(wtx);
+    st->wts = AOP(hsum)(wts);
+}
+
+static inline V FN(soft1)(V xv, V tv, V wv, V hi, V lo, V a, V b, V d) {
+    const V y = VOP(mul)(a, FN(exp)(VOP(sub)(VOP(sub)(xv, hi), lo)));
+    return VOP(sub)(y, VOP(mul)(wv, VOP(fma)(d, tv, b)));
+}
+
+static void FN(row_soft_grad)(const FCE_T *x, const FCE_T *t, FCE_T *out, int64_t n, double shift,
+                              double a, double beta, double delta, const FCE_T *w) {
+    const FCE_T hs = (FCE_T)shift;
+    const V hi = VOP(set1)(hs), lo = VOP(set1)((FCE_T)(shift - (double)hs));
+    const V av = VOP(set1)((FCE_T)a), bv = VOP(set1)((FCE_T)beta), dv = VOP(set1)((FCE_T)delta);
+    const V one = VOP(set1)((FCE_T)1);
+    int64_t i = 0;
+    for (; i + FCE_VN <= n; i += FCE_VN)
+        VOP(storeu)(out + i, FN(soft1)(VOP(loadu)(x + i), VOP(loadu)(t + i), w ? VOP(loadu)(w + i) : one,
+                                       hi, lo, av, bv, dv));
+    if (i < n) {
+        const int64_t r = n - i;
+        VOP(store_tail)(out + i, r, FN(soft1)(VOP(load_tail)(x + i, r, (FCE_T)0), VOP(load_tail)(t + i, r, (FCE_T)0),
+                                              w ? VOP(load_tail)(w + i, r, (FCE_T)0) : one, hi, lo, av, bv, dv));
+    }
+}
 
 /* ---- column blocks: FCE_VN rows side by side ------------------------------------------
  * Element (class c, lane l) is x[c * sc + l]; lanes l < nl are real rows, the others are
