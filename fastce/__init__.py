@@ -14,6 +14,7 @@ from ._api import (  # noqa: E402
     log_softmax,
     logsumexp,
     nll_loss,
+    nll_loss_backward,
     softmax,
 )
 from ._bce import (  # noqa: E402
@@ -21,6 +22,7 @@ from ._bce import (  # noqa: E402
     binary_cross_entropy_with_logits,
     binary_cross_entropy_with_logits_with_grad,
 )
+from ._validation import ArgumentTypeError, ArgumentValueError  # noqa: E402
 from ._config import (  # noqa: E402
     _select_initial_isa,
     get_isa,
@@ -36,7 +38,8 @@ del _select_initial_isa
 
 __all__ = [
     "CrossEntropyLoss", "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad",
-    "log_softmax", "logsumexp", "nll_loss", "softmax",
+    "log_softmax", "logsumexp", "nll_loss", "nll_loss_backward", "softmax",
+    "ArgumentTypeError", "ArgumentValueError",
     "BCEWithLogitsLoss", "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
     "get_isa", "set_isa", "supported_isas", "get_num_threads", "set_num_threads", "show_config",
 ]

@@ -12,7 +12,7 @@ from . import _validation as V
 
 __all__ = [
     "logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
-    "cross_entropy_backward", "nll_loss", "CrossEntropyLoss",
+    "cross_entropy_backward", "nll_loss", "nll_loss_backward", "CrossEntropyLoss",
 ]
 
 _THREADS_DOC = """n_threads : int, optional
@@ -138,9 +138,11 @@ class _CECall:
     """One validated cross-entropy call: canonical views and per-row parameters."""
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
-                 n_threads, inplace=False, out=None, allow_soft=True):
+                 n_threads, inplace=False, out=None, allow_soft=True, z_loss=0.0, lse=None,
+                 class_start=0, num_classes=None):
         self.reduction = V.check_reduction(reduction)
         self.eps = V.check_label_smoothing(label_smoothing)
+        self.z = V.check_z_loss(z_loss)
         ignore_index = V.check_ignore_index(ignore_index)
         self.n_threads = V.resolve_threads(n_threads)
         if inplace:
@@ -154,13 +156,25 @@ class _CECall:
             raise ValueError(f"logits must have at least one class, got shape {x.shape}")
         self.x = x
         self.target_shape = V.expected_target_shape(x.shape)
+        self.class_start, self.total_classes = V.check_shard(class_start, num_classes, self.n_classes)
+        sharded = self.total_classes != self.n_classes
         if allow_soft and V.is_probability_target(target, x.shape):
+            if sharded:
+                raise ValueError("probability targets cannot be split over vocabulary shards "
+                                 "(class_start/num_classes); pass class indices")
             self.soft = V.as_soft_target(target, x.shape, x.dtype, ignore_index)
             self.t = None
         else:
             self.soft = None
-            self.t = V.as_hard_target(target, x.shape, self.n_classes, ignore_index)
-        self.wt, self.wd = V.as_weight(weight, self.n_classes, x.dtype)
+            self.t = V.as_hard_target(target, x.shape, self.total_classes, ignore_index)
+        self.wt, self.wd = V.as_weight(weight, self.total_classes, x.dtype)
+        if self.wt is not None and sharded:
+            self.wt = np.ascontiguousarray(self.wt[self.class_start:self.class_start + self.n_classes])
+        self.lse = V.as_lse(lse, self.target_shape)
+        if sharded and self.lse is None:
+            raise ValueError("a vocabulary shard (class_start/num_classes) needs lse=: the "
+                             "log-sum-exp over all classes, e.g. np.logaddexp.reduce of every "
+                             "shard's fastce.logsumexp")
         if out is not None:
             V.check_out(out, x.shape, x.dtype, {"logits": x, "target": target, "weight": weight})
         self.out = out
@@ -170,63 +184,79 @@ class _CECall:
     def rows(self):
         return int(np.prod(self.target_shape, dtype=np.int64))
 
-    def weight_sum(self):
-        return float(self.wd.sum()) if self.wd is not None else float(self.n_classes)
+    def valid_rows(self):
+        if self.soft is not None:
+            return float(self.rows)
+        return float(np.count_nonzero(self.t >= 0))
 
     def mean_normaliser(self):
-        if self.soft is not None:  # probability targets: the number of rows, like torch
-            return float(self.rows)
-        valid = self.t >= 0
-        if self.wd is None:
-            return float(np.count_nonzero(valid))
-        return float(self.wd[self.t[valid]].sum())
+        """torch's 'mean' divisor: summed target weights (row count for probabilities)."""
+        if self.soft is not None or self.wd is None:
+            return self.valid_rows()
+        return float(self.wd[self.t[self.t >= 0]].sum())
 
-    def sweep(self, want_loss, grad_output=None, want_grad=False, lse=None, want_lse=False):
-        """Run the row sweep; returns (per-row loss or None, per-row lse or None, grad or None)."""
-        loss = np.empty(self.rows) if want_loss else None
-        compute_lse = lse is None or self.soft is not None  # soft rows always re-read targets
-        if compute_lse and want_lse:
-            lse = np.empty(self.rows)
+    def sweep(self, want_loss, grad_output=None, want_grad=False, want_lse=False):
+        """Run the row sweep; returns (per-row loss, z-term and lse or None, grad or None)."""
+        rows = self.rows
+        loss = np.empty(rows) if want_loss else None
+        zl = np.empty(rows) if want_loss and self.z else None
+        compute_lse = self.lse is None or self.soft is not None  # soft rows re-read targets anyway
+        lse = np.empty(rows) if compute_lse and want_lse else self.lse
         grad = copy_to = None
-        scale0, scale_rows = 0.0, None
+        scale0 = zscale0 = 0.0
+        scale_rows = None
         if want_grad:
             g0, scale_rows = V.as_grad_output(grad_output, self.reduction, self.target_shape)
             if self.reduction == "mean":
                 with np.errstate(divide="ignore", invalid="ignore"):
                     scale0 = float(np.float64(g0) / np.float64(self.mean_normaliser()))
+                    zscale0 = float(np.float64(g0) / np.float64(self.valid_rows()))
             elif self.reduction == "sum":
-                scale0 = g0
+                scale0 = zscale0 = g0
             if self.inplace:
                 grad = self.x
             elif self.out is not None:
                 grad = self.out
             else:
-                grad = np.empty(self.x.shape, dtype=self.x.dtype)
-        if self.rows:
+                grad = np.empty_like(self.x)  # the logits' layout, so column sweeps write in place
+        if rows:
             grad3 = None
             if grad is not None:
                 grad3, copy_to = V.writable_rows3(grad, self.axis)
             x3 = V.as_rows3(self.x, self.axis)
+            W = float(self.wt.sum(dtype=np.float64)) if self.wt is not None else float(self.n_classes)
             if self.soft is not None:
-                _kernels.ce_soft_rows(x3, V.as_rows3(self.soft, self.axis), self.wt, self.weight_sum(),
-                                      self.eps, loss, lse if want_lse else None, grad3, scale_rows,
-                                      scale0, self.n_threads)
+                _kernels.ce_soft_rows(x3, V.as_rows3(self.soft, self.axis), self.wt, W, self.eps,
+                                      loss, lse if want_lse else None, grad3, scale_rows, scale0,
+                                      self.n_threads, self.z, zl)
             else:
-                _kernels.ce_rows(x3, self.t, self.wt, self.wd, self.weight_sum(), self.eps, loss,
-                                 lse, compute_lse, grad3, scale_rows, scale0, self.n_threads)
+                Wtot = float(self.wd.sum()) if self.wd is not None else float(self.total_classes)
+                _kernels.ce_rows(x3, self.t, self.wt, self.wd, W, self.eps, loss, lse, compute_lse,
+                                 grad3, scale_rows, scale0, self.n_threads, self.z, zl, zscale0,
+                                 self.class_start, self.total_classes, Wtot)
             if copy_to is not None:
                 np.copyto(copy_to, grad3.reshape(copy_to.shape))
-        return loss, lse, grad
+        return (loss, zl), lse, grad
 
-    def reduce(self, loss_rows):
+    def reduce(self, parts):
+        """Per-row (loss, z-term) -> the reduced loss in the logits' dtype."""
+        loss_rows, z_rows = parts
         dtype = self.x.dtype
         if self.reduction == "none":
-            return loss_rows.reshape(self.target_shape).astype(dtype)
+            total_rows = loss_rows if z_rows is None else loss_rows + z_rows
+            return total_rows.reshape(self.target_shape).astype(dtype)
         total = np.float64(loss_rows.sum())  # NumPy's pairwise sum: a fixed order
+        ztotal = np.float64(z_rows.sum()) if z_rows is not None else None
         if self.reduction == "sum":
-            return dtype.type(total)
+            return dtype.type(total if ztotal is None else total + ztotal)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return dtype.type(total / np.float64(self.mean_normaliser()))
+            mean = total / np.float64(self.mean_normaliser())
+            if ztotal is not None:  # the z-term is averaged over rows, unweighted (as Liger)
+                mean = mean + ztotal / np.float64(self.valid_rows())
+            return dtype.type(mean)
+
+    def lse_out(self, lse):
+        return lse.reshape(self.target_shape)
 
 
 _CE_PARAMS = """Parameters
@@ -242,7 +272,7 @@ _CE_PARAMS = """Parameters
         weights, like torch), and ``ignore_index`` must stay -100. A class with
         ``t_c = 0`` and a ``-inf`` logit gives ``0 * -inf = nan``, as in torch.
     weight : array_like, shape (C,), optional
-        Class weights ``w`` (default all ones).
+        Class weights ``w`` (default all ones); ``(num_classes,)`` for a shard.
     ignore_index : int, default -100
         Rows whose target equals it contribute no loss and get a zero gradient.
     reduction : {'mean', 'sum', 'none'}, default 'mean'
@@ -251,7 +281,23 @@ _CE_PARAMS = """Parameters
         row is ignored or the batch is empty, like torch).
     label_smoothing : float in [0, 1], default 0
         ``eps``: the row loss becomes
-        ``(1 - eps) * w[y] * nll + (eps / C) * sum_c w_c * (-log_softmax(x)_c)``."""
+        ``(1 - eps) * w[y] * nll + (eps / C) * sum_c w_c * (-log_softmax(x)_c)``.
+    z_loss : float >= 0, default 0
+        ``z``: adds ``z * lse_i**2`` to every row not ignored (PaLM's z-loss, Liger's
+        ``lse_square_scale``); under 'mean' this term is averaged over those rows,
+        unweighted, while the cross-entropy term keeps torch's normaliser.
+    lse : array_like, optional
+        Each row's log-sum-exp over all classes (target's shape, e.g. from a previous
+        call's ``return_lse`` or from combining vocabulary shards): reused instead of
+        recomputed.
+    class_start, num_classes : int, optional
+        Vocabulary sharding (Megatron-style): ``logits`` holds classes
+        ``[class_start, class_start + C)`` of ``num_classes``; targets are global class
+        indices and ``lse`` (the global log-sum-exp, ``np.logaddexp`` of every shard's
+        :func:`logsumexp`) is required. Each shard returns its additive share of the loss
+        (the nll and z terms from the shard owning the row's target, the smoothing term
+        over the shard's own classes) and its slice of the gradient, so the shares sum to
+        the unsharded loss and the slices concatenate to its gradient."""
 
 _GRAD_PARAMS = """grad_output : float or ndarray, default 1.0
         Upstream gradient: a scalar for 'mean'/'sum', one value per row (target's
@@ -264,42 +310,67 @@ _GRAD_PARAMS = """grad_output : float or ndarray, default 1.0
         allocating nothing of size N x C. The logits are overwritten: use it only when
         nothing else needs them."""
 
+_LSE_RETURN = """lse : ndarray of float64, target's shape (only with ``return_lse=True``)
+        Each row's log-sum-exp (nan for ignored rows)."""
+
+
+def _gpu_options(z_loss, lse, return_lse, class_start, num_classes):
+    """Options the CuPy path does not take yet: passed on only when set, so it can refuse them."""
+    given = {"z_loss": z_loss != 0.0, "lse": lse is not None, "return_lse": bool(return_lse),
+             "class_start": class_start != 0, "num_classes": num_classes is not None}
+    return {k: v for k, v in dict(z_loss=z_loss, lse=lse, return_lse=return_lse,
+                                  class_start=class_start, num_classes=num_classes).items() if given[k]}
+
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, n_threads=None):
+                  label_smoothing=0.0, z_loss=0.0, lse=None, return_lse=False, class_start=0,
+                  num_classes=None, n_threads=None):
     twin = _cuda_dispatch("cross_entropy", logits, target, weight)
     if twin:
         return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                    label_smoothing=label_smoothing, n_threads=n_threads)
-    call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads)
-    loss, _, _ = call.sweep(want_loss=True)
+                    label_smoothing=label_smoothing, n_threads=n_threads,
+                    **_gpu_options(z_loss, lse, return_lse, class_start, num_classes))
+    call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
+                   z_loss=z_loss, lse=lse, class_start=class_start, num_classes=num_classes)
+    loss, lse_rows, _ = call.sweep(want_loss=True, want_lse=return_lse)
+    if return_lse:
+        return call.reduce(loss), call.lse_out(lse_rows)
     return call.reduce(loss)
 
 
-cross_entropy.__doc__ = f"""Cross-entropy between logits and class-index targets, as ``torch.nn.functional.cross_entropy``.
+cross_entropy.__doc__ = f"""Cross-entropy of logits against targets, as ``torch.nn.functional.cross_entropy``.
 
     One read of the logits; no N x C temporary.
 
     {_CE_PARAMS}
+    return_lse : bool, default False
+        Also return each row's log-sum-exp.
     {_THREADS_DOC}
 
     Returns
     -------
     loss : NumPy scalar (logits' dtype) for 'mean'/'sum'; ndarray of target's shape for 'none'
+    {_LSE_RETURN}
     """
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, grad_output=1.0, out=None, inplace=False,
-                            n_threads=None):
+                            label_smoothing=0.0, z_loss=0.0, lse=None, return_lse=False,
+                            class_start=0, num_classes=None, grad_output=1.0, out=None,
+                            inplace=False, n_threads=None):
     twin = _cuda_dispatch("cross_entropy_with_grad", logits, target, weight, out)
     if twin:
         return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
                     label_smoothing=label_smoothing, grad_output=grad_output, out=out,
-                    inplace=inplace, n_threads=n_threads)
+                    inplace=inplace, n_threads=n_threads,
+                    **_gpu_options(z_loss, lse, return_lse, class_start, num_classes))
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                   inplace=inplace, out=out)
-    loss, _, grad = call.sweep(want_loss=True, grad_output=grad_output, want_grad=True)
+                   inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
+                   num_classes=num_classes)
+    loss, lse_rows, grad = call.sweep(want_loss=True, grad_output=grad_output, want_grad=True,
+                                      want_lse=return_lse)
+    if return_lse:
+        return call.reduce(loss), grad, call.lse_out(lse_rows)
     return call.reduce(loss), grad
 
 
@@ -309,6 +380,8 @@ cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t.
     ``d loss / d logits`` written (the second read hits the cache).
 
     {_CE_PARAMS}
+    return_lse : bool, default False
+        Also return each row's log-sum-exp.
     {_GRAD_PARAMS}
     {_THREADS_DOC}
 
@@ -316,24 +389,31 @@ cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t.
     -------
     loss : as :func:`cross_entropy`
     grad : ndarray, logits' shape and dtype (``out`` or ``logits`` itself when given/in place)
+    {_LSE_RETURN}
     """
 
 
 def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
-                           reduction="mean", label_smoothing=0.0, out=None, inplace=False,
+                           reduction="mean", label_smoothing=0.0, z_loss=0.0, lse=None,
+                           class_start=0, num_classes=None, out=None, inplace=False,
                            n_threads=None):
     twin = _cuda_dispatch("cross_entropy_backward", logits, target, weight, out)
     if twin:
         return twin(logits, target, grad_output, weight=weight, ignore_index=ignore_index,
                     reduction=reduction, label_smoothing=label_smoothing, out=out,
-                    inplace=inplace, n_threads=n_threads)
+                    inplace=inplace, n_threads=n_threads,
+                    **_gpu_options(z_loss, lse, False, class_start, num_classes))
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                   inplace=inplace, out=out)
+                   inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
+                   num_classes=num_classes)
     _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True)
     return grad
 
 
 cross_entropy_backward.__doc__ = f"""Gradient of :func:`cross_entropy` w.r.t. the logits.
+
+    With ``lse`` given (say, from ``cross_entropy(..., return_lse=True)``), one read of
+    the logits and one write of the gradient.
 
     {_CE_PARAMS}
     {_GRAD_PARAMS}
@@ -349,32 +429,77 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
     """Negative log-likelihood of class-index targets, as ``torch.nn.functional.nll_loss``.
 
     ``l_i = -w[y_i] * log_probs[i, y_i]`` (0 for ignored rows); 'mean' divides the sum
-    by ``sum_i w[y_i]`` over rows not ignored.
+    by ``sum_i w[y_i]`` over rows not ignored (nan when all are ignored). Reads only the
+    N picked entries.
 
     Parameters
     ----------
     log_probs : array_like of float32 or float64
         Shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``, usually a log-softmax.
-    target, weight, ignore_index, reduction
+    target : array_like of int
+        Class indices, shape ``()``, ``(N,)`` or ``(N, d1, ..., dk)``.
+    weight, ignore_index, reduction
         As :func:`cross_entropy`.
 
     Returns
     -------
-    loss : as :func:`cross_entropy`
+    loss : NumPy scalar (log_probs' dtype) for 'mean'/'sum'; ndarray of target's shape for 'none'
     """
     twin = _cuda_dispatch("nll_loss", log_probs, target, weight)
     if twin:
         return twin(log_probs, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
     call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None, allow_soft=False)
+    rows, cls, pos = _nll_picks(call)
     lp3 = V.as_rows3(call.x, call.axis)
-    a, _, b = lp3.shape
-    valid = call.t >= 0
-    rows = np.flatnonzero(valid)
-    picked = lp3[rows // b, call.t[valid], rows % b].astype(np.float64)  # O(N) gather
-    w = call.wd[call.t[valid]] if call.wd is not None else 1.0
+    w = call.wd[cls] if call.wd is not None else 1.0
     loss = np.zeros(call.rows)
-    loss[valid] = -w * picked
-    return call.reduce(loss)
+    loss[rows] = -w * lp3[rows // pos, cls, rows % pos].astype(np.float64)
+    return call.reduce((loss, None))
+
+
+def nll_loss_backward(log_probs, target, grad_output=1.0, *, weight=None, ignore_index=-100,
+                      reduction="mean", out=None):
+    """Gradient of :func:`nll_loss` w.r.t. ``log_probs``.
+
+    Zero everywhere except ``-g_i * w[y_i]`` at each row's target (``g_i`` the upstream
+    gradient, divided by the 'mean' normaliser).
+
+    Parameters
+    ----------
+    log_probs, target, weight, ignore_index, reduction
+        As :func:`nll_loss`.
+    grad_output : float or ndarray, default 1.0
+        Scalar for 'mean'/'sum', one value per row for 'none'.
+    out : ndarray, optional
+        Receives the gradient (log_probs' shape and dtype, any strides).
+
+    Returns
+    -------
+    ndarray
+        The gradient, log_probs' shape and dtype.
+    """
+    call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None, out=out,
+                   allow_soft=False)
+    g0, g_rows = V.as_grad_output(grad_output, call.reduction, call.target_shape)
+    if call.reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g0 = float(np.float64(g0) / np.float64(call.mean_normaliser()))
+    grad = out if out is not None else np.empty(call.x.shape, dtype=call.x.dtype)
+    grad[...] = 0
+    rows, cls, pos = _nll_picks(call)
+    w = call.wd[cls] if call.wd is not None else 1.0
+    g = g_rows[rows] if g_rows is not None else g0
+    grad3, copy_to = V.writable_rows3(grad, call.axis)
+    grad3[rows // pos, cls, rows % pos] = -w * g
+    if copy_to is not None:
+        np.copyto(copy_to, grad3.reshape(copy_to.shape))
+    return grad
+
+
+def _nll_picks(call):
+    """Flat indices of the rows not ignored, their classes, and the trailing size B."""
+    valid = call.t >= 0
+    return np.flatnonzero(valid), call.t[valid], V.rows3_shape(call.x.shape, call.axis)[2]
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,7 +515,7 @@ class CrossEntropyLoss:
 
     Parameters
     ----------
-    weight, ignore_index, reduction, label_smoothing
+    weight, ignore_index, reduction, label_smoothing, z_loss
         As :func:`cross_entropy`.
     n_threads : int, optional
         Threads per call; default :func:`fastce.get_num_threads`.
@@ -403,11 +528,12 @@ class CrossEntropyLoss:
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 n_threads=None):
+                 z_loss=0.0, n_threads=None):
         self.weight = weight
         self.ignore_index = V.check_ignore_index(ignore_index)
         self.reduction = V.check_reduction(reduction)
         self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        self.z_loss = V.check_z_loss(z_loss)
         self.n_threads = None if n_threads is None else V.check_n_threads(n_threads)
         self._saved = None
 
@@ -416,11 +542,13 @@ class CrossEntropyLoss:
         if twin:
             self._saved = ("cuda", logits, target)
             return twin(logits, target, weight=self.weight, ignore_index=self.ignore_index,
-                        reduction=self.reduction, label_smoothing=self.label_smoothing)
+                        reduction=self.reduction, label_smoothing=self.label_smoothing,
+                        **_gpu_options(self.z_loss, None, False, 0, None))
         call = _CECall(logits, target, self.weight, self.ignore_index, self.reduction,
-                       self.label_smoothing, self.n_threads)
+                       self.label_smoothing, self.n_threads, z_loss=self.z_loss)
         loss, lse, _ = call.sweep(want_loss=True, want_lse=True)
-        self._saved = ("cpu", logits, call, lse)
+        call.lse = lse  # backward reuses it instead of recomputing
+        self._saved = ("cpu", logits, call)
         return call.reduce(loss)
 
     forward = __call__
@@ -449,14 +577,15 @@ class CrossEntropyLoss:
             from . import cuda
             return cuda.cross_entropy_backward(
                 logits, target, grad_output, weight=self.weight, ignore_index=self.ignore_index,
-                reduction=self.reduction, label_smoothing=self.label_smoothing, out=out, inplace=inplace)
-        _, logits, call, lse = self._saved
+                reduction=self.reduction, label_smoothing=self.label_smoothing, out=out,
+                inplace=inplace, **_gpu_options(self.z_loss, None, False, 0, None))
+        _, logits, call = self._saved
         if inplace:
             V.check_inplace(logits, out)
         elif out is not None:
             V.check_out(out, call.x.shape, call.x.dtype, {"logits": call.x, "weight": self.weight})
         call.out, call.inplace = out, inplace
-        _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True, lse=lse)
+        _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True)
         if inplace:
             self._saved = None  # the logits are gone
         return grad

@@ -200,6 +200,7 @@ DEF SPLIT_CHUNK = 16384   # elements per chunk when huge rows are split
 DEF SPLIT_MIN_C = 65536   # rows at least this long are split ...
 DEF SPLIT_MAX_ROWS = 16   # ... when there are fewer than this many
 DEF MAX_LANES = 16
+DEF MIN_WORK_PER_THREAD = 32768  # elements: below this per thread, use fewer threads
 
 DEF OUT_NONE = 0
 DEF OUT_EXP = 1       # out = a * exp(x - lse) - beta * w, then out[y] -= gamma
@@ -215,8 +216,13 @@ cdef struct Sweep:
     bint soft                   # probability targets instead (rows mode only), geometry `t`
     const double *wd            # (C,) float64 class weights, or NULL
     const void *wt              # (C,) the same in the data dtype, or NULL
-    double W                    # sum of the weights (C when unweighted)
+    double W                    # sum of this array's class weights (C when unweighted)
+    double Wtot                 # sum over all classes (== W unless the vocabulary is sharded)
+    int64_t cstart, Ctot        # vocabulary shard: global index of class 0, total classes
     double eps                  # label smoothing
+    double z                    # z-loss coefficient: z * lse**2 per row not ignored
+    double *zl                  # (rows,) the z-term out (the caller normalises it apart), or NULL
+    double zscale0              # gradient scale of the z-term ('mean' divides it differently)
     double *loss                # (rows,) out, or NULL
     double *lse                 # (rows,) out when compute_lse, else in; or NULL
     bint compute_lse
@@ -283,20 +289,35 @@ cdef inline int64_t target_of(const Sweep *s, int64_t r) noexcept nogil:
 
 
 cdef inline bint wants_wx(const Sweep *s) noexcept nogil:
-    return s.target != NULL and s.eps != 0.0 and s.loss != NULL and s.compute_lse
+    return s.target != NULL and s.eps != 0.0 and s.loss != NULL
 
 
 cdef inline void ignore_row(const Sweep *s, int64_t r) noexcept nogil:
     if s.loss != NULL:
         s.loss[r] = 0.0
+    if s.zl != NULL:
+        s.zl[r] = 0.0
     if s.compute_lse and s.lse != NULL:
         s.lse[r] = NAN
 
 
+cdef inline int64_t owned_class(const Sweep *s, int64_t y) noexcept nogil:
+    """Index of class y in this array, or -1 (no target, or another shard's class)."""
+    if y < 0 or y < s.cstart or y >= s.cstart + s.C:
+        return -1
+    return y - s.cstart
+
+
 cdef inline void finish_row(const Sweep *s, int64_t r, int64_t y, double lse, double xy, double wx,
                             double *coef) noexcept nogil:
-    """Store row r's lse and loss; coef = (a, beta, gamma) of its output row."""
+    """Store row r's lse and loss share; coef = (a, beta, gamma) of its output row.
+
+    y is the global target; xy its logit when this array holds it (owned_class >= 0).
+    Loss share: the nll and z terms where the target lives, the smoothing term over this
+    array's classes, so the shares of a sharded vocabulary add up to the full loss.
+    """
     cdef double wy, g, loss
+    cdef bint owns = owned_class(s, y) >= 0
     if s.compute_lse and s.lse != NULL:
         s.lse[r] = lse
     if y == NO_TARGET:
@@ -304,15 +325,20 @@ cdef inline void finish_row(const Sweep *s, int64_t r, int64_t y, double lse, do
         return
     wy = s.wd[y] if s.wd != NULL else 1.0
     if s.loss != NULL:
-        loss = (1.0 - s.eps) * wy * (lse - xy)
+        loss = (1.0 - s.eps) * wy * (lse - xy) if owns else 0.0
         if s.eps != 0.0:  # skipped at eps == 0: 0 * inf would turn masked rows into nan
-            loss = loss + s.eps / s.C * (s.W * lse - wx)
+            loss = loss + s.eps / s.Ctot * (s.W * lse - wx)
         s.loss[r] = loss
-    # d loss / d x_c = g [((1-eps) w_y + eps W / C) p_c - (eps / C) w_c - (1-eps) w_y [c == y]]
+        if s.zl != NULL:
+            s.zl[r] = s.z * lse * lse if owns else 0.0
+    # d loss / d x_c = g [((1-eps) w_y + eps Wtot / Ctot) p_c - (eps / Ctot) w_c
+    #                     - (1-eps) w_y [c == y]] + gz 2 z lse p_c
     g = s.scale[r] if s.scale != NULL else s.scale0
-    coef[0] = g * ((1.0 - s.eps) * wy + s.eps / s.C * s.W)
-    coef[1] = g * s.eps / s.C
-    coef[2] = g * (1.0 - s.eps) * wy
+    coef[0] = g * ((1.0 - s.eps) * wy + s.eps / s.Ctot * s.Wtot)
+    if s.z != 0.0:
+        coef[0] = coef[0] + (s.scale[r] if s.scale != NULL else s.zscale0) * 2.0 * s.z * lse
+    coef[1] = g * s.eps / s.Ctot
+    coef[2] = g * (1.0 - s.eps) * wy if owns else 0.0
 
 
 # thin typed wrappers over the table
@@ -391,7 +417,7 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
     cdef floating *orow
     cdef floating *dst
     cdef fce_stats st
-    cdef double lse, T1, wtx, g
+    cdef double lse, T1, wtx, g, a
     if s.x_strided:
         copy_strided(row, s.x.sc, scratch, 1, s.C)
         row = scratch
@@ -411,17 +437,20 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
         s.lse[r] = lse
     if s.loss != NULL:
         s.loss[r] = T1 * lse - wtx
+        if s.zl != NULL:
+            s.zl[r] = s.z * lse * lse
     if s.out_kind == OUT_NONE:
         return
-    # d l / d x_c = g [T1 p_c - w_c ((1 - eps) t_c + eps / C)]
+    # d l / d x_c = g [(T1 + 2 z lse) p_c - w_c ((1 - eps) t_c + eps / C)]
     g = s.scale[r] if s.scale != NULL else s.scale0
+    a = g * T1 + (g * 2.0 * s.z * lse if s.z != 0.0 else 0.0)
     orow = <floating *> row_addr(&s.o, r)
     dst = scratch if s.o_strided else orow
     if floating is float:
-        KT.f32.row_soft_grad(row, trow, dst, s.C, lse, g * T1, g * s.eps / s.C, g * (1.0 - s.eps),
+        KT.f32.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
                              <const float *> s.wt)
     else:
-        KT.f64.row_soft_grad(row, trow, dst, s.C, lse, g * T1, g * s.eps / s.C, g * (1.0 - s.eps),
+        KT.f64.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
                              <const double *> s.wt)
     if s.o_strided:
         copy_strided(dst, 1, orow, s.o.sc, s.C)
@@ -430,7 +459,7 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
 cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating *dummy) noexcept nogil:
     # per-row state lives here, private to the calling thread (a prange body would share
     # a variable it only writes through its address)
-    cdef int64_t y = target_of(s, r)
+    cdef int64_t yl, y = target_of(s, r)
     cdef const floating *row
     cdef floating *orow
     cdef floating *dst
@@ -446,21 +475,21 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     if s.x_strided:
         copy_strided(row, s.x.sc, scratch, 1, s.C)
         row = scratch
-    if s.compute_lse:
+    if s.compute_lse or wants_wx(s):
         k_stats(row, s.C, s.wt, wants_wx(s), &st)
-        lse, wx = stats_lse(st.max, st.sum), st.wx
-    else:
-        lse = s.lse[r]
-    if y >= 0:
-        xy = row[y]
+        wx = st.wx
+    lse = stats_lse(st.max, st.sum) if s.compute_lse else s.lse[r]
+    yl = owned_class(s, y)
+    if yl >= 0:
+        xy = row[yl]
     finish_row(s, r, y, lse, xy, wx, coef)
     if s.out_kind == OUT_NONE:
         return
     orow = <floating *> row_addr(&s.o, r)
     dst = scratch if s.o_strided else orow
     k_out(s, row, dst, s.C, lse, coef)
-    if y >= 0 and s.out_kind == OUT_EXP:
-        dst[y] = dst[y] - <floating> coef[2]
+    if yl >= 0 and s.out_kind == OUT_EXP:
+        dst[yl] = dst[yl] - <floating> coef[2]
     if s.o_strided:
         copy_strided(dst, 1, orow, s.o.sc, s.C)
 
@@ -471,7 +500,7 @@ cdef void sweep_split(const Sweep *s, int n_threads, floating *dummy) noexcept n
     cdef int64_t k, r, y
     cdef fce_stats *parts = <fce_stats *> malloc(s.nblocks * sizeof(fce_stats))
     cdef double *coef = <double *> malloc(4 * s.rows * sizeof(double))  # a, beta, gamma, lse
-    if s.compute_lse:
+    if s.compute_lse or wants_wx(s):
         for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
             split_stats(s, k, parts, dummy)
     for r in range(s.rows):
@@ -480,7 +509,7 @@ cdef void sweep_split(const Sweep *s, int n_threads, floating *dummy) noexcept n
         for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
             split_out(s, k, coef, dummy)
         for r in range(s.rows):
-            y = target_of(s, r)
+            y = owned_class(s, target_of(s, r))
             if y >= 0 and s.out_kind == OUT_EXP:
                 (<floating *> row_addr(&s.o, r))[y] -= <floating> coef[4 * r + 2]
     free(parts)
@@ -498,21 +527,19 @@ cdef inline void split_stats(const Sweep *s, int64_t k, fce_stats *parts, floati
 cdef inline void split_finish(const Sweep *s, int64_t r, const fce_stats *parts, double *coef,
                               floating *dummy) noexcept nogil:
     cdef int64_t k, y = target_of(s, r)
+    cdef int64_t yl = owned_class(s, y)
     cdef fce_stats st
     cdef double lse
     if y == IGNORED:
         ignore_row(s, r)
-        coef[3] = NAN  # marks the row for zeroing in split_out
         return
-    if s.compute_lse:
+    st.wx = 0.0
+    if s.compute_lse or wants_wx(s):
         st = parts[r * s.per]
         for k in range(1, s.per):
             st = fce_stats_merge(st, parts[r * s.per + k])
-        lse = stats_lse(st.max, st.sum)
-    else:
-        st.wx = 0.0
-        lse = s.lse[r]
-    finish_row(s, r, y, lse, (<const floating *> row_addr(&s.x, r))[y] if y >= 0 else 0.0,
+    lse = stats_lse(st.max, st.sum) if s.compute_lse else s.lse[r]
+    finish_row(s, r, y, lse, (<const floating *> row_addr(&s.x, r))[yl] if yl >= 0 else 0.0,
                st.wx, coef)
     coef[3] = lse
 
@@ -548,7 +575,7 @@ cdef void sweep_cols(const Sweep *s, int n_threads, floating *dummy) noexcept no
 
 
 cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcept nogil:
-    cdef int64_t r0, rstep, nl, l, c, y, r
+    cdef int64_t r0, rstep, nl, l, c, y, yl, r
     cdef int64_t i, j, L = s.lanes, C = s.C
     cdef const floating *xp
     cdef floating *dst
@@ -584,7 +611,7 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
     for l in range(nl):
         ys[l] = target_of(s, r0 + l * rstep)
     # statistics of all lanes
-    if s.compute_lse:
+    if s.compute_lse or wants_wx(s):
         if floating is float:
             KT.f32.col_stats(xp, xsc, C, nl, <const float *> s.wt, wants_wx(s), mx, sm, wx)
         else:
@@ -597,7 +624,8 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
             lse[l], a[l], beta[l], gamma[l] = 0.0, 0.0, 0.0, 0.0
             continue
         lse[l] = stats_lse(mx[l], sm[l]) if s.compute_lse else s.lse[r]
-        finish_row(s, r, y, lse[l], xp[y * xsc + l] if y >= 0 else 0.0,
+        yl = owned_class(s, y)
+        finish_row(s, r, y, lse[l], xp[yl * xsc + l] if yl >= 0 else 0.0,
                    wx[l] if wants_wx(s) else 0.0, coef)
         a[l], beta[l], gamma[l] = coef[0], coef[1], coef[2]
         any_beta = any_beta or coef[1] != 0.0
@@ -621,10 +649,11 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
                               <const double *> s.wt)
     for l in range(nl):
         y = ys[l]
+        yl = owned_class(s, y)
         if y == IGNORED:
             zero_strided(dst + l, osc, C)
-        elif y >= 0 and s.out_kind == OUT_EXP:
-            dst[y * osc + l] -= <floating> gamma[l]
+        elif yl >= 0 and s.out_kind == OUT_EXP:
+            dst[yl * osc + l] -= <floating> gamma[l]
     if dst == scratch:
         for l in range(nl):
             orow = <floating *> row_addr(&s.o, r0 + l * rstep)
@@ -640,6 +669,8 @@ cdef inline void *data_or_null(object arr):
 
 cdef void dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads,
                    cnp.ndarray soft_target=None):
+    # Waking threads costs more than small inputs take; results do not depend on the count.
+    n_threads = max(1, min(n_threads, (x.shape[0] * x.shape[1] * x.shape[2]) // MIN_WORK_PER_THREAD))
     if x.dtype == np.float32:
         plan(s, x, out, soft_target, KT.f32.lanes)
         with nogil:
@@ -654,6 +685,7 @@ def lse_rows(cnp.ndarray x, cnp.ndarray lse, int n_threads):
     """lse[r] = logsumexp of row r of the (A, C, B) array x; lse: (A*B,) float64."""
     cdef Sweep s
     memset(&s, 0, sizeof(s))
+    s.Ctot = x.shape[1]
     s.lse = <double *> cnp.PyArray_DATA(lse)
     s.compute_lse = True
     s.out_kind = OUT_NONE
@@ -664,6 +696,7 @@ def softmax_rows(cnp.ndarray x, cnp.ndarray out, bint log_space, int n_threads):
     """out = softmax(x) or log_softmax(x) along axis 1 of the (A, C, B) arrays x and out."""
     cdef Sweep s
     memset(&s, 0, sizeof(s))
+    s.Ctot = x.shape[1]
     s.compute_lse = True
     s.out_kind = OUT_LOG if log_space else OUT_EXP
     dispatch(&s, x, out, n_threads)
@@ -671,14 +704,17 @@ def softmax_rows(cnp.ndarray x, cnp.ndarray out, bint log_space, int n_threads):
 
 def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d, double W,
             double eps, object loss, object lse, bint compute_lse, object grad,
-            object scale_rows, double scale0, int n_threads):
+            object scale_rows, double scale0, int n_threads, double z=0.0, object zl=None,
+            double zscale0=0.0, int64_t class_start=0, int64_t num_classes=-1, double Wtot=-1.0):
     """The cross-entropy sweep (class-index targets).
 
-    x: (A, C, B) logits.  target: (A*B,) int64, -1 for ignored rows.  weight_t/weight_d:
-    (C,) weights in x's dtype / float64, or None.  loss, lse: (A*B,) float64 or None; lse
-    is read instead of computed when compute_lse is False.  grad: (A, C, B) output of x's
-    dtype (may be x itself) or None, rows scaled by scale_rows[r] ((A*B,) float64) or
-    scale0.
+    x: (A, C, B) logits.  target: (A*B,) int64 global class indices, -1 for ignored rows.
+    weight_t: (C,) weights of x's classes in x's dtype, or None; weight_d: (num_classes,)
+    float64 weights of all classes, or None.  W / Wtot: their sums.  loss, lse, zl: (A*B,)
+    float64 or None; lse is read instead of computed when compute_lse is False.  grad:
+    (A, C, B) output of x's dtype (may be x itself) or None, rows scaled by scale_rows[r]
+    ((A*B,) float64) or scale0 (zscale0 for the z-term).  class_start/num_classes
+    describe a vocabulary shard (default: x holds all classes).
     """
     cdef Sweep s
     memset(&s, 0, sizeof(s))
@@ -686,6 +722,12 @@ def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d,
     s.wt = data_or_null(weight_t)
     s.wd = <const double *> data_or_null(weight_d)
     s.W = W
+    s.Wtot = Wtot if Wtot >= 0 else W
+    s.cstart = class_start
+    s.Ctot = num_classes if num_classes > 0 else x.shape[1]
+    s.z = z
+    s.zl = <double *> data_or_null(zl)
+    s.zscale0 = zscale0
     s.eps = eps
     s.loss = <double *> data_or_null(loss)
     s.lse = <double *> data_or_null(lse)
@@ -698,12 +740,15 @@ def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d,
 
 def ce_soft_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, double W, double eps,
                  object loss, object lse, object grad, object scale_rows, double scale0,
-                 int n_threads):
+                 int n_threads, double z=0.0, object zl=None):
     """The cross-entropy sweep with probability targets: target is (A, C, B) like x."""
     cdef Sweep s
     memset(&s, 0, sizeof(s))
     s.wt = data_or_null(weight_t)
     s.W = W
+    s.Ctot = x.shape[1]
+    s.z = z
+    s.zl = <double *> data_or_null(zl)
     s.eps = eps
     s.loss = <double *> data_or_null(loss)
     s.lse = <double *> data_or_null(lse)

@@ -54,6 +54,44 @@ def check_label_smoothing(label_smoothing):
     return eps
 
 
+def check_z_loss(z_loss):
+    if isinstance(z_loss, (bool, np.bool_)) or not isinstance(z_loss, numbers.Real):
+        raise TypeError(f"z_loss must be a float >= 0, got {z_loss!r}")
+    z = float(z_loss)
+    if not (z >= 0.0 and np.isfinite(z)):
+        raise ValueError(f"z_loss must be a finite float >= 0, got {z_loss!r}")
+    return z
+
+
+def check_shard(class_start, num_classes, n_classes):
+    """``(class_start, total classes)`` of a vocabulary shard holding ``n_classes`` classes."""
+    for name, v in (("class_start", class_start), ("num_classes", num_classes)):
+        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)):
+            raise TypeError(f"{name} must be an int, got {v!r}")
+    start = int(class_start)
+    total = start + n_classes if num_classes is None else int(num_classes)
+    if start < 0:
+        raise ValueError(f"class_start must be >= 0, got {start}")
+    if total < start + n_classes:
+        raise ValueError(f"num_classes={total} is too small for a shard of {n_classes} classes "
+                         f"starting at class_start={start}")
+    return start, total
+
+
+def as_lse(lse, target_shape):
+    """Per-row log-sum-exp given by the caller, flat float64, or None."""
+    if lse is None:
+        return None
+    if _is_cupy(lse):
+        raise TypeError("lse is a CuPy array but logits is not: mix of CuPy and NumPy")
+    arr = np.asarray(lse)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == np.bool_:
+        raise TypeError(f"lse must hold real numbers, got dtype {arr.dtype}")
+    if arr.shape != tuple(target_shape):
+        raise ValueError(f"lse must have one value per row, shape {tuple(target_shape)}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
+
+
 def check_axis(axis, ndim, name="axis"):
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {axis!r}")
