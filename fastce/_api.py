@@ -51,18 +51,20 @@ def logsumexp(x, axis=-1, *, out=None, n_threads=None):
     Returns
     -------
     ndarray or scalar
-        ``out`` if given; a NumPy scalar for 1-D ``x``. Rows that are all ``-inf`` give
+        ``out`` if given; a NumPy scalar for 1-D ``x``; float32 for float16/bfloat16
+        ``x`` (computed in float32). Rows that are all ``-inf`` give
         ``-inf``; a row holding ``nan`` or ``+inf`` gives ``nan`` or ``+inf`` like NumPy.
     """
     twin = _cuda_dispatch("logsumexp", x, out)
     if twin:
         return twin(x, axis, out=out, n_threads=n_threads)
-    x = V.as_float_array(x, "x")
+    x = V.as_float_array(x, "x", allow_half=True)
     ax = _array_axis(x, axis)
     nt = V.resolve_threads(n_threads)
     shape = x.shape[:ax] + x.shape[ax + 1:]
+    rdtype = V.compute_dtype(x.dtype)
     if out is not None:
-        V.check_out(out, shape, x.dtype, {"x": x})
+        V.check_out(out, shape, rdtype, {"x": x})
     a, c, b = V.rows3_shape(x.shape, ax)
     res = np.full(a * b, -np.inf)
     if a * b and c:
@@ -71,7 +73,7 @@ def logsumexp(x, axis=-1, *, out=None, n_threads=None):
     if out is not None:
         np.copyto(out, res, casting="same_kind")
         return out
-    res = res.astype(x.dtype)
+    res = res.astype(rdtype)
     return res[()] if res.ndim == 0 else res
 
 
@@ -115,7 +117,7 @@ def _softmax_impl(name, x, axis, out, n_threads, log_space):
     twin = _cuda_dispatch(name, x, out)
     if twin:
         return twin(x, axis, out=out, n_threads=n_threads)
-    x = V.as_float_array(x, "x")
+    x = V.as_float_array(x, "x", allow_half=True)
     ax = _array_axis(x, axis)
     nt = V.resolve_threads(n_threads)
     if out is None:
@@ -139,7 +141,7 @@ class _CECall:
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
                  n_threads, inplace=False, out=None, allow_soft=True, z_loss=0.0, lse=None,
-                 class_start=0, num_classes=None):
+                 class_start=0, num_classes=None, grad_dtype=None):
         self.reduction = V.check_reduction(reduction)
         self.eps = V.check_label_smoothing(label_smoothing)
         self.z = V.check_z_loss(z_loss)
@@ -147,9 +149,14 @@ class _CECall:
         self.n_threads = V.resolve_threads(n_threads)
         if inplace:
             V.check_inplace(logits, out)
-        x = V.as_float_array(logits, "logits")
+        x = V.as_float_array(logits, "logits", allow_half=True)
         if x.ndim == 0:
             raise ValueError("logits must have shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+        self.cdtype = V.compute_dtype(x.dtype)  # reductions; float32 for half logits
+        self.grad_dtype = V.check_grad_dtype(grad_dtype, x.dtype)
+        if inplace and self.grad_dtype != x.dtype:
+            raise ValueError(f"inplace=True writes the gradient into the logits: grad_dtype must be "
+                             f"{x.dtype}, got {self.grad_dtype}")
         self.axis = 0 if x.ndim == 1 else 1
         self.n_classes = x.shape[self.axis]
         if self.n_classes == 0:
@@ -167,7 +174,7 @@ class _CECall:
         else:
             self.soft = None
             self.t = V.as_hard_target(target, x.shape, self.total_classes, ignore_index)
-        self.wt, self.wd = V.as_weight(weight, self.total_classes, x.dtype)
+        self.wt, self.wd = V.as_weight(weight, self.total_classes, self.cdtype)
         if self.wt is not None and sharded:
             self.wt = np.ascontiguousarray(self.wt[self.class_start:self.class_start + self.n_classes])
         self.lse = V.as_lse(lse, self.target_shape)
@@ -176,7 +183,7 @@ class _CECall:
                              "log-sum-exp over all classes, e.g. np.logaddexp.reduce of every "
                              "shard's fastce.logsumexp")
         if out is not None:
-            V.check_out(out, x.shape, x.dtype, {"logits": x, "target": target, "weight": weight})
+            V.check_out(out, x.shape, self.grad_dtype, {"logits": x, "target": target, "weight": weight})
         self.out = out
         self.inplace = inplace
 
@@ -218,7 +225,8 @@ class _CECall:
             elif self.out is not None:
                 grad = self.out
             else:
-                grad = np.empty_like(self.x)  # the logits' layout, so column sweeps write in place
+                grad = np.empty_like(self.x, dtype=self.grad_dtype)  # the logits' layout, so
+                # column sweeps write in place
         if rows:
             grad3 = None
             if grad is not None:
@@ -241,7 +249,7 @@ class _CECall:
     def reduce(self, parts):
         """Per-row (loss, z-term) -> the reduced loss in the logits' dtype."""
         loss_rows, z_rows = parts
-        dtype = self.x.dtype
+        dtype = self.cdtype
         if self.reduction == "none":
             total_rows = loss_rows if z_rows is None else loss_rows + z_rows
             return total_rows.reshape(self.target_shape).astype(dtype)
@@ -261,9 +269,11 @@ class _CECall:
 
 _CE_PARAMS = """Parameters
     ----------
-    logits : array_like of float32 or float64
+    logits : array_like of float32, float64, float16 or bfloat16
         Scores, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (class axis 1, as
-        in torch); any layout.
+        in torch); any layout. Half-precision logits (float16, or ``ml_dtypes.bfloat16``)
+        are converted row by row into a float32 scratch row and computed in float32;
+        the loss comes back as float32 and the gradient is rounded once, at the end.
     target : array_like of int, or of float
         Class indices in ``[0, C)`` or ``ignore_index``, shape ``()``, ``(N,)`` or
         ``(N, d1, ..., dk)``; or class probabilities ``t``, a float array of the logits'
@@ -308,7 +318,10 @@ _GRAD_PARAMS = """grad_output : float or ndarray, default 1.0
     inplace : bool, default False
         Write the gradient into ``logits`` itself (a writeable C-contiguous ndarray),
         allocating nothing of size N x C. The logits are overwritten: use it only when
-        nothing else needs them."""
+        nothing else needs them.
+    grad_dtype : dtype, optional
+        The gradient's dtype: the logits' (default), or float32 for float16/bfloat16
+        logits."""
 
 _LSE_RETURN = """lse : ndarray of float64, target's shape (only with ``return_lse=True``)
         Each row's log-sum-exp (nan for ignored rows)."""
@@ -357,7 +370,7 @@ cross_entropy.__doc__ = f"""Cross-entropy of logits against targets, as ``torch.
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, z_loss=0.0, lse=None, return_lse=False,
                             class_start=0, num_classes=None, grad_output=1.0, out=None,
-                            inplace=False, n_threads=None):
+                            inplace=False, grad_dtype=None, n_threads=None):
     twin = _cuda_dispatch("cross_entropy_with_grad", logits, target, weight, out)
     if twin:
         return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
@@ -366,7 +379,7 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
                     **_gpu_options(z_loss, lse, return_lse, class_start, num_classes))
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
                    inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
-                   num_classes=num_classes)
+                   num_classes=num_classes, grad_dtype=grad_dtype)
     loss, lse_rows, grad = call.sweep(want_loss=True, grad_output=grad_output, want_grad=True,
                                       want_lse=return_lse)
     if return_lse:
@@ -396,7 +409,7 @@ cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t.
 def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
                            reduction="mean", label_smoothing=0.0, z_loss=0.0, lse=None,
                            class_start=0, num_classes=None, out=None, inplace=False,
-                           n_threads=None):
+                           grad_dtype=None, n_threads=None):
     twin = _cuda_dispatch("cross_entropy_backward", logits, target, weight, out)
     if twin:
         return twin(logits, target, grad_output, weight=weight, ignore_index=ignore_index,
@@ -405,7 +418,7 @@ def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, igno
                     **_gpu_options(z_loss, lse, False, class_start, num_classes))
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
                    inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
-                   num_classes=num_classes)
+                   num_classes=num_classes, grad_dtype=grad_dtype)
     _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True)
     return grad
 

@@ -25,7 +25,7 @@ stride below is trusted.
 """
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, NAN, log
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -100,9 +100,17 @@ cdef extern from "fastce/fastce.h" nogil:
         int vector_bits
         fce_kernels_f32 f32
         fce_kernels_f64 f64
+        void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n) noexcept nogil
+        void (*f32_to_f16)(const float *src, uint16_t *dst, int64_t n) noexcept nogil
+        void (*bf16_to_f32)(const uint16_t *src, float *dst, int64_t n) noexcept nogil
+        void (*f32_to_bf16)(const float *src, uint16_t *dst, int64_t n) noexcept nogil
 
     int fce_isa_count()
     const fce_kernels *fce_isa_table(int i)
+    float fce_cvt_f16_f32(uint16_t h)
+    uint16_t fce_cvt_f32_f16(float f)
+    float fce_cvt_bf16_f32(uint16_t h)
+    uint16_t fce_cvt_f32_bf16(float f)
     int fce_isa_supported(int i)
     fce_stats fce_stats_merge(fce_stats a, fce_stats b)
 
@@ -206,6 +214,10 @@ DEF OUT_NONE = 0
 DEF OUT_EXP = 1       # out = a * exp(x - lse) - beta * w, then out[y] -= gamma
 DEF OUT_LOG = 2       # out = x - lse
 
+DEF HALF_NONE = 0     # storage of x, the output and soft targets: the compute dtype ...
+DEF HALF_F16 = 1      # ... or float16 / bfloat16, converted row by row into float32 scratch
+DEF HALF_BF16 = 2
+
 DEF NO_TARGET = -2    # the softmax family has no targets
 DEF IGNORED = -1      # target == ignore_index (marked so by the Python layer)
 
@@ -239,7 +251,16 @@ cdef struct Sweep:
     int64_t per                 # blocks per a (lanes on b) or per b; chunks per row
     bint lanes_on_b
     bint x_strided, o_strided   # rows whose class stride is not 1
+    int xh, oh, th              # HALF_* storage of x, the output, soft targets
     bint direct_out             # the output has the input's strides (columns write in place)
+
+
+cdef int half_kind(object dtype):
+    if dtype == np.float16:
+        return HALF_F16
+    if dtype.name == "bfloat16":
+        return HALF_BF16
+    return HALF_NONE
 
 
 cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target, int64_t lanes):
@@ -255,8 +276,11 @@ cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target
     s.x_strided = s.x.sc != 1
     s.o_strided = out is not None and s.o.sc != 1
     s.direct_out = s.o.sa == s.x.sa and s.o.sb == s.x.sb and s.o.sc == s.x.sc
+    s.xh = half_kind(x.dtype)
+    s.oh = half_kind(out.dtype) if out is not None else HALF_NONE
+    s.th = half_kind(soft_target.dtype) if s.soft else HALF_NONE
     s.mode = MODE_ROWS
-    if s.soft:
+    if s.soft or s.xh or s.oh:
         return
     if s.x_strided and s.x.B >= lanes and s.x.sb == item:
         s.mode, s.lanes_on_b = MODE_COLS, True
@@ -379,6 +403,47 @@ cdef inline void zero_strided(floating *dst, int64_t ds, int64_t n) noexcept nog
             dst[c * ds] = 0
 
 
+cdef inline void load_row(int kind, const char *src, int64_t ss, float *dst, int64_t n) noexcept nogil:
+    """A float16/bfloat16 row (element stride ss) into float32 scratch."""
+    cdef const uint16_t *h = <const uint16_t *> src
+    cdef int64_t c
+    if ss == 1:
+        if kind == HALF_F16:
+            KT.f16_to_f32(h, dst, n)
+        else:
+            KT.bf16_to_f32(h, dst, n)
+    elif kind == HALF_F16:
+        for c in range(n):
+            dst[c] = fce_cvt_f16_f32(h[c * ss])
+    else:
+        for c in range(n):
+            dst[c] = fce_cvt_bf16_f32(h[c * ss])
+
+
+cdef inline void store_row(int kind, const float *src, char *dst, int64_t ds, int64_t n) noexcept nogil:
+    """A float32 row into float16/bfloat16 storage (element stride ds), rounded once."""
+    cdef uint16_t *h = <uint16_t *> dst
+    cdef int64_t c
+    if ds == 1:
+        if kind == HALF_F16:
+            KT.f32_to_f16(src, h, n)
+        else:
+            KT.f32_to_bf16(src, h, n)
+    elif kind == HALF_F16:
+        for c in range(n):
+            h[c * ds] = fce_cvt_f32_f16(src[c])
+    else:
+        for c in range(n):
+            h[c * ds] = fce_cvt_f32_bf16(src[c])
+
+
+cdef inline void zero_half(char *dst, int64_t ds, int64_t n) noexcept nogil:
+    cdef uint16_t *h = <uint16_t *> dst
+    cdef int64_t c
+    for c in range(n):
+        h[c * ds] = 0  # +0.0 in both float16 and bfloat16
+
+
 # ---------------------------------------------------------------------------------------
 # 4. Sweeps
 # ---------------------------------------------------------------------------------------
@@ -400,7 +465,7 @@ cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept no
     cdef floating *scratch
     with parallel(num_threads=n_threads):
         scratch = NULL
-        if s.x_strided or s.o_strided or s.soft:
+        if s.x_strided or s.o_strided or s.soft or s.xh or s.oh:
             scratch = <floating *> malloc(2 * s.C * sizeof(floating))
         for r in prange(s.rows, schedule='static'):
             if s.soft:
@@ -418,10 +483,17 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
     cdef floating *dst
     cdef fce_stats st
     cdef double lse, T1, wtx, g, a
-    if s.x_strided:
+    if floating is float:
+        if s.xh:
+            load_row(s.xh, row_addr(&s.x, r), s.x.sc, scratch, s.C)
+            row = scratch
+        if s.th:
+            load_row(s.th, row_addr(&s.t, r), s.t.sc, scratch + s.C, s.C)
+            trow = scratch + s.C
+    if s.x_strided and not s.xh:
         copy_strided(row, s.x.sc, scratch, 1, s.C)
         row = scratch
-    if s.t.sc != 1:
+    if s.t.sc != 1 and not s.th:
         copy_strided(trow, s.t.sc, scratch + s.C, 1, s.C)
         trow = scratch + s.C
     if floating is float:
@@ -445,10 +517,13 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
     g = s.scale[r] if s.scale != NULL else s.scale0
     a = g * T1 + (g * 2.0 * s.z * lse if s.z != 0.0 else 0.0)
     orow = <floating *> row_addr(&s.o, r)
-    dst = scratch if s.o_strided else orow
+    dst = scratch if s.o_strided or s.oh else orow
     if floating is float:
         KT.f32.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
                              <const float *> s.wt)
+        if s.oh:
+            store_row(s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
+            return
     else:
         KT.f64.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
                              <const double *> s.wt)
@@ -469,10 +544,17 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     if y == IGNORED:
         ignore_row(s, r)
         if s.out_kind != OUT_NONE:
-            zero_strided(<floating *> row_addr(&s.o, r), s.o.sc, s.C)
+            if s.oh:
+                zero_half(row_addr(&s.o, r), s.o.sc, s.C)
+            else:
+                zero_strided(<floating *> row_addr(&s.o, r), s.o.sc, s.C)
         return
     row = <const floating *> row_addr(&s.x, r)
-    if s.x_strided:
+    if floating is float:
+        if s.xh:
+            load_row(s.xh, row_addr(&s.x, r), s.x.sc, scratch, s.C)
+            row = scratch
+    if s.x_strided and not s.xh:
         copy_strided(row, s.x.sc, scratch, 1, s.C)
         row = scratch
     if s.compute_lse or wants_wx(s):
@@ -486,10 +568,14 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     if s.out_kind == OUT_NONE:
         return
     orow = <floating *> row_addr(&s.o, r)
-    dst = scratch if s.o_strided else orow
+    dst = scratch if s.o_strided or s.oh else orow
     k_out(s, row, dst, s.C, lse, coef)
     if yl >= 0 and s.out_kind == OUT_EXP:
         dst[yl] = dst[yl] - <floating> coef[2]
+    if floating is float:
+        if s.oh:
+            store_row(s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
+            return
     if s.o_strided:
         copy_strided(dst, 1, orow, s.o.sc, s.C)
 
@@ -671,7 +757,7 @@ cdef void dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads,
                    cnp.ndarray soft_target=None):
     # Waking threads costs more than small inputs take; results do not depend on the count.
     n_threads = max(1, min(n_threads, (x.shape[0] * x.shape[1] * x.shape[2]) // MIN_WORK_PER_THREAD))
-    if x.dtype == np.float32:
+    if x.dtype != np.float64:  # float32, or float16 / bfloat16 computed in float32
         plan(s, x, out, soft_target, KT.f32.lanes)
         with nogil:
             run_sweep(s, n_threads, <float *> NULL)

@@ -103,14 +103,39 @@ def check_axis(axis, ndim, name="axis"):
 # ---------------------------------------------------------------------------------------
 # arrays
 # ---------------------------------------------------------------------------------------
-def as_float_array(x, name):
-    """``x`` as a float32/float64 ndarray (array-likes converted; no copy of ndarrays)."""
+def is_half(dtype):
+    """float16, or ml_dtypes' bfloat16 (recognised by name: no import needed)."""
+    return dtype == np.float16 or dtype.name == "bfloat16"
+
+
+def compute_dtype(dtype):
+    """The dtype kernels compute in and reductions are returned in: float32 for halves."""
+    return np.dtype(np.float32) if is_half(dtype) else np.dtype(dtype)
+
+
+def as_float_array(x, name, allow_half=False):
+    """``x`` as a float32/float64 (optionally float16/bfloat16) ndarray, no copy of ndarrays."""
     if _is_cupy(x):
         raise TypeError(f"{name} is a CuPy array but another argument is not: mix of CuPy and NumPy")
     arr = np.asarray(x)
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if arr.dtype not in FLOAT_DTYPES and not (allow_half and is_half(arr.dtype)):
+        kinds = "float32, float64, float16 or bfloat16" if allow_half else "float32 or float64"
+        raise TypeError(f"{name} must have dtype {kinds}, got {arr.dtype}")
     return arr
+
+
+def check_grad_dtype(grad_dtype, dtype):
+    """The gradient's dtype: the logits' (default) or, for half logits, float32."""
+    if grad_dtype is None:
+        return np.dtype(dtype)
+    try:
+        g = np.dtype(grad_dtype)
+    except TypeError:
+        raise TypeError(f"grad_dtype must be a NumPy dtype, got {grad_dtype!r}") from None
+    if g != dtype and not (is_half(dtype) and g == np.float32):
+        raise ValueError(f"grad_dtype must be the logits' dtype {np.dtype(dtype)}"
+                         f"{' or float32' if is_half(dtype) else ''}, got {g}")
+    return g
 
 
 def _is_cupy(x):
@@ -245,8 +270,8 @@ def check_inplace(logits, out):
         raise ValueError("inplace=True and out= are exclusive: in place, the gradient goes into logits")
     if not isinstance(logits, np.ndarray):
         raise ValueError(f"inplace=True needs logits to be a numpy.ndarray, got {type(logits).__name__}")
-    if logits.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"logits must have dtype float32 or float64, got {logits.dtype}")
+    if logits.dtype not in FLOAT_DTYPES and not is_half(logits.dtype):
+        raise TypeError(f"logits must have dtype float32, float64, float16 or bfloat16, got {logits.dtype}")
     if not logits.flags.writeable:
         raise ValueError("inplace=True needs writeable logits, but logits is read-only")
     if not logits.flags.c_contiguous:
@@ -360,3 +385,92 @@ def check_inplace_inputs(logits, inputs):
         if _overlaps(logits, arr):
             raise ValueError(f"inplace=True would overwrite {input_name!r}, which shares memory "
                              f"with logits; pass a separate {input_name} (or use out=)")
+
+
+# =======================================================================================
+# fused linear + cross-entropy (fastce/_linear.py)
+# -- appended section: checks used only by _linear.py; the part above is the lead's --
+# =======================================================================================
+LINEAR_DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of the reused (chunk, V) logits buffer
+
+
+def _linear_array(x, name):
+    if _is_cupy(x):
+        raise TypeError(f"{name} is a CuPy array: linear_cross_entropy has no CuPy path yet; "
+                        f"pass NumPy arrays")
+    return as_float_array(x, name)
+
+
+def _blas_layout(a):
+    """``a`` itself when BLAS can read it without a copy (C- or Fortran-contiguous), else a
+    C-contiguous copy (made once, so that no per-chunk matmul copies it again)."""
+    if a.flags.c_contiguous or a.flags.f_contiguous:
+        return a
+    return np.ascontiguousarray(a)
+
+
+def as_linear_operands(hidden, weight, bias):
+    """``(hidden (N, H), weight (V, H), bias (V,) or None)`` of a fused linear +
+    cross-entropy, checked for shape and a common float dtype; ``weight`` (and ``bias``)
+    copied to a contiguous layout only when they have none."""
+    h = _linear_array(hidden, "hidden")
+    w = _linear_array(weight, "weight")
+    if h.ndim != 2:
+        raise ValueError(f"hidden must have shape (N, H) (N rows of H features), got shape {h.shape}")
+    if w.ndim != 2:
+        raise ValueError(f"weight must have shape (V, H) (one row of H features per class), "
+                         f"got shape {w.shape}")
+    if w.dtype != h.dtype:
+        raise TypeError(f"hidden and weight must have the same dtype, got hidden {h.dtype} and "
+                        f"weight {w.dtype}")
+    if w.shape[1] != h.shape[1]:
+        raise ValueError(f"hidden of shape {h.shape} has H={h.shape[1]} features but weight has "
+                         f"shape {w.shape}: weight must have shape (V, {h.shape[1]})")
+    if w.shape[0] == 0:
+        raise ValueError(f"weight must have at least one row (class), got shape {w.shape}")
+    b = None
+    if bias is not None:
+        b = _linear_array(bias, "bias")
+        if b.dtype != h.dtype:
+            raise TypeError(f"bias must have the dtype of hidden and weight ({h.dtype}), got {b.dtype}")
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"bias must have shape ({w.shape[0]},) (one per class, weight has "
+                             f"shape {w.shape}), got {b.shape}")
+    return h, _blas_layout(w), b
+
+
+def as_linear_target(target, n_rows, n_classes, ignore_index):
+    """Class indices of shape ``(N,)``: flat int64, -1 marking ignored rows."""
+    if _is_cupy(target):
+        raise TypeError("target is a CuPy array: linear_cross_entropy has no CuPy path yet; "
+                        "pass NumPy arrays")
+    t = np.asarray(target)
+    if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
+        raise ArgumentTypeError(f"target must hold class indices (an integer dtype) of shape "
+                                f"({n_rows},), got dtype {t.dtype}")
+    if t.shape != (n_rows,):
+        raise ArgumentValueError(f"target must have shape ({n_rows},) (one class index per row "
+                                 f"of hidden), got {t.shape}")
+    return as_hard_target(t, (n_rows, n_classes), n_classes, ignore_index)
+
+
+def linear_chunk_rows(chunk_size, memory_budget, n_classes, itemsize):
+    """Rows per chunk: ``chunk_size`` if given, else ``max(1, memory_budget // (V * itemsize))``
+    (``memory_budget`` in bytes, default ``LINEAR_DEFAULT_MEMORY_BUDGET``)."""
+    if chunk_size is not None and memory_budget is not None:
+        raise ValueError(f"pass chunk_size or memory_budget, not both (got chunk_size="
+                         f"{chunk_size!r}, memory_budget={memory_budget!r})")
+    if chunk_size is not None:
+        if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, numbers.Integral):
+            raise TypeError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return int(chunk_size)
+    if memory_budget is None:
+        memory_budget = LINEAR_DEFAULT_MEMORY_BUDGET
+    elif isinstance(memory_budget, (bool, np.bool_)) or not isinstance(memory_budget, numbers.Real):
+        raise TypeError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
+    elif not (memory_budget > 0 and np.isfinite(memory_budget)):
+        raise ValueError(f"memory_budget must be a finite number of bytes > 0, got {memory_budget!r}")
+    return max(1, int(memory_budget) // (n_classes * itemsize))
+# =================================== end of the _linear.py section ====================

@@ -25,7 +25,7 @@ int fce_isa_supported(int i) {
     __builtin_cpu_init();
     /* __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0) */
     if (t == &fce_table_avx512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (t == &fce_table_avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (t == &fce_table_avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #endif
     return 1; /* scalar everywhere; NEON is architectural on AArch64 */
 }

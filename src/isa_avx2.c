@@ -2,9 +2,9 @@
  * so the rest of the extension stays baseline x86-64. */
 #if defined(__x86_64__) || defined(_M_X64)
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #elif defined(__GNUC__)
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #endif
 #include "fastce/simd_avx2.h"
 #define FCE_TABLE_NAME fce_table_avx2

@@ -25,12 +25,13 @@
  * u - 1 is exact (Sterbenz), so log(u) is the exact log1p of u - 1, and t / (u - 1)
  * corrects to first order for the rounding of 1 + t (Goldberg, "What every computer
  * scientist should know about floating-point arithmetic", Thm. 4). Accuracy contract:
- * log1p(t) within 4 ulp for t in [0, 1] (the log is <= 2 ulp, the correction <= 0.4 ulp,
- * a multiply and a divide 1 ulp); softplus(-|x|) = log1p(exp(-|x|)) within 6 ulp for every
- * finite x (the <= 2 ulp of exp pass through with a factor <= 1). exp(-|x|) is flushed to
- * 0 once below the smallest normal (|x| > 87.3 in float32, 708.4 in float64), so L is 0
- * there instead of a subnormal (absolute error < 1.2e-38 resp. 2.3e-308). Measured
- * maxima: tests/test_bce.py::test_softplus_accuracy. Valid for any |x| (1e4, 1e30, inf).
+ * L = log1p(exp(-|x|)) within 4 ulp for every finite x (bound: log <= 2 ulp, the
+ * correction <= 0.4 ulp, a multiply and a divide 1 ulp, exp's <= 2 ulp passed on with a
+ * factor t / ((1 + t) log1p(t)) <= 1; measured on every x86 path, over dense sweeps of
+ * [-87, 0] / [-708, 0] and of -[1e-30, 1]: 2.51 ulp float32, 2.34 ulp float64,
+ * tests/test_bce.py::test_softplus_accuracy). exp(-|x|) is flushed to 0 once below the
+ * smallest normal (|x| > 87.3 in float32, 708.4 in float64), so L is 0 there instead of a
+ * subnormal (absolute error < 1.2e-38 resp. 2.3e-308). Valid for any |x| (1e4, 1e30, inf).
  *
  * Kernel (one per dtype, in the table as bce_block):
  *     bce_block(x, y, w, pw, pw0, grad, n, gscale, gscale_elem, lscale, loss_sum, loss_elem)

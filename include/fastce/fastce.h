@@ -8,6 +8,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "fastce/half.h"
+
 /* Summary of a row (or of a piece of one): sum = sum_c exp(x_c - max); wx = sum_c w_c x_c.
  * An empty or all -inf row has max = -inf and sum = 0. lse = max + log(sum). */
 typedef struct {
@@ -51,6 +53,11 @@ typedef struct {
     int vector_bits;
     fce_kernels_f32 f32;
     fce_kernels_f64 f64;
+    /* half-precision storage (float16, bfloat16) <-> float32 rows, contiguous */
+    void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
+    void (*f32_to_f16)(const float *src, uint16_t *dst, int64_t n);
+    void (*bf16_to_f32)(const uint16_t *src, float *dst, int64_t n);
+    void (*f32_to_bf16)(const float *src, uint16_t *dst, int64_t n);
 } fce_kernels;
 
 /* Combine the summaries of two disjoint pieces of a row. Applied in a fixed order, so

@@ -43,4 +43,8 @@ const fce_kernels FCE_TABLE_NAME = {
     FCE_F32_N * 32,
     FCE__TABLE(f32),
     FCE__TABLE(f64),
+    fce_f32_from_f16,
+    fce_f32_to_f16,
+    fce_f32_from_bf16,
+    fce_f32_to_bf16,
 };

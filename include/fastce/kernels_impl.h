@@ -285,4 +285,24 @@ static void FN(col_sub_shift)(const FCE_T *x, int64_t sc, FCE_T *out, int64_t os
         FN(col_store)(out + c * osc, nl, VOP(sub)(VOP(sub)(FN(col_load)(x + c * sc, nl), hi), lo));
 }
 
+#if FCE_IS_F32
+/* ---- half-precision storage: rows convert to and from float32 scratch ------------------
+ * src/dst contiguous; the tail goes through the scalar converters (half.h), which round
+ * exactly like the vector instructions. */
+#define FCE__CONVERT(KIND)                                                                   \
+    static void FN(from_##KIND)(const uint16_t *src, float *dst, int64_t n) {                \
+        int64_t i = 0;                                                                       \
+        for (; i + FCE_VN <= n; i += FCE_VN) VOP(storeu)(dst + i, VOP(load_##KIND)(src + i)); \
+        for (; i < n; i++) dst[i] = fce_cvt_##KIND##_f32(src[i]);                              \
+    }                                                                                        \
+    static void FN(to_##KIND)(const float *src, uint16_t *dst, int64_t n) {                  \
+        int64_t i = 0;                                                                       \
+        for (; i + FCE_VN <= n; i += FCE_VN) VOP(store_##KIND)(dst + i, VOP(loadu)(src + i)); \
+        for (; i < n; i++) dst[i] = fce_cvt_f32_##KIND(src[i]);                                \
+    }
+FCE__CONVERT(f16)
+FCE__CONVERT(bf16)
+#undef FCE__CONVERT
+#endif
+
 #undef FCE_LOWEST

@@ -128,4 +128,24 @@ static inline fce_f64acc fce_f64acc_scale(fce_f64acc a, fce_f64v f) { return _mm
 static inline double fce_f64acc_hsum(fce_f64acc a) { return fce__hsum4d(a); }
 static inline void fce_f64acc_store(double *p, fce_f64acc a) { _mm256_storeu_pd(p, a); }
 
+
+/* ---- float16 / bfloat16 storage, float32 compute (F16C) ---- */
+static inline fce_f32v fce_f32_load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+static inline void fce_f32_store_f16(uint16_t *p, fce_f32v v) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+static inline fce_f32v fce_f32_load_bf16(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline void fce_f32_store_bf16(uint16_t *p, fce_f32v v) {
+    const __m256i x = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(x, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40)), nan);
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+
 #endif

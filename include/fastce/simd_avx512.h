@@ -8,6 +8,7 @@
  *   hmax hsum               horizontal reductions (hsum returns double)
  *   pow2n                   2**n for n held in the low mantissa bits of t = n + 1.5*2**(mant bits)
  *   exponent / mantissa     x = 2**e * m, m in [1, 2), for positive normal x
+ *   load_f16/bf16, store_f16/bf16  (f32 only) half storage <-> float32 vectors, rounding to nearest even
  *   fce_DTacc               a float64 accumulator for sums of DT vectors (two f64 vectors for f32):
  *                           zero, add, scale (lane-wise multiply), hsum, store (N doubles)
  * Kernels are written once against this vocabulary (kernels.h, vmath.h).
@@ -123,5 +124,25 @@ static inline fce_f64acc fce_f64acc_add(fce_f64acc a, fce_f64v v) { return _mm51
 static inline fce_f64acc fce_f64acc_scale(fce_f64acc a, fce_f64v f) { return _mm512_mul_pd(a, f); }
 static inline double fce_f64acc_hsum(fce_f64acc a) { return _mm512_reduce_add_pd(a); }
 static inline void fce_f64acc_store(double *p, fce_f64acc a) { _mm512_storeu_pd(p, a); }
+
+
+/* ---- float16 / bfloat16 storage, float32 compute ---- */
+static inline fce_f32v fce_f32_load_f16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline void fce_f32_store_f16(uint16_t *p, fce_f32v v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+static inline fce_f32v fce_f32_load_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline void fce_f32_store_bf16(uint16_t *p, fce_f32v v) {
+    const __m512i x = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40)));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
+}
 
 #endif

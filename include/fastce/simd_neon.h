@@ -119,4 +119,18 @@ static inline fce_f64acc fce_f64acc_scale(fce_f64acc a, fce_f64v f) { return vmu
 static inline double fce_f64acc_hsum(fce_f64acc a) { return vaddvq_f64(a); }
 static inline void fce_f64acc_store(double *p, fce_f64acc a) { vst1q_f64(p, a); }
 
+
+/* ---- float16 / bfloat16 storage, float32 compute ---- */
+static inline fce_f32v fce_f32_load_f16(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+static inline void fce_f32_store_f16(uint16_t *p, fce_f32v v) { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(v))); }
+static inline fce_f32v fce_f32_load_bf16(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+static inline void fce_f32_store_bf16(uint16_t *p, fce_f32v v) {
+    const uint32x4_t x = vreinterpretq_u32_f32(v);
+    const uint32x4_t odd = vandq_u32(vshrq_n_u32(x, 16), vdupq_n_u32(1));
+    uint32x4_t r = vshrq_n_u32(vaddq_u32(x, vaddq_u32(odd, vdupq_n_u32(0x7fff))), 16);
+    const uint32x4_t num = vceqq_f32(v, v); /* all-ones where not nan */
+    r = vbslq_u32(num, r, vorrq_u32(vshrq_n_u32(x, 16), vdupq_n_u32(0x40)));
+    vst1_u16(p, vmovn_u32(r));
+}
+
 #endif

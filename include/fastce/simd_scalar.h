@@ -69,4 +69,12 @@ static inline double fce_f64acc_hsum(fce_f64acc a) { return a; }
 static inline void fce_f64acc_store(double *p, fce_f64acc a) { *p = a; }
 static inline double fce_f64_hsum(double v) { return v; }
 
+
+/* ---- float16 / bfloat16 storage, float32 compute ---- */
+#include "fastce/half.h"
+static inline float fce_f32_load_f16(const uint16_t *p) { return fce_cvt_f16_f32(*p); }
+static inline void fce_f32_store_f16(uint16_t *p, float v) { *p = fce_cvt_f32_f16(v); }
+static inline float fce_f32_load_bf16(const uint16_t *p) { return fce_cvt_bf16_f32(*p); }
+static inline void fce_f32_store_bf16(uint16_t *p, float v) { *p = fce_cvt_f32_bf16(v); }
+
 #endif
