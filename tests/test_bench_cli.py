@@ -1,0 +1,263 @@
+"""Fast checks of the benchmark tooling: ``python -m fastce.bench``, the pytest-benchmark
+suite in ``bench/`` (importable) and ``tools/bench_report.py``.
+
+Tiny shapes, one or two timed calls: these check the plumbing and the output format,
+not speed.
+"""
+import importlib.util
+import json
+import math
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+from fastce import bench
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHAPES = ["64x10", "4x1000"]
+BASE = ["--quick", "--shapes", ",".join(SHAPES), "--threads", "1", "--repeat", "2", "--no-progress"]
+
+try:
+    import torch  # noqa: F401
+
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+
+
+def _sections(text):
+    """Split the text output into its tables: {title line: [rows as lists of cells]}."""
+    tables, title, lines = {}, None, text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("shape") and i + 1 < len(lines) and set(lines[i + 1].replace(" ", "")) == {"-"}:
+            header = re.split(r"\s{2,}", line.strip())
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.strip():
+                    break
+                rows.append(re.split(r"\s{2,}", row.strip()))
+            tables[title] = (header, rows)
+        elif line.strip():
+            title = line.strip()
+    return tables
+
+
+def _is_ms(cell):
+    return math.isfinite(float(cell)) and float(cell) > 0
+
+
+def _is_ratio(cell):
+    return cell.endswith("x") and float(cell[:-1]) > 0
+
+
+@pytest.fixture(scope="module")
+def text_run():
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        report = bench.main(BASE)
+    return report, buf.getvalue()
+
+
+def test_text_tables_have_columns_and_numbers(text_run):
+    report, out = text_run
+    tables = _sections(out)
+    by_header = {tuple(h): rows for h, rows in tables.values()}
+    assert tuple(bench.FWD_COLUMNS) in by_header, out
+    assert tuple(bench.FB_COLUMNS) in by_header, out
+    assert tuple(bench.MEM_COLUMNS) in by_header, out
+    for cols in (bench.FWD_COLUMNS, bench.FB_COLUMNS, bench.MEM_COLUMNS):
+        rows = by_header[tuple(cols)]
+        assert [r[0] for r in rows] == SHAPES, out
+        for r in rows:
+            assert len(r) == len(cols), (cols, r)
+            assert r[1] == "float32" and r[2] == "1"
+
+    fwd = {r[0]: dict(zip(bench.FWD_COLUMNS, r)) for r in by_header[tuple(bench.FWD_COLUMNS)]}
+    fb = {r[0]: dict(zip(bench.FB_COLUMNS, r)) for r in by_header[tuple(bench.FB_COLUMNS)]}
+    for shape in SHAPES:
+        for col in ("fastce ms", "numpy ms", "floor ms"):
+            assert _is_ms(fwd[shape][col]), (shape, col, fwd[shape])
+        assert _is_ratio(fwd[shape]["fastce/floor"])
+        for col in ("out= ms", "inplace ms", "numpy ms", "floor ms"):
+            assert _is_ms(fb[shape][col]), (shape, col, fb[shape])
+        assert _is_ratio(fb[shape]["out=/floor"]) and _is_ratio(fb[shape]["inplace/floor"])
+        if HAVE_TORCH:
+            assert _is_ms(fwd[shape]["torch ms"]) and _is_ratio(fwd[shape]["speed-up"])
+            assert _is_ms(fb[shape]["torch ms"]) and _is_ratio(fb[shape]["speed-up out="])
+            assert _is_ratio(fb[shape]["speed-up inplace"])
+        else:
+            assert fwd[shape]["torch ms"] == "-" and fwd[shape]["speed-up"] == "-"
+    assert "command: python -m fastce.bench --quick" in out
+
+    # The report behind the table: two timed calls per cell, as asked.
+    assert len(report["results"]) == len(SHAPES)
+    for rec in report["results"]:
+        for key in ("fastce_fwd", "fastce_fb_out", "fastce_fb_inplace", "numpy_fwd", "numpy_fb",
+                    "floor_read_numpy", "floor_copy_numpy"):
+            assert rec["times"][key]["repeats"] == 2, (key, rec["times"][key])
+        assert rec["derived"]["floor_read_ms"] > 0 and rec["derived"]["floor_copy_ms"] > 0
+
+
+def test_memory_column_is_small_for_fastce(text_run):
+    """fastce's forward and fused calls allocate O(N), not an N x C temporary."""
+    report, _ = text_run
+    for rec in report["results"]:
+        n, c = rec["shape"]
+        mem = rec["memory_bytes"]
+        for key in ("fastce_fwd", "fastce_fb_out", "fastce_fb_inplace"):
+            assert mem[key]["tracemalloc"] < 64 * n + 8192, (rec["shape"], key, mem[key])
+        assert mem["numpy_fb"]["tracemalloc"] >= n * c * 4  # the NumPy code does allocate N x C
+
+
+def test_markdown_and_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    bench.main(BASE + ["--markdown", "--no-memory", "--json", str(path)])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for cols in (bench.FWD_COLUMNS, bench.FB_COLUMNS):
+        head = "| " + " | ".join(cols) + " |"
+        assert head in lines, out
+        i = lines.index(head)
+        assert lines[i + 1].startswith("|---|---|---:|")
+        rows = lines[i + 2:i + 2 + len(SHAPES)]
+        for shape, row in zip(SHAPES, rows):
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert cells[0] == shape and len(cells) == len(cols), row
+            assert _is_ms(cells[cols.index("floor ms")])
+    assert "Command: `python -m fastce.bench" in out
+    assert "| fastce fwd |" not in out  # --no-memory: no memory table
+
+    data = json.loads(path.read_text())
+    assert set(data) >= {"machine", "date", "command", "results"}
+    assert data["machine"]["numpy"] == np.__version__
+    assert [r["shape"] for r in data["results"]] == [[64, 10], [4, 1000]]
+    for rec in data["results"]:
+        assert rec["dtype"] == "float32" and rec["threads"] == 1
+        t = rec["times"]["fastce_fwd"]
+        assert t["repeats"] == 2 and len(t["samples_ms"]) == 2 and t["median_ms"] > 0
+        assert rec["derived"]["fwd_over_floor"] > 0
+        if HAVE_TORCH:
+            assert rec["derived"]["fwd_speedup_vs_torch"] > 0
+            assert rec["check"]["loss_rel_diff_vs_torch"] < 1e-4
+            assert rec["check"]["grad_rel_diff_vs_torch"] < 1e-4
+
+
+def test_without_torch_columns_are_dashes(capsys):
+    report = bench.main(["--shapes", "8x10", "--threads", "1", "--repeat", "1", "--no-progress",
+                         "--no-torch", "--no-memory", "--no-numpy", "--dtype", "float64"])
+    out = capsys.readouterr().out
+    assert "torch columns are shown as '-'" in out
+    rec = report["results"][0]
+    assert rec["dtype"] == "float64"
+    assert "torch_fwd" not in rec["times"] and "numpy_fwd" not in rec["times"]
+    fwd_rows, fb_rows, _ = bench.table_rows(report["results"])
+    assert fwd_rows[0][bench.FWD_COLUMNS.index("torch ms")] == "-"
+    assert fwd_rows[0][bench.FWD_COLUMNS.index("speed-up")] == "-"
+    assert _is_ms(fwd_rows[0][bench.FWD_COLUMNS.index("fastce ms")])
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--shapes", "64by10"], "--shapes"),
+    (["--threads", "0"], "--threads"),
+    (["--dtype", "float16"], "--dtype"),
+    (["--repeat", "0"], "--repeat"),
+])
+def test_bad_arguments(argv, msg, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_plot(tmp_path, capsys):
+    path = tmp_path / "speedup.png"
+    argv = BASE + ["--no-memory", "--plot", str(path)]
+    if bench._import_pyplot() is None:
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert "matplotlib" in capsys.readouterr().err
+    elif not HAVE_TORCH:
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert "torch" in capsys.readouterr().err
+    else:
+        bench.main(argv)
+        assert path.stat().st_size > 1000
+
+
+def test_numpy_user_code_matches_reference():
+    x, y = bench.make_inputs((16, 7), "float64", seed=1)
+    lse = np.log(np.exp(x).sum(1))
+    logp = x - lse[:, None]
+    np.testing.assert_allclose(bench.numpy_logsumexp(x), lse)
+    np.testing.assert_allclose(bench.numpy_log_softmax(x), logp)
+    np.testing.assert_allclose(bench.numpy_softmax(x), np.exp(logp))
+    loss = -logp[np.arange(16), y].mean()
+    np.testing.assert_allclose(bench.numpy_cross_entropy(x, y), loss)
+    np.testing.assert_allclose(bench.numpy_nll_loss(logp, y), loss)
+    loss2, grad = bench.numpy_cross_entropy_with_grad(x, y)
+    onehot = np.eye(7)[y]
+    np.testing.assert_allclose(loss2, loss)
+    np.testing.assert_allclose(grad, (np.exp(logp) - onehot) / 16)
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_suite_is_importable():
+    conftest = _load(ROOT / "bench" / "conftest.py", "_fastce_bench_conftest")
+    assert hasattr(conftest, "pytest_addoption") and hasattr(conftest, "bench")
+    files = sorted((ROOT / "bench").glob("test_bench_*.py"))
+    assert len(files) >= 3
+    tests = []
+    for f in files:
+        mod = _load(f, "_fastce_" + f.stem)
+        tests += [n for n in dir(mod) if n.startswith("test_")]
+    for name in ("test_logsumexp", "test_log_softmax", "test_softmax", "test_ce_fwd", "test_ce_fwdbwd",
+                 "test_nll_loss", "test_floor_read", "test_floor_copy"):
+        assert name in tests
+
+
+def test_bench_report_tool(tmp_path, capsys):
+    report_tool = _load(ROOT / "tools" / "bench_report.py", "_fastce_bench_report")
+
+    def entry(op, impl, median, shape=(64, 10), threads=1):
+        return {"group": f"{op}-{shape[0]}x{shape[1]}-float32-t{threads}", "name": f"test[{impl}]",
+                "extra_info": {"op": op, "impl": impl, "shape": list(shape), "dtype": "float32",
+                               "threads": threads, "nbytes": 2560},
+                "stats": {"median": median, "min": median / 2, "mean": median}}
+
+    data = {
+        "machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2}, "machine": "x86_64",
+                         "system": "Linux", "release": "6", "python_version": "3.11"},
+        "commit_info": {"id": "abcdef1234567890", "dirty": False},
+        "datetime": "2026-01-01T00:00:00",
+        "benchmarks": [
+            entry("ce-fwd", "fastce", 0.001), entry("ce-fwd", "torch", 0.004), entry("ce-fwd", "numpy", 0.002),
+            entry("floor-read", "numpy", 0.0005), entry("floor-read", "torch", 0.00025),
+            entry("ce-fwdbwd", "fastce-out", 0.002), entry("ce-fwdbwd", "torch-autograd", 0.010),
+            {"group": None, "name": "unrelated", "extra_info": {}, "stats": {"median": 1.0}},
+        ],
+    }
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(data))
+    assert report_tool.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Test CPU" in out and "abcdef1234" in out
+    lines = out.splitlines()
+    head = ("| shape | dtype | threads | fastce ms | torch ms | numpy ms | fastce vs torch | numpy vs torch "
+            "| floor ms | fastce / floor |")
+    assert head in lines, out
+    row = lines[lines.index(head) + 2]
+    assert row == "| 64x10 | float32 | 1 | 1.00 | 4.00 | 2.00 | 4.00x | 2.00x | 0.25 | 4.00x |", row
+    assert "### `ce-fwdbwd`" in out and "### `floor-read`" in out
+    assert "| fastce-out vs torch |" in out
