@@ -23,6 +23,7 @@ from ._bce import (  # noqa: E402
     binary_cross_entropy_with_logits_with_grad,
 )
 from ._validation import ArgumentTypeError, ArgumentValueError  # noqa: E402
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad  # noqa: E402
 from ._config import (  # noqa: E402
     _select_initial_isa,
     get_isa,
@@ -41,5 +42,6 @@ __all__ = [
     "log_softmax", "logsumexp", "nll_loss", "nll_loss_backward", "softmax",
     "ArgumentTypeError", "ArgumentValueError",
     "BCEWithLogitsLoss", "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
+    "linear_cross_entropy", "linear_cross_entropy_with_grad",
     "get_isa", "set_isa", "supported_isas", "get_num_threads", "set_num_threads", "show_config",
 ]

@@ -68,7 +68,12 @@ def logsumexp(x, axis=-1, *, out=None, n_threads=None):
     a, c, b = V.rows3_shape(x.shape, ax)
     res = np.full(a * b, -np.inf)
     if a * b and c:
-        _kernels.lse_rows(V.as_rows3(x, ax), res, nt)
+        x3 = V.as_rows3(x, ax)
+        _kernels.lse_rows(x3, res, nt)
+        for r in np.flatnonzero(np.isnan(res)):  # rare: +inf alone gives +inf, like NumPy/torch
+            row = x3[r // b, :, r % b]
+            if np.isposinf(row).any() and not np.isnan(row).any():
+                res[r] = np.inf
     res = res.reshape(shape)
     if out is not None:
         np.copyto(out, res, casting="same_kind")
@@ -141,17 +146,20 @@ class _CECall:
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
                  n_threads, inplace=False, out=None, allow_soft=True, z_loss=0.0, lse=None,
-                 class_start=0, num_classes=None, grad_dtype=None):
+                 class_start=0, num_classes=None, grad_dtype=None, softcap=None,
+                 logits_name="logits"):
         self.reduction = V.check_reduction(reduction)
+        self.softcap = V.check_softcap(softcap)
         self.eps = V.check_label_smoothing(label_smoothing)
         self.z = V.check_z_loss(z_loss)
         ignore_index = V.check_ignore_index(ignore_index)
         self.n_threads = V.resolve_threads(n_threads)
         if inplace:
             V.check_inplace(logits, out)
-        x = V.as_float_array(logits, "logits", allow_half=True)
+        x = V.as_float_array(logits, logits_name, allow_half=True)
         if x.ndim == 0:
-            raise ValueError("logits must have shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+            raise ValueError(f"{logits_name} must have shape (C,), (N, C) or (N, C, d1, ..., dk), "
+                             f"got a 0-d array")
         self.cdtype = V.compute_dtype(x.dtype)  # reductions; float32 for half logits
         self.grad_dtype = V.check_grad_dtype(grad_dtype, x.dtype)
         if inplace and self.grad_dtype != x.dtype:
@@ -160,7 +168,7 @@ class _CECall:
         self.axis = 0 if x.ndim == 1 else 1
         self.n_classes = x.shape[self.axis]
         if self.n_classes == 0:
-            raise ValueError(f"logits must have at least one class, got shape {x.shape}")
+            raise ValueError(f"{logits_name} must have at least one class, got shape {x.shape}")
         self.x = x
         self.target_shape = V.expected_target_shape(x.shape)
         self.class_start, self.total_classes = V.check_shard(class_start, num_classes, self.n_classes)
@@ -173,7 +181,7 @@ class _CECall:
             self.t = None
         else:
             self.soft = None
-            self.t = V.as_hard_target(target, x.shape, self.total_classes, ignore_index)
+            self.t = V.as_hard_target(target, x.shape, self.total_classes, ignore_index, logits_name)
         self.wt, self.wd = V.as_weight(weight, self.total_classes, self.cdtype)
         if self.wt is not None and sharded:
             self.wt = np.ascontiguousarray(self.wt[self.class_start:self.class_start + self.n_classes])
@@ -183,7 +191,7 @@ class _CECall:
                              "log-sum-exp over all classes, e.g. np.logaddexp.reduce of every "
                              "shard's fastce.logsumexp")
         if out is not None:
-            V.check_out(out, x.shape, self.grad_dtype, {"logits": x, "target": target, "weight": weight})
+            V.check_out(out, x.shape, self.grad_dtype, {logits_name: x, "target": target, "weight": weight})
         self.out = out
         self.inplace = inplace
 
@@ -236,12 +244,12 @@ class _CECall:
             if self.soft is not None:
                 _kernels.ce_soft_rows(x3, V.as_rows3(self.soft, self.axis), self.wt, W, self.eps,
                                       loss, lse if want_lse else None, grad3, scale_rows, scale0,
-                                      self.n_threads, self.z, zl)
+                                      self.n_threads, self.z, zl, self.softcap)
             else:
                 Wtot = float(self.wd.sum()) if self.wd is not None else float(self.total_classes)
                 _kernels.ce_rows(x3, self.t, self.wt, self.wd, W, self.eps, loss, lse, compute_lse,
                                  grad3, scale_rows, scale0, self.n_threads, self.z, zl, zscale0,
-                                 self.class_start, self.total_classes, Wtot)
+                                 self.class_start, self.total_classes, Wtot, self.softcap)
             if copy_to is not None:
                 np.copyto(copy_to, grad3.reshape(copy_to.shape))
         return (loss, zl), lse, grad
@@ -292,6 +300,9 @@ _CE_PARAMS = """Parameters
     label_smoothing : float in [0, 1], default 0
         ``eps``: the row loss becomes
         ``(1 - eps) * w[y] * nll + (eps / C) * sum_c w_c * (-log_softmax(x)_c)``.
+    softcap : float > 0, optional
+        ``c``: the logits become ``c * tanh(x / c)`` before everything else (Gemma 2's
+        logit softcapping), inside the row sweep; the gradient chains through it.
     z_loss : float >= 0, default 0
         ``z``: adds ``z * lse_i**2`` to every row not ignored (PaLM's z-loss, Liger's
         ``lse_square_scale``); under 'mean' this term is averaged over those rows,
@@ -327,24 +338,28 @@ _LSE_RETURN = """lse : ndarray of float64, target's shape (only with ``return_ls
         Each row's log-sum-exp (nan for ignored rows)."""
 
 
-def _gpu_options(z_loss, lse, return_lse, class_start, num_classes):
+def _gpu_options(z_loss=0.0, lse=None, return_lse=False, class_start=0, num_classes=None,
+                 softcap=None, grad_dtype=None):
     """Options the CuPy path does not take yet: passed on only when set, so it can refuse them."""
-    given = {"z_loss": z_loss != 0.0, "lse": lse is not None, "return_lse": bool(return_lse),
-             "class_start": class_start != 0, "num_classes": num_classes is not None}
-    return {k: v for k, v in dict(z_loss=z_loss, lse=lse, return_lse=return_lse,
-                                  class_start=class_start, num_classes=num_classes).items() if given[k]}
+    defaults = dict(z_loss=0.0, lse=None, return_lse=False, class_start=0, num_classes=None,
+                    softcap=None, grad_dtype=None)
+    given = dict(z_loss=z_loss, lse=lse, return_lse=return_lse, class_start=class_start,
+                 num_classes=num_classes, softcap=softcap, grad_dtype=grad_dtype)
+    return {k: v for k, v in given.items() if v is not defaults[k] and not (
+        isinstance(v, (int, float, bool)) and v == defaults[k])}
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, lse=None, return_lse=False, class_start=0,
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None, return_lse=False, class_start=0,
                   num_classes=None, n_threads=None):
     twin = _cuda_dispatch("cross_entropy", logits, target, weight)
     if twin:
         return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
                     label_smoothing=label_smoothing, n_threads=n_threads,
-                    **_gpu_options(z_loss, lse, return_lse, class_start, num_classes))
+                    **_gpu_options(z_loss, lse, return_lse, class_start, num_classes, softcap))
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                   z_loss=z_loss, lse=lse, class_start=class_start, num_classes=num_classes)
+                   z_loss=z_loss, lse=lse, class_start=class_start, num_classes=num_classes,
+                   softcap=softcap)
     loss, lse_rows, _ = call.sweep(want_loss=True, want_lse=return_lse)
     if return_lse:
         return call.reduce(loss), call.lse_out(lse_rows)
@@ -368,7 +383,7 @@ cross_entropy.__doc__ = f"""Cross-entropy of logits against targets, as ``torch.
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, z_loss=0.0, lse=None, return_lse=False,
+                            label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None, return_lse=False,
                             class_start=0, num_classes=None, grad_output=1.0, out=None,
                             inplace=False, grad_dtype=None, n_threads=None):
     twin = _cuda_dispatch("cross_entropy_with_grad", logits, target, weight, out)
@@ -376,10 +391,10 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
         return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
                     label_smoothing=label_smoothing, grad_output=grad_output, out=out,
                     inplace=inplace, n_threads=n_threads,
-                    **_gpu_options(z_loss, lse, return_lse, class_start, num_classes))
+                    **_gpu_options(z_loss, lse, return_lse, class_start, num_classes, softcap, grad_dtype))
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
                    inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
-                   num_classes=num_classes, grad_dtype=grad_dtype)
+                   num_classes=num_classes, grad_dtype=grad_dtype, softcap=softcap)
     loss, lse_rows, grad = call.sweep(want_loss=True, grad_output=grad_output, want_grad=True,
                                       want_lse=return_lse)
     if return_lse:
@@ -407,7 +422,7 @@ cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t.
 
 
 def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
-                           reduction="mean", label_smoothing=0.0, z_loss=0.0, lse=None,
+                           reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None,
                            class_start=0, num_classes=None, out=None, inplace=False,
                            grad_dtype=None, n_threads=None):
     twin = _cuda_dispatch("cross_entropy_backward", logits, target, weight, out)
@@ -415,10 +430,10 @@ def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, igno
         return twin(logits, target, grad_output, weight=weight, ignore_index=ignore_index,
                     reduction=reduction, label_smoothing=label_smoothing, out=out,
                     inplace=inplace, n_threads=n_threads,
-                    **_gpu_options(z_loss, lse, False, class_start, num_classes))
+                    **_gpu_options(z_loss, lse, False, class_start, num_classes, softcap, grad_dtype))
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
                    inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
-                   num_classes=num_classes, grad_dtype=grad_dtype)
+                   num_classes=num_classes, grad_dtype=grad_dtype, softcap=softcap)
     _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True)
     return grad
 
@@ -438,7 +453,8 @@ cross_entropy_backward.__doc__ = f"""Gradient of :func:`cross_entropy` w.r.t. th
     """
 
 
-def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean",
+             n_threads=None):
     """Negative log-likelihood of class-index targets, as ``torch.nn.functional.nll_loss``.
 
     ``l_i = -w[y_i] * log_probs[i, y_i]`` (0 for ignored rows); 'mean' divides the sum
@@ -453,6 +469,8 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
         Class indices, shape ``()``, ``(N,)`` or ``(N, d1, ..., dk)``.
     weight, ignore_index, reduction
         As :func:`cross_entropy`.
+    n_threads : int, optional
+        Accepted for a uniform signature; the O(N) gather runs on one thread.
 
     Returns
     -------
@@ -461,7 +479,8 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
     twin = _cuda_dispatch("nll_loss", log_probs, target, weight)
     if twin:
         return twin(log_probs, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
-    call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None, allow_soft=False)
+    call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, n_threads,
+                   allow_soft=False, logits_name="log_probs")
     rows, cls, pos = _nll_picks(call)
     lp3 = V.as_rows3(call.x, call.axis)
     w = call.wd[cls] if call.wd is not None else 1.0
@@ -492,7 +511,7 @@ def nll_loss_backward(log_probs, target, grad_output=1.0, *, weight=None, ignore
         The gradient, log_probs' shape and dtype.
     """
     call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None, out=out,
-                   allow_soft=False)
+                   allow_soft=False, logits_name="log_probs")
     g0, g_rows = V.as_grad_output(grad_output, call.reduction, call.target_shape)
     if call.reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -528,7 +547,7 @@ class CrossEntropyLoss:
 
     Parameters
     ----------
-    weight, ignore_index, reduction, label_smoothing, z_loss
+    weight, ignore_index, reduction, label_smoothing, z_loss, softcap
         As :func:`cross_entropy`.
     n_threads : int, optional
         Threads per call; default :func:`fastce.get_num_threads`.
@@ -541,12 +560,13 @@ class CrossEntropyLoss:
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 z_loss=0.0, n_threads=None):
+                 z_loss=0.0, softcap=None, n_threads=None):
         self.weight = weight
         self.ignore_index = V.check_ignore_index(ignore_index)
         self.reduction = V.check_reduction(reduction)
         self.label_smoothing = V.check_label_smoothing(label_smoothing)
         self.z_loss = V.check_z_loss(z_loss)
+        self.softcap = V.check_softcap(softcap)
         self.n_threads = None if n_threads is None else V.check_n_threads(n_threads)
         self._saved = None
 
@@ -556,9 +576,10 @@ class CrossEntropyLoss:
             self._saved = ("cuda", logits, target)
             return twin(logits, target, weight=self.weight, ignore_index=self.ignore_index,
                         reduction=self.reduction, label_smoothing=self.label_smoothing,
-                        **_gpu_options(self.z_loss, None, False, 0, None))
+                        **_gpu_options(self.z_loss, softcap=self.softcap or None))
         call = _CECall(logits, target, self.weight, self.ignore_index, self.reduction,
-                       self.label_smoothing, self.n_threads, z_loss=self.z_loss)
+                       self.label_smoothing, self.n_threads, z_loss=self.z_loss,
+                       softcap=self.softcap or None)
         loss, lse, _ = call.sweep(want_loss=True, want_lse=True)
         call.lse = lse  # backward reuses it instead of recomputing
         self._saved = ("cpu", logits, call)
@@ -591,7 +612,7 @@ class CrossEntropyLoss:
             return cuda.cross_entropy_backward(
                 logits, target, grad_output, weight=self.weight, ignore_index=self.ignore_index,
                 reduction=self.reduction, label_smoothing=self.label_smoothing, out=out,
-                inplace=inplace, **_gpu_options(self.z_loss, None, False, 0, None))
+                inplace=inplace, **_gpu_options(self.z_loss, softcap=self.softcap or None))
         _, logits, call = self._saved
         if inplace:
             V.check_inplace(logits, out)

@@ -24,8 +24,13 @@ rows of ``L`` elements (``fastce/_bce.pxi``).
   of shape ``(..., 1)`` as one scalar per row. Broadcasts that no ``(R, L)`` view can
   express (for example a weight of shape ``(N, 1, C)`` over logits ``(N, M, C)``), and
   logits of 3 or more dimensions that are neither contiguous nor reshapeable, are copied
-  (materialised) first: the one case where a call allocates a full-size temporary it does
-  not return.
+  (materialised) first.
+
+The plan is chosen from the inputs alone, so the loss (its summation order) does not depend
+on where the gradient is written; an ``out=`` whose memory order differs from the logits'
+in the flat case (or that no ``(R, L)`` view describes) receives the gradient through a
+temporary. These two are the only cases where a call allocates a full-size temporary it
+does not return.
 
 Rows longer than ``_BLOCK`` are cut into chunks; the work items and their order depend on
 shapes and strides only, so results are bitwise identical for any ``n_threads``.
@@ -163,15 +168,26 @@ def _plan(x, y, w, pw, ge, grad, loss_elem):
     shape = x.shape
     total = x.size
     isz = x.itemsize
-    fulls = [a for a in (x, y, ge, grad, loss_elem) if a is not None]
+    # The plan follows the inputs only, so the loss (its summation order) never depends on
+    # where the gradient goes; an output that does not fit the plan is written through a
+    # temporary (only an out= of another memory order than the logits').
+    fulls = [a for a in (x, y, ge, loss_elem) if a is not None]
     kinds = (_kind(w, shape), _kind(pw, shape))
     fulls += [a for a, k in zip((w, pw), kinds) if k == "full"]
     columns = "column" in kinds
-    flat = "other" not in kinds and (
-        all(a.flags.c_contiguous and _aligned(a) for a in fulls)
-        or (not columns and all(a.flags.f_contiguous and _aligned(a) for a in fulls)))
+    order = None
+    if "other" not in kinds:
+        if all(a.flags.c_contiguous and _aligned(a) for a in fulls):
+            order = "C"
+        elif not columns and all(a.flags.f_contiguous and _aligned(a) for a in fulls):
+            order = "F"
+    flat = order is not None
     copies = []
     if flat:
+        if grad is not None and not (_aligned(grad) and (grad.flags.c_contiguous if order == "C"
+                                                         else grad.flags.f_contiguous)):
+            copies.append((np.empty(shape, dtype=grad.dtype, order=order), grad))
+            grad = copies[-1][0]
         period = shape[-1] if columns else 1
         if period >= _BLOCK:
             L = period
@@ -294,8 +310,9 @@ binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy between logi
     >>> import numpy as np, fastce
     >>> x = np.array([[2.0, -1.0], [0.5, 3.0]], dtype=np.float32)
     >>> y = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    >>> float(fastce.binary_cross_entropy_with_logits(x, y, pos_weight=np.array([2.0, 1.0])))  # doctest: +ELLIPSIS
-    0.3...
+    >>> loss = fastce.binary_cross_entropy_with_logits(x, y, pos_weight=np.array([2.0, 1.0]))
+    >>> round(float(loss), 4), loss.dtype
+    (0.3974, dtype('float32'))
     """
 
 
@@ -345,9 +362,14 @@ class BCEWithLogitsLoss:
 
     Examples
     --------
-    >>> crit = BCEWithLogitsLoss(pos_weight=pos_weight)
+    >>> import numpy as np, fastce
+    >>> logits = np.array([[2.0, -1.0], [0.5, 3.0]])
+    >>> target = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> crit = fastce.BCEWithLogitsLoss(pos_weight=np.array([2.0, 1.0]))
     >>> loss = crit(logits, target)
-    >>> grad = crit.backward()            # d loss / d logits
+    >>> grad = crit.backward()            # d loss / d logits, logits' shape
+    >>> grad.shape
+    (2, 2)
     """
 
     def __init__(self, weight=None, pos_weight=None, reduction="mean", n_threads=None):

@@ -56,6 +56,9 @@ cdef extern from "fastce/fastce.h" nogil:
                                fce_stats *st) noexcept nogil
         void (*row_soft_grad)(const float *x, const float *t, float *out, int64_t n, double shift,
                               double a, double beta, double delta, const float *w) noexcept nogil
+        void (*row_softcap)(const float *x, float *out, int64_t n, double cap) noexcept nogil
+        void (*row_softcap_grad)(const float *xc, float *g, int64_t n, double cap) noexcept nogil
+        void (*vtanh)(const float *x, float *out, int64_t n) noexcept nogil
         int lanes
         void (*col_stats)(const float *x, int64_t sc, int64_t C, int64_t nl, const float *w,
                           int want_wx, double *mx, double *sum, double *wx) noexcept nogil
@@ -80,6 +83,9 @@ cdef extern from "fastce/fastce.h" nogil:
                                fce_stats *st) noexcept nogil
         void (*row_soft_grad)(const double *x, const double *t, double *out, int64_t n, double shift,
                               double a, double beta, double delta, const double *w) noexcept nogil
+        void (*row_softcap)(const double *x, double *out, int64_t n, double cap) noexcept nogil
+        void (*row_softcap_grad)(const double *xc, double *g, int64_t n, double cap) noexcept nogil
+        void (*vtanh)(const double *x, double *out, int64_t n) noexcept nogil
         int lanes
         void (*col_stats)(const double *x, int64_t sc, int64_t C, int64_t nl, const double *w,
                           int want_wx, double *mx, double *sum, double *wx) noexcept nogil
@@ -252,6 +258,7 @@ cdef struct Sweep:
     bint lanes_on_b
     bint x_strided, o_strided   # rows whose class stride is not 1
     int xh, oh, th              # HALF_* storage of x, the output, soft targets
+    double softcap              # logits become softcap * tanh(x / softcap); 0 = off
     bint direct_out             # the output has the input's strides (columns write in place)
 
 
@@ -280,7 +287,7 @@ cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target
     s.oh = half_kind(out.dtype) if out is not None else HALF_NONE
     s.th = half_kind(soft_target.dtype) if s.soft else HALF_NONE
     s.mode = MODE_ROWS
-    if s.soft or s.xh or s.oh:
+    if s.soft or s.xh or s.oh or s.softcap != 0.0:
         return
     if s.x_strided and s.x.B >= lanes and s.x.sb == item:
         s.mode, s.lanes_on_b = MODE_COLS, True
@@ -387,6 +394,20 @@ cdef inline void k_out(const Sweep *s, const floating *x, floating *out, int64_t
         KT.f64.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const double *> s.wt)
 
 
+cdef inline void k_softcap(const floating *x, floating *out, int64_t n, double cap) noexcept nogil:
+    if floating is float:
+        KT.f32.row_softcap(x, out, n, cap)
+    else:
+        KT.f64.row_softcap(x, out, n, cap)
+
+
+cdef inline void k_softcap_grad(const floating *xc, floating *g, int64_t n, double cap) noexcept nogil:
+    if floating is float:
+        KT.f32.row_softcap_grad(xc, g, n, cap)
+    else:
+        KT.f64.row_softcap_grad(xc, g, n, cap)
+
+
 cdef inline void copy_strided(const floating *src, int64_t ss, floating *dst, int64_t ds,
                               int64_t n) noexcept nogil:
     cdef int64_t c
@@ -465,8 +486,8 @@ cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept no
     cdef floating *scratch
     with parallel(num_threads=n_threads):
         scratch = NULL
-        if s.x_strided or s.o_strided or s.soft or s.xh or s.oh:
-            scratch = <floating *> malloc(2 * s.C * sizeof(floating))
+        if s.x_strided or s.o_strided or s.soft or s.xh or s.oh or s.softcap != 0.0:
+            scratch = <floating *> malloc(3 * s.C * sizeof(floating))
         for r in prange(s.rows, schedule='static'):
             if s.soft:
                 one_soft_row(s, r, scratch)
@@ -477,22 +498,15 @@ cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept no
 
 cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
     # l = -sum_c w_c t'_c (x_c - lse), t' = (1 - eps) t + eps / C
-    cdef const floating *row = <const floating *> row_addr(&s.x, r)
+    cdef const floating *row = load_x(s, r, scratch)
     cdef const floating *trow = <const floating *> row_addr(&s.t, r)
-    cdef floating *orow
     cdef floating *dst
     cdef fce_stats st
     cdef double lse, T1, wtx, g, a
     if floating is float:
-        if s.xh:
-            load_row(s.xh, row_addr(&s.x, r), s.x.sc, scratch, s.C)
-            row = scratch
         if s.th:
             load_row(s.th, row_addr(&s.t, r), s.t.sc, scratch + s.C, s.C)
             trow = scratch + s.C
-    if s.x_strided and not s.xh:
-        copy_strided(row, s.x.sc, scratch, 1, s.C)
-        row = scratch
     if s.t.sc != 1 and not s.th:
         copy_strided(trow, s.t.sc, scratch + s.C, 1, s.C)
         trow = scratch + s.C
@@ -516,18 +530,53 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
     # d l / d x_c = g [(T1 + 2 z lse) p_c - w_c ((1 - eps) t_c + eps / C)]
     g = s.scale[r] if s.scale != NULL else s.scale0
     a = g * T1 + (g * 2.0 * s.z * lse if s.z != 0.0 else 0.0)
-    orow = <floating *> row_addr(&s.o, r)
-    dst = scratch if s.o_strided or s.oh else orow
+    dst = out_buffer(s, r, scratch)
     if floating is float:
         KT.f32.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
                              <const float *> s.wt)
-        if s.oh:
-            store_row(s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
-            return
     else:
         KT.f64.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
                              <const double *> s.wt)
-    if s.o_strided:
+    store_out(s, r, dst, row)
+
+
+cdef inline const floating *load_x(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
+    """Row r of x, ready for the kernels: in place, or in scratch[0:C) when it had to be
+    gathered (strided), converted (half) or softcapped."""
+    cdef const floating *row = <const floating *> row_addr(&s.x, r)
+    if floating is float:
+        if s.xh:
+            load_row(s.xh, row_addr(&s.x, r), s.x.sc, scratch, s.C)
+            row = scratch
+    if s.x_strided and not s.xh:
+        copy_strided(row, s.x.sc, scratch, 1, s.C)
+        row = scratch
+    if s.softcap != 0.0:
+        k_softcap(row, scratch, s.C, s.softcap)
+        row = scratch
+    return row
+
+
+cdef inline floating *out_buffer(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
+    """Where row r's output is computed: the output row itself, or scratch when it must be
+    scattered, converted or chained afterwards (after the x row and any target row)."""
+    if s.softcap != 0.0:
+        return scratch + (2 if s.soft else 1) * s.C
+    if s.o_strided or s.oh:
+        return scratch
+    return <floating *> row_addr(&s.o, r)
+
+
+cdef inline void store_out(const Sweep *s, int64_t r, floating *dst, const floating *xrow) noexcept nogil:
+    """Finish row r's output computed in dst: softcap's chain rule, then store it."""
+    cdef floating *orow = <floating *> row_addr(&s.o, r)
+    if s.softcap != 0.0:
+        k_softcap_grad(xrow, dst, s.C, s.softcap)  # d/dx = d/dxc * (1 - (xc / c)**2)
+    if floating is float:
+        if s.oh:
+            store_row(s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
+            return
+    if dst != orow:
         copy_strided(dst, 1, orow, s.o.sc, s.C)
 
 
@@ -536,7 +585,6 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     # a variable it only writes through its address)
     cdef int64_t yl, y = target_of(s, r)
     cdef const floating *row
-    cdef floating *orow
     cdef floating *dst
     cdef fce_stats st
     cdef double lse, wx = 0.0, xy = 0.0
@@ -549,14 +597,7 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
             else:
                 zero_strided(<floating *> row_addr(&s.o, r), s.o.sc, s.C)
         return
-    row = <const floating *> row_addr(&s.x, r)
-    if floating is float:
-        if s.xh:
-            load_row(s.xh, row_addr(&s.x, r), s.x.sc, scratch, s.C)
-            row = scratch
-    if s.x_strided and not s.xh:
-        copy_strided(row, s.x.sc, scratch, 1, s.C)
-        row = scratch
+    row = load_x(s, r, scratch)
     if s.compute_lse or wants_wx(s):
         k_stats(row, s.C, s.wt, wants_wx(s), &st)
         wx = st.wx
@@ -567,17 +608,11 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     finish_row(s, r, y, lse, xy, wx, coef)
     if s.out_kind == OUT_NONE:
         return
-    orow = <floating *> row_addr(&s.o, r)
-    dst = scratch if s.o_strided or s.oh else orow
+    dst = out_buffer(s, r, scratch)
     k_out(s, row, dst, s.C, lse, coef)
     if yl >= 0 and s.out_kind == OUT_EXP:
         dst[yl] = dst[yl] - <floating> coef[2]
-    if floating is float:
-        if s.oh:
-            store_row(s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
-            return
-    if s.o_strided:
-        copy_strided(dst, 1, orow, s.o.sc, s.C)
+    store_out(s, r, dst, row)
 
 
 # -- split: few huge rows ----------------------------------------------------------------
@@ -791,7 +826,8 @@ def softmax_rows(cnp.ndarray x, cnp.ndarray out, bint log_space, int n_threads):
 def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d, double W,
             double eps, object loss, object lse, bint compute_lse, object grad,
             object scale_rows, double scale0, int n_threads, double z=0.0, object zl=None,
-            double zscale0=0.0, int64_t class_start=0, int64_t num_classes=-1, double Wtot=-1.0):
+            double zscale0=0.0, int64_t class_start=0, int64_t num_classes=-1, double Wtot=-1.0,
+            double softcap=0.0):
     """The cross-entropy sweep (class-index targets).
 
     x: (A, C, B) logits.  target: (A*B,) int64 global class indices, -1 for ignored rows.
@@ -814,6 +850,7 @@ def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d,
     s.z = z
     s.zl = <double *> data_or_null(zl)
     s.zscale0 = zscale0
+    s.softcap = softcap
     s.eps = eps
     s.loss = <double *> data_or_null(loss)
     s.lse = <double *> data_or_null(lse)
@@ -826,7 +863,7 @@ def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d,
 
 def ce_soft_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, double W, double eps,
                  object loss, object lse, object grad, object scale_rows, double scale0,
-                 int n_threads, double z=0.0, object zl=None):
+                 int n_threads, double z=0.0, object zl=None, double softcap=0.0):
     """The cross-entropy sweep with probability targets: target is (A, C, B) like x."""
     cdef Sweep s
     memset(&s, 0, sizeof(s))
@@ -835,6 +872,7 @@ def ce_soft_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, double W, d
     s.Ctot = x.shape[1]
     s.z = z
     s.zl = <double *> data_or_null(zl)
+    s.softcap = softcap
     s.eps = eps
     s.loss = <double *> data_or_null(loss)
     s.lse = <double *> data_or_null(lse)
@@ -858,6 +896,11 @@ def vlog(x):
     return _elementwise(x, 1)
 
 
+def vtanh(x):
+    """Elementwise tanh of a 1-D float32/float64 array with the current ISA's kernel."""
+    return _elementwise(x, 2)
+
+
 cdef object _elementwise(x, int which):
     cdef cnp.ndarray a = np.ascontiguousarray(x)
     if a.ndim != 1 or a.dtype not in (np.float32, np.float64):
@@ -867,13 +910,17 @@ cdef object _elementwise(x, int which):
     if a.dtype == np.float32:
         if which == 0:
             KT.f32.vexp(<float *> cnp.PyArray_DATA(a), <float *> cnp.PyArray_DATA(out), n)
-        else:
+        elif which == 1:
             KT.f32.vlog(<float *> cnp.PyArray_DATA(a), <float *> cnp.PyArray_DATA(out), n)
+        else:
+            KT.f32.vtanh(<float *> cnp.PyArray_DATA(a), <float *> cnp.PyArray_DATA(out), n)
     else:
         if which == 0:
             KT.f64.vexp(<double *> cnp.PyArray_DATA(a), <double *> cnp.PyArray_DATA(out), n)
-        else:
+        elif which == 1:
             KT.f64.vlog(<double *> cnp.PyArray_DATA(a), <double *> cnp.PyArray_DATA(out), n)
+        else:
+            KT.f64.vtanh(<double *> cnp.PyArray_DATA(a), <double *> cnp.PyArray_DATA(out), n)
     return out
 
 

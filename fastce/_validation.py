@@ -63,6 +63,18 @@ def check_z_loss(z_loss):
     return z
 
 
+def check_softcap(softcap):
+    """Logit softcap: None (off) -> 0.0, else a finite float > 0."""
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap must be a float > 0 or None, got {softcap!r}")
+    c = float(softcap)
+    if not (c > 0.0 and np.isfinite(c)):
+        raise ValueError(f"softcap must be a finite float > 0, got {softcap!r}")
+    return c
+
+
 def check_shard(class_start, num_classes, n_classes):
     """``(class_start, total classes)`` of a vocabulary shard holding ``n_classes`` classes."""
     for name, v in (("class_start", class_start), ("num_classes", num_classes)):
@@ -170,7 +182,7 @@ def as_soft_target(target, logits_shape, dtype, ignore_index):
     return np.asarray(target).astype(dtype, copy=False)
 
 
-def as_hard_target(target, logits_shape, n_classes, ignore_index):
+def as_hard_target(target, logits_shape, n_classes, ignore_index, logits_name="logits"):
     """Validate class-index targets; return them flat as int64 with -1 marking ignored rows.
 
     ``logits_shape`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; the target shape
@@ -183,19 +195,24 @@ def as_hard_target(target, logits_shape, n_classes, ignore_index):
     if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
         raise ArgumentTypeError(
             f"target must hold class indices (an integer dtype) of shape {expected}, or class "
-            f"probabilities (a float dtype) of the logits' shape {tuple(logits_shape)}; got "
+            f"probabilities (a float dtype) of the {logits_name}' shape {tuple(logits_shape)}; got "
             f"dtype {t.dtype} and shape {t.shape}")
     if t.shape != expected:
-        raise ArgumentValueError(f"target has shape {t.shape}, but logits of shape {tuple(logits_shape)} "
-                                 f"need a target of shape {expected} (class indices) or "
-                                 f"{tuple(logits_shape)} (class probabilities)")
+        raise ArgumentValueError(f"target has shape {t.shape}, but {logits_name} of shape "
+                                 f"{tuple(logits_shape)} need a target of shape {expected} (class "
+                                 f"indices) or {tuple(logits_shape)} (class probabilities)")
+    if t.dtype.kind == "u" and t.size and t.max() > np.iinfo(np.int64).max:
+        # would wrap negative in int64 (and could pass for ignore_index): report it as is
+        flat = int(np.argmax(t.reshape(-1)))
+        pos = [int(i) for i in np.unravel_index(flat, t.shape)] if t.ndim else []
+        raise IndexError(f"target{pos} = {t.reshape(-1)[flat]} is out of bounds for {n_classes} classes")
     t64 = t.astype(np.int64, copy=False).reshape(-1)
     ignored = t64 == ignore_index
     bad = ((t64 < 0) | (t64 >= n_classes)) & ~ignored
     if bad.any():
         flat = int(np.flatnonzero(bad)[0])
-        pos = np.unravel_index(flat, t.shape) if t.ndim else ()
-        raise IndexError(f"target{list(pos)} = {t64[flat]} is out of bounds for {n_classes} "
+        pos = [int(i) for i in np.unravel_index(flat, t.shape)] if t.ndim else []
+        raise IndexError(f"target{pos} = {t64[flat]} is out of bounds for {n_classes} "
                          f"classes (valid: 0 <= target < {n_classes}, or ignore_index={ignore_index})")
     return np.where(ignored, np.int64(-1), t64)
 
@@ -323,7 +340,9 @@ def as_probability_target(target, logits_shape, dtype):
     """Targets of ``binary_cross_entropy_with_logits``: a real floating array of exactly the
     logits' shape (no broadcasting, like torch), returned in the logits' dtype (a copy only
     when the dtype differs). Values are not checked: like torch, any real value is used as
-    given by the formula (probabilities in [0, 1] are the meaningful ones)."""
+    given by the formula (probabilities in [0, 1] are the meaningful ones). A shape mismatch
+    is a ValueError (torch's too); an integer or bool target an ArgumentTypeError (torch
+    raises RuntimeError)."""
     if _is_cupy(target):
         raise TypeError("target is a CuPy array but logits is not: mix of CuPy and NumPy")
     t = np.asarray(target)
@@ -331,15 +350,16 @@ def as_probability_target(target, logits_shape, dtype):
         raise ValueError(f"Target size must be the same as input size: target has shape {t.shape}, "
                          f"logits has shape {tuple(logits_shape)}")
     if not np.issubdtype(t.dtype, np.floating):
-        raise TypeError(f"target must have a floating dtype (probabilities in [0, 1]), got {t.dtype}; "
-                        f"convert 0/1 labels with target.astype(logits.dtype)")
+        raise ArgumentTypeError(f"target must have a floating dtype (probabilities in [0, 1]), got "
+                                f"{t.dtype}; convert 0/1 labels with target.astype(logits.dtype)")
     return t.astype(dtype, copy=False)
 
 
 def as_broadcast_operand(arr, name, shape, dtype):
     """``weight`` / ``pos_weight`` of the BCE loss: real numbers whose shape broadcasts to the
     logits' ``shape`` (NumPy rules, without enlarging it), returned in ``dtype`` in their own
-    shape (not broadcast), or None. With ``shape=None`` only the type is checked."""
+    shape (not broadcast), or None. With ``shape=None`` only the type is checked. A shape
+    that does not broadcast is an ArgumentValueError (torch raises RuntimeError)."""
     if arr is None:
         return None
     if _is_cupy(arr):
@@ -354,8 +374,8 @@ def as_broadcast_operand(arr, name, shape, dtype):
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"{name} of shape {a.shape} does not broadcast to the logits' shape "
-                         f"{tuple(shape)}")
+        raise ArgumentValueError(f"{name} of shape {a.shape} does not broadcast to the logits' shape "
+                                 f"{tuple(shape)}")
     return a.astype(dtype, copy=False)
 
 

@@ -29,6 +29,9 @@ typedef struct {
         void (*row_soft_stats)(const T *x, const T *t, int64_t n, const T *w, fce_stats *st);  \
         void (*row_soft_grad)(const T *x, const T *t, T *out, int64_t n, double shift,         \
                               double a, double beta, double delta, const T *w);                \
+        void (*row_softcap)(const T *x, T *out, int64_t n, double cap);                        \
+        void (*row_softcap_grad)(const T *xc, T *g, int64_t n, double cap);                    \
+        void (*vtanh)(const T *x, T *out, int64_t n);                                          \
         int lanes; /* rows per column block */                                                \
         void (*col_stats)(const T *x, int64_t sc, int64_t C, int64_t nl, const T *w,           \
                           int want_wx, double *mx, double *sum, double *wx);                   \

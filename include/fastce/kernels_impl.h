@@ -4,9 +4,12 @@
  * loops: a body unrolled 4 vectors deep (independent exp chains keep the FMA units
  * busy), a one-vector loop, and a masked tail that computes exactly like the body.
  *
- * row_stats     one read: running max per lane and sum of exp(x - max) (online softmax;
- *               the sum is rescaled only when a lane's max grows, once per 4-vector
- *               block), plus optionally sum(w * x). Sums accumulate in float64.
+ * row_stats     one read: running max per lane and sum of exp(x - max) (online softmax),
+ *               plus optionally sum(w * x). Sums accumulate in float64. A lane's
+ *               reference max only moves when a score exceeds it by FCE_RESCALE_MARGIN:
+ *               exp(x - max) <= e**16 stays exact enough, and rows whose max creeps up
+ *               (sorted scores) pay a handful of rescales instead of one per vector, each
+ *               of which rounds the factor exp(old - new) once.
  *               Lanes start at the lowest finite value, not -inf, so -inf scores add
  *               exp(-inf) = 0 instead of exp(-inf - -inf) = nan.
  * exp_affine    out = a * exp(x - shift) - beta * w (w = 1 when NULL): softmax, and the
@@ -23,12 +26,19 @@
 #define FCE_LOWEST (-1.7976931348623157e308)
 #endif
 
+#define FCE_RESCALE_MARGIN 16
+
 typedef struct { V mx; ACC s; ACC wx; } FN(stats_acc);
+
+/* move lanes' reference max to bm where bm exceeds it by more than the margin */
+static inline int FN(needs_rescale)(V bm, V mx) {
+    return VOP(any_gt)(bm, VOP(add)(mx, VOP(set1)((FCE_T)FCE_RESCALE_MARGIN)));
+}
 
 /* one vector of the online max/sum update; xz/wz are the (zero-filled) operands of w*x */
 static inline void FN(stats_step1)(FN(stats_acc) *A, V xv, V xz, V wz, const int want_wx) {
     const V bm = VOP(max)(A->mx, xv);
-    if (VOP(any_gt)(bm, A->mx)) {
+    if (FN(needs_rescale)(bm, A->mx)) {
         A->s = AOP(scale)(A->s, FN(exp)(VOP(sub)(A->mx, bm)));
         A->mx = bm;
     }
@@ -41,9 +51,11 @@ static inline void FN(stats_finish)(const FN(stats_acc) *A, const int want_wx, f
     const FCE_T gm = VOP(hmax)(A->mx);
     st->wx = want_wx ? AOP(hsum)(A->wx) : 0.0;
     st->wtx = st->wts = 0.0;
-    if (gm == FCE_LOWEST) { /* empty row, or every score is -inf */
-        st->max = -INFINITY;
-        st->sum = 0.0;
+    if (gm == FCE_LOWEST) {
+        /* empty, every score -inf (sum 0), nan among -inf (sum nan), or a true maximum of
+         * exactly the lowest finite value (sum >= 1) */
+        st->sum = AOP(hsum)(A->s);
+        st->max = st->sum >= 1.0 ? (double)FCE_LOWEST : -INFINITY;
         return;
     }
     st->max = (double)gm;
@@ -59,7 +71,7 @@ static inline void FN(stats_impl)(const FCE_T *x, int64_t n, const FCE_T *w, con
         const V x0 = VOP(loadu)(x + i), x1 = VOP(loadu)(x + i + FCE_VN);
         const V x2 = VOP(loadu)(x + i + 2 * FCE_VN), x3 = VOP(loadu)(x + i + 3 * FCE_VN);
         const V bm = VOP(max)(A.mx, VOP(max)(VOP(max)(x0, x1), VOP(max)(x2, x3)));
-        if (VOP(any_gt)(bm, A.mx)) {
+        if (FN(needs_rescale)(bm, A.mx)) {
             A.s = AOP(scale)(A.s, FN(exp)(VOP(sub)(A.mx, bm)));
             A.mx = bm;
         }
@@ -212,6 +224,38 @@ static void FN(row_soft_grad)(const FCE_T *x, const FCE_T *t, FCE_T *out, int64_
     }
 }
 
+/* ---- logit softcapping (Gemma 2): x -> c tanh(x / c), and the gradient's chain rule ----
+ * softcap       out = c * tanh(x / c)          (out may alias x)
+ * softcap_grad  g *= 1 - (xc / c)**2, xc the capped logits */
+static void FN(row_softcap)(const FCE_T *x, FCE_T *out, int64_t n, double cap) {
+    const V c = VOP(set1)((FCE_T)cap), ic = VOP(set1)((FCE_T)(1.0 / cap));
+    int64_t i = 0;
+    for (; i + FCE_VN <= n; i += FCE_VN)
+        VOP(storeu)(out + i, VOP(mul)(c, FN(tanh)(VOP(mul)(VOP(loadu)(x + i), ic))));
+    if (i < n)
+        VOP(store_tail)(out + i, n - i, VOP(mul)(c, FN(tanh)(VOP(mul)(VOP(load_tail)(x + i, n - i, (FCE_T)0), ic))));
+}
+
+static void FN(row_softcap_grad)(const FCE_T *xc, FCE_T *g, int64_t n, double cap) {
+    const V one = VOP(set1)((FCE_T)1), ic = VOP(set1)((FCE_T)(1.0 / cap));
+    int64_t i = 0;
+    for (; i + FCE_VN <= n; i += FCE_VN) {
+        const V t = VOP(mul)(VOP(loadu)(xc + i), ic);
+        VOP(storeu)(g + i, VOP(mul)(VOP(loadu)(g + i), VOP(sub)(one, VOP(mul)(t, t))));
+    }
+    if (i < n) {
+        const V t = VOP(mul)(VOP(load_tail)(xc + i, n - i, (FCE_T)0), ic);
+        VOP(store_tail)(g + i, n - i, VOP(mul)(VOP(load_tail)(g + i, n - i, (FCE_T)0), VOP(sub)(one, VOP(mul)(t, t))));
+    }
+}
+
+/* elementwise tanh over a buffer (accuracy tests) */
+static void FN(vtanh)(const FCE_T *x, FCE_T *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + FCE_VN <= n; i += FCE_VN) VOP(storeu)(out + i, FN(tanh)(VOP(loadu)(x + i)));
+    if (i < n) VOP(store_tail)(out + i, n - i, FN(tanh)(VOP(load_tail)(x + i, n - i, (FCE_T)0)));
+}
+
 /* ---- column blocks: FCE_VN rows side by side ------------------------------------------
  * Element (class c, lane l) is x[c * sc + l]; lanes l < nl are real rows, the others are
  * loaded as zeros and never stored. One vector holds one class of FCE_VN rows, so a row
@@ -257,8 +301,9 @@ static void FN(col_stats)(const FCE_T *x, int64_t sc, int64_t C, int64_t nl, con
     AOP(store)(st, s);
     AOP(store)(at, a);
     for (int64_t l = 0; l < nl; l++) {
-        mx[l] = mt[l] == FCE_LOWEST ? -INFINITY : (double)mt[l]; /* empty or all -inf */
         sum[l] = st[l];
+        /* all -inf (sum 0) or nan among -inf (sum nan); a true lowest-finite max has sum >= 1 */
+        mx[l] = (mt[l] == FCE_LOWEST && !(st[l] >= 1.0)) ? -INFINITY : (double)mt[l];
         if (want_wx) wx[l] = at[l];
     }
 }
@@ -306,3 +351,4 @@ FCE__CONVERT(bf16)
 #endif
 
 #undef FCE_LOWEST
+#undef FCE_RESCALE_MARGIN

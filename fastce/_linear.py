@@ -1,0 +1,300 @@
+"""Fused linear + cross-entropy: the loss of ``cross_entropy(hidden @ weight.T + bias, target)``
+and its gradients, without ever holding the N x V logits.
+
+How a call runs (``_LinearCall``):
+
+1. Validate once (``_validation``): ``hidden (N, H)``, ``weight (V, H)``, ``bias (V,)``,
+   ``target (N,)``; the rows not ignored are counted first, so that 'mean' divides every
+   chunk by the GLOBAL count.
+2. Only rows whose target is not ``ignore_index`` are computed (ignored rows have no loss
+   and a zero gradient); they are taken in chunks of ``chunk_size`` rows.
+3. Per chunk, its logits go into ONE reused ``(chunk_size, V)`` buffer
+   (``np.matmul(h_chunk, weight.T, out=buf)``, BLAS through NumPy, plus the bias);
+   :func:`fastce.cross_entropy_with_grad` (``reduction='sum'``, ``grad_output`` = the
+   upstream gradient over the global normaliser, ``inplace=True``) turns the buffer into
+   the gradient of the logits; then ``d_hidden[chunk] = buf @ weight``,
+   ``d_weight += buf.T @ h_chunk`` and ``d_bias += buf.sum(0)``.
+
+Accumulation precision: ``d_weight`` accumulates in the input dtype (float32 for float32
+input), inside BLAS -- as torch's unfused ``F.linear`` backward does, whose weight
+gradient is one GEMM over all N rows in float32; the test suite checks that the error
+against a float64 reference stays within a small factor of torch's.  ``d_bias`` (a
+length-V vector, cheap) accumulates in float64 and is rounded once.  The loss is summed
+in float64 (each chunk's sum comes from the kernels' float64 accumulators).
+
+``d_weight += buf.T @ h_chunk``: the first chunk writes ``d_weight`` directly (NumPy
+``matmul`` with ``out=``); later chunks go through SciPy's BLAS GEMM with ``beta=1`` (in
+place, no temporary) when SciPy is importable, else through NumPy ``matmul`` into a
+temporary block of at most ``_ACC_BLOCK_BYTES`` of ``d_weight`` rows, added in place
+block by block (slower on the weight-gradient GEMM: about 10% with 32 MiB blocks, 35%
+with 8 MiB ones, measured at 512 x 1024 x 32000).
+
+Every chunk reads and writes all of ``d_weight`` (V x H) once, so chunks of few rows
+(much fewer than ~H) make the weight gradient memory-bound: prefer the default budget or
+larger chunks over tiny ones.
+"""
+import numpy as np
+
+from . import _validation as V
+from ._api import cross_entropy, cross_entropy_with_grad
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
+
+# SciPy's BLAS for the in-place ``d_weight += g.T @ h``: None = use it when importable,
+# False = never (the NumPy-only path; the tests flip it to exercise that path).
+_USE_SCIPY = None
+_ACC_BLOCK_BYTES = 32 * 2**20  # NumPy-only path: the largest temporary block of d_weight
+_GEMM = {}
+
+
+def _scipy_gemm(dtype):
+    """SciPy's ``sgemm``/``dgemm`` for ``dtype``, or None."""
+    if _USE_SCIPY is False:
+        return None
+    key = np.dtype(dtype).char
+    if key not in _GEMM:
+        try:
+            from scipy.linalg import blas
+        except ImportError:
+            _GEMM[key] = None
+        else:
+            _GEMM[key] = blas.sgemm if key == "f" else blas.dgemm
+    return _GEMM[key]
+
+
+def _acc_weight_grad(d_weight, g, h, scratch, first):
+    """``d_weight += g.T @ h`` (``d_weight = g.T @ h`` for the ``first`` chunk) with
+    ``g (m, V)`` and ``h (m, H)`` C-contiguous."""
+    if first:
+        np.matmul(g.T, h, out=d_weight)
+        return
+    gemm = _scipy_gemm(d_weight.dtype)
+    if gemm is not None:
+        # Column-major view: d_weight.T (H, V) += h.T (H, m) @ g (m, V); every operand is
+        # Fortran-contiguous, so f2py passes them to BLAS without a copy.
+        c = d_weight.T
+        r = gemm(1.0, h.T, g.T, beta=1.0, c=c, trans_b=1, overwrite_c=1)
+        if not np.shares_memory(r, c):  # f2py had to copy: keep the result all the same
+            c[...] = r
+        return
+    n_classes = d_weight.shape[0]
+    rows = scratch.shape[0]
+    for s in range(0, n_classes, rows):
+        e = min(n_classes, s + rows)
+        tmp = scratch[:e - s]
+        np.matmul(g[:, s:e].T, h, out=tmp)
+        d_weight[s:e] += tmp
+
+
+class _LinearCall:
+    """One validated linear + cross-entropy call."""
+
+    def __init__(self, hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
+                 z_loss, chunk_size, memory_budget, n_threads):
+        self.reduction = V.check_reduction(reduction)
+        self.eps = V.check_label_smoothing(label_smoothing)
+        self.z = V.check_z_loss(z_loss)
+        ignore_index = V.check_ignore_index(ignore_index)
+        self.n_threads = V.resolve_threads(n_threads)
+        self.hidden, self.weight, self.bias = V.as_linear_operands(hidden, weight, bias)
+        self.dtype = self.hidden.dtype
+        self.n_rows, self.n_features = self.hidden.shape
+        self.n_classes = self.weight.shape[0]
+        self.t = V.as_linear_target(target, self.n_rows, self.n_classes, ignore_index)
+        self.chunk = V.linear_chunk_rows(chunk_size, memory_budget, self.n_classes,
+                                         self.dtype.itemsize)
+        valid = self.t >= 0
+        self.n_valid = int(np.count_nonzero(valid))
+        # rows to compute: a slice when none is ignored, else their indices
+        self.rows = None if self.n_valid == self.n_rows else np.flatnonzero(valid)
+
+    def chunks(self):
+        """``(rows, h_chunk, t_chunk)``: rows a slice or an index array into [0, N)."""
+        for s in range(0, self.n_valid, self.chunk):
+            e = min(self.n_valid, s + self.chunk)
+            rows = slice(s, e) if self.rows is None else self.rows[s:e]
+            h = self.hidden[rows]  # a view for a slice, a (m, H) copy for indices
+            if not h.flags.c_contiguous:
+                h = np.ascontiguousarray(h)
+            yield rows, h, self.t[rows]
+
+    def buffer(self):
+        """The reused ``(chunk, V)`` logits buffer (no rows when nothing is computed)."""
+        return np.empty((min(self.chunk, self.n_valid), self.n_classes), dtype=self.dtype)
+
+    def logits(self, buf, h):
+        """The chunk's logits ``h @ weight.T + bias`` into the first rows of ``buf``."""
+        out = buf[:h.shape[0]]
+        np.matmul(h, self.weight.T, out=out)
+        if self.bias is not None:
+            np.add(out, self.bias, out=out)
+        return out
+
+    def finish(self, total, loss_rows):
+        """The reduced loss: a NumPy scalar of the input dtype, or the per-row array."""
+        if self.reduction == "none":
+            return loss_rows
+        if self.reduction == "sum":
+            return self.dtype.type(total)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # no class weights: the cross-entropy and z-terms share the divisor
+            return self.dtype.type(np.float64(total) / np.float64(self.n_valid))
+
+
+def linear_cross_entropy(hidden, weight, target, *, bias=None, ignore_index=-100,
+                         reduction="mean", label_smoothing=0.0, z_loss=0.0, chunk_size=None,
+                         memory_budget=None, n_threads=None):
+    call = _LinearCall(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
+                       z_loss, chunk_size, memory_budget, n_threads)
+    none = call.reduction == "none"
+    loss_rows = np.zeros(call.n_rows, dtype=call.dtype) if none else None
+    total = 0.0
+    buf = call.buffer()
+    for rows, h, t in call.chunks():
+        logits = call.logits(buf, h)
+        part = cross_entropy(logits, t, ignore_index=-1, reduction="none" if none else "sum",
+                             label_smoothing=call.eps, z_loss=call.z, n_threads=call.n_threads)
+        if none:
+            loss_rows[rows] = part
+        else:
+            total += float(part)
+    return call.finish(total, loss_rows)
+
+
+def linear_cross_entropy_with_grad(hidden, weight, target, *, bias=None, ignore_index=-100,
+                                   reduction="mean", label_smoothing=0.0, z_loss=0.0,
+                                   chunk_size=None, memory_budget=None, grad_output=1.0,
+                                   n_threads=None):
+    call = _LinearCall(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
+                       z_loss, chunk_size, memory_budget, n_threads)
+    none = call.reduction == "none"
+    if none and np.ndim(grad_output) == 0:  # a scalar: the same upstream gradient for every row
+        g0, _ = V.as_grad_output(grad_output, "sum", ())
+        g_rows = np.full(call.n_rows, g0)
+    else:
+        g0, g_rows = V.as_grad_output(grad_output, call.reduction, (call.n_rows,))
+    if call.reduction == "mean":
+        scale = g0 / call.n_valid if call.n_valid else 0.0  # nothing to scale when all ignored
+    else:
+        scale = g0
+    dt = call.dtype
+    d_hidden = np.zeros((call.n_rows, call.n_features), dtype=dt)
+    d_weight = np.zeros((call.n_classes, call.n_features), dtype=dt)
+    d_bias64 = np.zeros(call.n_classes) if call.bias is not None else None
+    col_sum = np.empty(call.n_classes) if call.bias is not None else None
+    scratch = None
+    if call.n_valid > call.chunk and _scipy_gemm(dt) is None:
+        block = max(1, min(call.n_classes, _ACC_BLOCK_BYTES // (call.n_features * dt.itemsize or 1)))
+        scratch = np.empty((block, call.n_features), dtype=dt)
+    loss_rows = np.zeros(call.n_rows, dtype=dt) if none else None
+    total = 0.0
+    buf = call.buffer()
+    dh_scratch = np.empty(buf.shape[0] * call.n_features, dtype=dt)
+    for k, (rows, h, t) in enumerate(call.chunks()):
+        g = call.logits(buf, h)
+        part, _ = cross_entropy_with_grad(
+            g, t, ignore_index=-1, reduction="none" if none else "sum",
+            label_smoothing=call.eps, z_loss=call.z,
+            grad_output=g_rows[rows] if none else scale,
+            inplace=True, n_threads=call.n_threads)  # g now holds d loss / d logits
+        if none:
+            loss_rows[rows] = part
+        else:
+            total += float(part)
+        # d_hidden[rows] = g @ weight, computed as its transpose weight.T @ g.T: the same
+        # GEMM, but OpenBLAS runs this orientation (long K = V, short M = m) 1.5-2.5x faster
+        m = g.shape[0]
+        dh_t = dh_scratch[:m * call.n_features].reshape(call.n_features, m)
+        np.matmul(call.weight.T, g.T, out=dh_t)
+        d_hidden[rows] = dh_t.T
+        _acc_weight_grad(d_weight, g, h, scratch, first=k == 0)
+        if d_bias64 is not None:
+            np.add.reduce(g, axis=0, dtype=np.float64, out=col_sum)
+            d_bias64 += col_sum
+    d_bias = d_bias64.astype(dt) if d_bias64 is not None else None
+    return call.finish(total, loss_rows), d_hidden, d_weight, d_bias
+
+
+_PARAMS = """Parameters
+    ----------
+    hidden : array_like of float32 or float64, shape (N, H)
+        The rows fed to the linear layer (e.g. a transformer's last hidden states).
+    weight : array_like, shape (V, H), hidden's dtype
+        The linear layer's weight (an LM head), one row per class, as
+        ``torch.nn.Linear(H, V).weight``. An array that is neither C- nor
+        Fortran-contiguous is copied once.
+    target : array_like of int, shape (N,)
+        Class indices in ``[0, V)``, or ``ignore_index``.
+    bias : array_like, shape (V,), hidden's dtype, optional
+        The linear layer's bias.
+    ignore_index : int, default -100
+        Rows whose target equals it have no loss and a zero gradient; they are skipped
+        (neither their logits nor their gradients are computed).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        'none': one loss per row, shape ``(N,)`` (0 for ignored rows); 'sum': their sum;
+        'mean': the sum over the number of rows not ignored (nan when every row is
+        ignored or N == 0, like torch). There are no class weights, so the cross-entropy
+        and z-loss terms share this divisor.
+    label_smoothing : float in [0, 1], default 0
+        As :func:`fastce.cross_entropy`.
+    z_loss : float >= 0, default 0
+        Adds ``z_loss * lse_i**2`` to every row not ignored, as
+        :func:`fastce.cross_entropy`.
+    chunk_size : int >= 1, optional
+        Rows (not ignored) per chunk: the logits buffer holds ``chunk_size x V`` values.
+        Default: from ``memory_budget``.
+    memory_budget : int > 0, optional
+        Bytes for the reused logits buffer when ``chunk_size`` is not given:
+        ``chunk_size = max(1, memory_budget // (V * itemsize))``. Default 64 MiB
+        (``fastce._validation.LINEAR_DEFAULT_MEMORY_BUDGET``): 130 rows at V = 128256 in
+        float32. Give ``chunk_size`` or ``memory_budget``, not both.
+    n_threads : int, optional
+        Threads of fastce's cross-entropy kernels; default :func:`fastce.get_num_threads`.
+        The matrix products run in NumPy's BLAS, with the BLAS's own threads
+        (``threadpoolctl`` limits them)."""
+
+_METHOD = """
+    ``hidden @ weight.T + bias`` is computed in chunks of rows into one reused
+    ``(chunk_size, V)`` buffer, so memory beyond the inputs and outputs is that buffer
+    plus O(chunk_size * H + V + N); the N x V logits never exist. Only rows not ignored
+    are computed."""
+
+linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, without materialising the logits.
+
+    The loss of ``fastce.cross_entropy(hidden @ weight.T + bias, target, ...)`` (PyTorch:
+    ``F.linear_cross_entropy(hidden, weight, target, linear_bias=bias, ...)``, plus
+    ``z_loss``).
+    {_METHOD}
+
+    {_PARAMS}
+
+    Returns
+    -------
+    loss : NumPy scalar of hidden's dtype for 'mean'/'sum'; ndarray (N,) for 'none'
+
+    See Also
+    --------
+    linear_cross_entropy_with_grad : the loss and the gradients of hidden, weight and bias.
+    """
+
+linear_cross_entropy_with_grad.__doc__ = f"""Loss of :func:`linear_cross_entropy` and its gradients w.r.t. hidden, weight and bias.
+
+    The gradients of ``loss = cross_entropy(hidden @ weight.T + bias, target, ...)``:
+    with ``G = d loss / d logits`` (computed chunk by chunk, never whole),
+    ``d_hidden = G @ weight``, ``d_weight = G.T @ hidden``, ``d_bias = G.sum(0)``.
+    {_METHOD} The chunk's gradient overwrites its logits in the buffer
+    (:func:`fastce.cross_entropy_with_grad` with ``inplace=True``).
+
+    {_PARAMS}
+    grad_output : float or ndarray, default 1.0
+        Upstream gradient: a scalar for 'mean'/'sum'; for 'none' one value per row,
+        shape ``(N,)``, or a scalar applied to every row.
+
+    Returns
+    -------
+    loss : as :func:`linear_cross_entropy`
+    d_hidden : ndarray (N, H), hidden's dtype (zero rows for ignored targets)
+    d_weight : ndarray (V, H), hidden's dtype; accumulated over chunks in that dtype
+        (inside BLAS, as torch's unfused backward does)
+    d_bias : ndarray (V,), hidden's dtype (accumulated in float64), or None without bias
+    """

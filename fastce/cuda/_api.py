@@ -1,0 +1,839 @@
+"""fastce's GPU path: the public functions on CuPy arrays.
+
+Layers (each testable on its own; only the last one needs CuPy and a GPU):
+
+1. Pure planning (no array library at all): ``collapse_strides`` / ``rows3_strides``
+   turn shapes and strides into the kernels' ``(A, C, B)`` geometry, ``plan_rows``
+   picks the kernel shape (warp, block, thread per row, chunked rows) and launch
+   configuration, ``pack_args`` lays the arguments out in the order of the kernels'
+   C signatures (``*_SIGNATURE``, checked against the ``.cu`` text by a CPU test),
+   ``byte_extent`` decides overlap.
+2. ``Ops``: validation (the messages and exception classes of the CPU path, reusing
+   ``fastce._validation`` for everything that does not touch array memory), output
+   allocation, launches and the host side of the reductions, written against a small
+   *backend* (array module + kernel launcher).  ``CupyBackend`` is the real one; the
+   test suite drives the same ``Ops`` with a CPU emulation of the CUDA execution model.
+3. The module-level functions (``logsumexp`` ...), which check that no NumPy array is
+   mixed in and run ``Ops`` on the CuPy backend.
+
+CuPy is imported lazily, by ``CupyBackend`` only.
+
+Host synchronisation: cross-entropy and nll_loss read 4 numbers back from the device
+per call (the class-index check, so that a bad target raises ``IndexError`` before any
+output is written, like the CPU path, and the 'mean' normaliser).  Everything else is
+asynchronous on CuPy's current stream.  Scalar losses come back as 0-d CuPy arrays.
+"""
+import numbers
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _validation as V
+
+__all__ = [
+    "logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
+    "cross_entropy_backward", "nll_loss", "is_cupy_call", "describe",
+]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------------------------------
+# 1. kernels, signatures, planning (pure Python)
+# ---------------------------------------------------------------------------------------
+MODE_LSE, MODE_LOG_SOFTMAX, MODE_SOFTMAX, MODE_CE = 0, 1, 2, 3
+
+WARP_VPTS = (1, 2, 4, 8, 16, 32)
+BLOCK_VPTS = (0, 8, 16)  # 0: streaming
+
+
+def _row_kernels():
+    names = []
+    for suf in ("f32", "f64"):
+        names += [f"fastce_rows_warp{v}_{suf}" for v in WARP_VPTS]
+        names += [f"fastce_rows_block{v}_{suf}" for v in BLOCK_VPTS]
+        names.append(f"fastce_rows_thread_{suf}")
+    return tuple(names)
+
+
+#: every kernel, by the .cu file that defines it
+KERNEL_FILES = {
+    "rows.cu": _row_kernels(),
+    "reduce.cu": ("fastce_target_scan", "fastce_nll_f32", "fastce_nll_f64",
+                  "fastce_finalize_f32", "fastce_finalize_f64"),
+}
+FILE_OF_KERNEL = {k: f for f, ks in KERNEL_FILES.items() for k in ks}
+
+# Parameter lists of the kernels, in order: ptr (device pointer, None = NULL),
+# i32 (int), i64 (long long), f64 (double).
+ROWS_SIGNATURE = (
+    ("x", "ptr"), ("n_rows", "i64"), ("C", "i64"), ("B", "i64"), ("xa", "i64"), ("xb", "i64"),
+    ("xc", "i64"), ("out", "ptr"), ("oa", "i64"), ("ob", "i64"), ("oc", "i64"), ("row_out", "ptr"),
+    ("ra", "i64"), ("rb", "i64"), ("row_loss", "ptr"), ("target", "ptr"), ("target_is64", "i32"),
+    ("ignore_index", "i64"), ("weight", "ptr"), ("W", "f64"), ("eps", "f64"),
+    ("gout", "ptr"), ("gout_s", "i64"), ("gscale", "f64"), ("part", "ptr"), ("n_parts", "i32"),
+    ("chunk_len", "i64"), ("mode", "i32"), ("phase", "i32"),
+)
+SCAN_SIGNATURE = (
+    ("target", "ptr"), ("target_is64", "i32"), ("n", "i64"), ("C", "i64"),
+    ("ignore_index", "i64"), ("weight", "ptr"), ("result", "ptr"),
+)
+NLL_SIGNATURE = (
+    ("lp", "ptr"), ("n_rows", "i64"), ("B", "i64"), ("la", "i64"), ("lb", "i64"), ("lc", "i64"),
+    ("target", "ptr"), ("target_is64", "i32"), ("ignore_index", "i64"), ("weight", "ptr"),
+    ("row_loss", "ptr"), ("row_out", "ptr"),
+)
+FINALIZE_SIGNATURE = (
+    ("row_loss", "ptr"), ("n", "i64"), ("denom", "f64"), ("mean", "i32"), ("out", "ptr"),
+)
+
+# the CPU path's exception classes (ValueError/TypeError that are also RuntimeError, as torch)
+_ArgumentValueError = getattr(V, "ArgumentValueError", ValueError)
+_ArgumentTypeError = getattr(V, "ArgumentTypeError", TypeError)
+
+_SCALAR_TYPES = {"i32": np.int32, "i64": np.int64, "f64": np.float64}
+_I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def pack_args(signature, values, null):
+    """Kernel arguments in signature order: arrays (or ``null`` for None) and numpy scalars.
+
+    Explicit numpy scalar types fix each argument's width (CuPy would pass a Python int
+    as 64 bits and a float as double). Raises KeyError for a missing or unknown name.
+    """
+    extra = set(values) - {n for n, _ in signature}
+    if extra:
+        raise KeyError(f"unknown kernel arguments {sorted(extra)}")
+    out = []
+    for name, kind in signature:
+        v = values[name]
+        if kind == "ptr":
+            out.append(null if v is None else v)
+        else:
+            out.append(_SCALAR_TYPES[kind](v))
+    return tuple(out)
+
+
+def collapse_strides(shape, strides):
+    """One stride walking ``shape`` (C order) with the given element strides, or None.
+
+    Returns 0 for an empty group or one whose dimensions are all 1.
+    """
+    dims = [(n, s) for n, s in zip(shape, strides) if n != 1]
+    if not dims:
+        return 0
+    for (n0, s0), (n1, s1) in zip(dims, dims[1:]):
+        if s0 != s1 * n1:
+            return None
+    return dims[-1][1]
+
+
+def rows3_strides(shape, strides, axis):
+    """Element strides ``(sa, sc, sb)`` of the ``(A, C, B)`` view around ``axis``, or None."""
+    sa = collapse_strides(shape[:axis], strides[:axis])
+    sb = collapse_strides(shape[axis + 1:], strides[axis + 1:])
+    if sa is None or sb is None:
+        return None
+    return sa, strides[axis], sb
+
+
+def rows2_strides(shape, strides, split):
+    """Element strides ``(sa, sb)`` of the ``(A, B)`` view of a reduced array, or None."""
+    sa = collapse_strides(shape[:split], strides[:split])
+    sb = collapse_strides(shape[split:], strides[split:])
+    if sa is None or sb is None:
+        return None
+    return sa, sb
+
+
+def element_strides(strides, itemsize):
+    """Byte strides as element strides, or None when one is not a multiple of itemsize."""
+    if any(s % itemsize for s in strides):
+        return None
+    return tuple(s // itemsize for s in strides)
+
+
+def byte_extent(address, shape, strides, itemsize):
+    """``[lo, hi)`` bytes an array touches, or None when it has no element."""
+    if any(n == 0 for n in shape):
+        return None
+    lo = hi = address
+    for n, s in zip(shape, strides):
+        if s >= 0:
+            hi += (n - 1) * s
+        else:
+            lo += (n - 1) * s
+    return lo, hi + itemsize
+
+
+def extents_overlap(e1, e2):
+    """Do two byte extents intersect (None: empty, never overlaps)?  Conservative:
+    interleaved views such as ``a[:, ::2]`` / ``a[:, 1::2]`` count as overlapping."""
+    if e1 is None or e2 is None:
+        return False
+    return e1[0] < e2[1] and e2[0] < e1[1]
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How one row sweep is launched.
+
+    kernel      name of the extern "C" kernel in rows.cu
+    block       threads per block
+    grid        blocks along x (rows; the kernels loop when there are more rows)
+    n_parts     1, or the number of chunks each row is split into (two launches:
+                phase 1 partial statistics over grid (grid, n_parts), then phase 2)
+    chunk_len   classes per chunk (n_parts > 1)
+    grid_y2     grid.y of phase 2: n_parts when an elementwise output is written, else 1
+    """
+    kernel: str
+    block: int
+    grid: int
+    n_parts: int = 1
+    chunk_len: int = 0
+    grid_y2: int = 1
+
+    @property
+    def launches(self):
+        """``[(grid, block, phase), ...]`` in launch order."""
+        if self.n_parts == 1:
+            return [((self.grid, 1, 1), (self.block, 1, 1), 0)]
+        return [((self.grid, self.n_parts, 1), (self.block, 1, 1), 1),
+                ((self.grid, self.grid_y2, 1), (self.block, 1, 1), 2)]
+
+
+THREAD_MAX_C = 64          # thread per row: short rows only
+WARP_MAX_C = {4: 1024, 8: 512}  # warp per row, by itemsize (registers: VPT <= 32 / 16)
+CACHED_MAX_THREADS = 512   # block kernels that keep the row in registers
+CHUNK_MIN_C = 32768        # split rows only when they are this long ...
+CHUNK_TARGET = 4096        # ... into chunks of about this many classes
+MAX_PARTS = 64
+
+
+def _next_pow2(n):
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def plan_rows(n_rows, n_classes, itemsize, *, row_step, class_stride, elementwise, sm_count):
+    """Choose the kernel and launch shape of a row sweep (see rows.cu, section 2).
+
+    Parameters
+    ----------
+    n_rows, n_classes : int
+        Rows (A * B) and their length C (both >= 1).
+    itemsize : {4, 8}
+    row_step, class_stride : int
+        Element distance between rows r and r + 1, and between classes c and c + 1.
+    elementwise : bool
+        Whether an (N, C) output (log-softmax, softmax, gradient) is written.
+    sm_count : int
+        Streaming multiprocessors of the device (sizes the grid and the chunking).
+    """
+    suf = "f32" if itemsize == 4 else "f64"
+    C = int(n_classes)
+    cap = max(1, int(sm_count)) * 64
+    if C <= THREAD_MAX_C and abs(class_stride) != 1 and abs(row_step) == 1:
+        block = 256
+        return RowPlan(f"fastce_rows_thread_{suf}", block, min(-(-n_rows // block), cap))
+    if C <= WARP_MAX_C[itemsize]:
+        vpt = next(v for v in WARP_VPTS if 32 * v >= C)
+        block = 256
+        return RowPlan(f"fastce_rows_warp{vpt}_{suf}", block, min(-(-n_rows // (block // 32)), cap))
+    for vpt in (8, 16):
+        if C <= vpt * CACHED_MAX_THREADS:
+            block = min(CACHED_MAX_THREADS, max(128, _next_pow2(-(-C // vpt))))
+            return RowPlan(f"fastce_rows_block{vpt}_{suf}", block, min(n_rows, cap))
+    block = 1024 if C >= 16384 else 512
+    name = f"fastce_rows_block0_{suf}"
+    if C >= CHUNK_MIN_C and n_rows < 2 * sm_count:
+        parts = min(-(-2 * sm_count // n_rows), -(-C // CHUNK_TARGET), MAX_PARTS)
+        if parts > 1:
+            chunk = -(-C // parts)
+            parts = -(-C // chunk)
+            return RowPlan(name, block, min(n_rows, cap), parts, chunk,
+                           parts if elementwise else 1)
+    return RowPlan(name, block, min(n_rows, cap))
+
+
+# ---------------------------------------------------------------------------------------
+# 2. backends
+# ---------------------------------------------------------------------------------------
+def read_source(filename):
+    with open(os.path.join(HERE, filename), encoding="utf-8") as f:
+        return f.read()
+
+
+class CupyBackend:
+    """Arrays and launches on CuPy's current device and stream."""
+
+    name = "cupy"
+    array_name = "cupy.ndarray"
+    #: NVRTC options; part of CuPy's cache key with the source text
+    options = ("--std=c++11",)
+
+    def __init__(self):
+        import cupy
+        self.xp = cupy
+        self._modules = {}
+        self._sms = {}
+        self.null = np.uintp(0)
+
+    def is_array(self, a):
+        return isinstance(a, self.xp.ndarray)
+
+    def address(self, a):
+        return int(a.data.ptr)
+
+    def to_host(self, a):
+        return self.xp.asnumpy(a)
+
+    def sm_count(self):
+        dev = self.xp.cuda.Device()
+        n = self._sms.get(dev.id)
+        if n is None:
+            n = self._sms[dev.id] = int(dev.attributes["MultiProcessorCount"])
+        return n
+
+    def module(self, filename):
+        mod = self._modules.get(filename)
+        if mod is None:  # compiled by NVRTC at the first get_function, cached on disk by CuPy
+            mod = self._modules[filename] = self.xp.RawModule(
+                code=read_source(filename), options=self.options)
+        return mod
+
+    def launch(self, kernel, grid, block, args):
+        self.module(FILE_OF_KERNEL[kernel]).get_function(kernel)(grid, block, args)
+
+
+_BACKEND = None
+
+
+def cupy_backend():
+    global _BACKEND
+    if _BACKEND is None:
+        _BACKEND = CupyBackend()
+    return _BACKEND
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks shared by the operations
+# ---------------------------------------------------------------------------------------
+def _check_threads(n_threads):
+    """Accepted and validated like the CPU path's, then ignored."""
+    if n_threads is not None:
+        V.check_n_threads(n_threads)
+
+
+def _is_numpy_array(a):
+    return isinstance(a, np.ndarray)
+
+
+class Ops:
+    """fastce's functions on one backend's arrays (signatures of the CPU functions)."""
+
+    def __init__(self, backend):
+        self.b = backend
+        self.xp = backend.xp
+
+    # ------------------------------------------------------------------ arrays
+    def _foreign(self, a):
+        """A NumPy array handed to the GPU path (the emulator backend has none)."""
+        return _is_numpy_array(a) and not self.b.is_array(a)
+
+    def _mix_error(self, name):
+        return TypeError(f"{name} is a NumPy array but the other arguments are CuPy arrays: mix "
+                         f"of CuPy and NumPy (move it with cupy.asarray, or the rest with .get())")
+
+    def _asarray(self, a, name):
+        if self.b.is_array(a):
+            return a
+        if self._foreign(a):
+            raise self._mix_error(name)
+        return self.xp.asarray(a)
+
+    def _as_float(self, x, name):
+        arr = self._asarray(x, name)
+        if arr.dtype not in V.FLOAT_DTYPES:
+            if arr.dtype == np.float16 or arr.dtype.name == "bfloat16":
+                raise TypeError(f"{name} has dtype {arr.dtype}: fastce's GPU path computes in float32 "
+                                f"and float64 only (so far); convert with .astype(cupy.float32)")
+            raise TypeError(f"{name} must have dtype float32 or float64 (the GPU path has no half "
+                            f"precision yet), got {arr.dtype}")
+        return arr
+
+    def _geometry(self, x, axis):
+        """``(x', A, C, B, (sa, sc, sb))``: x' is x, or a C-contiguous copy when its
+        layout has no (A, C, B) view."""
+        a, c, b = V.rows3_shape(x.shape, axis)
+        es = element_strides(x.strides, x.itemsize)
+        st = rows3_strides(x.shape, es, axis) if es is not None else None
+        if st is None:
+            x = self.xp.ascontiguousarray(x)
+            st = rows3_strides(x.shape, element_strides(x.strides, x.itemsize), axis)
+        return x, a, c, b, st
+
+    def _overlaps(self, a, b):
+        if b is None or not self.b.is_array(b):
+            return False
+        return extents_overlap(
+            byte_extent(self.b.address(a), a.shape, a.strides, a.itemsize),
+            byte_extent(self.b.address(b), b.shape, b.strides, b.itemsize))
+
+    def _check_out(self, out, shape, dtype, inputs, name="out"):
+        if not self.b.is_array(out):
+            if self._foreign(out):
+                raise self._mix_error(name)
+            raise TypeError(f"{name} must be a {self.b.array_name}, got {type(out).__name__}")
+        if out.shape != tuple(shape):
+            raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
+        if out.dtype != dtype:
+            raise TypeError(f"{name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
+        for input_name, arr in inputs.items():
+            if self._overlaps(out, arr):
+                raise ValueError(f"{name} overlaps the input {input_name!r}; pass a separate buffer "
+                                 f"(or inplace=True where the function offers it)")
+        return out
+
+    def _out_view(self, out, axis_or_split, kind):
+        """Element strides of an output in the kernels' geometry, or (temp, strides) when
+        the layout has none: returns ``(dest, strides, copy_to)``."""
+        es = element_strides(out.strides, out.itemsize)
+        fn = rows3_strides if kind == 3 else rows2_strides
+        st = fn(out.shape, es, axis_or_split) if es is not None else None
+        if st is not None:
+            return out, st, None
+        tmp = self.xp.empty(out.shape, dtype=out.dtype)
+        st = fn(tmp.shape, element_strides(tmp.strides, tmp.itemsize), axis_or_split)
+        return tmp, st, out
+
+    # ------------------------------------------------------------------ launches
+    def _rows(self, x, n_rows, C, B, xs, *, mode, out=None, os_=(0, 0, 0), row_out=None,
+              rs=(0, 0), row_loss=None, target=None, ignore_index=0, weight=None, W=0.0,
+              eps=0.0, gout=None, gout_s=0, gscale=1.0):
+        """One row sweep over the (A, C, B) view ``xs = (sa, sc, sb)`` of x."""
+        sa, sc, sb = xs
+        row_step = sb if B > 1 else sa
+        plan = plan_rows(n_rows, C, x.itemsize, row_step=row_step, class_stride=sc,
+                         elementwise=out is not None, sm_count=self.b.sm_count())
+        part = None
+        if plan.n_parts > 1:
+            part = self.xp.empty(n_rows * plan.n_parts * 4, dtype=np.float64)
+        vals = dict(
+            x=x, n_rows=n_rows, C=C, B=B, xa=sa, xb=sb, xc=sc,
+            out=out, oa=os_[0], ob=os_[2], oc=os_[1],
+            row_out=row_out, ra=rs[0], rb=rs[1], row_loss=row_loss,
+            target=target, target_is64=int(target is not None and target.dtype == np.int64),
+            ignore_index=ignore_index, weight=weight, W=W, eps=eps,
+            gout=gout, gout_s=gout_s, gscale=gscale,
+            part=part, n_parts=plan.n_parts, chunk_len=plan.chunk_len, mode=mode, phase=0)
+        for grid, block, phase in plan.launches:
+            vals["phase"] = phase
+            self.b.launch(plan.kernel, grid, block, pack_args(ROWS_SIGNATURE, vals, self.b.null))
+        return plan
+
+    def _finalize(self, row_loss, n, denom, mean, dtype):
+        res = self.xp.empty((), dtype=dtype)
+        suf = "f32" if np.dtype(dtype).itemsize == 4 else "f64"
+        self.b.launch(f"fastce_finalize_{suf}", (1, 1, 1), (1024, 1, 1),
+                      pack_args(FINALIZE_SIGNATURE, dict(row_loss=row_loss, n=n, denom=denom,
+                                                         mean=int(mean), out=res), self.b.null))
+        return res
+
+    # ------------------------------------------------------------------ lse family
+    def _array_axis(self, x, axis):
+        if x.ndim == 0:
+            raise ValueError("x must have at least one dimension, got a 0-d array")
+        return V.check_axis(axis, x.ndim)
+
+    def logsumexp(self, x, axis=-1, *, out=None, n_threads=None):
+        x = self._as_float(x, "x")
+        ax = self._array_axis(x, axis)
+        _check_threads(n_threads)
+        shape = x.shape[:ax] + x.shape[ax + 1:]
+        if out is not None:
+            self._check_out(out, shape, x.dtype, {"x": x})
+        res = out if out is not None else self.xp.empty(shape, dtype=x.dtype)
+        a, c, b = V.rows3_shape(x.shape, ax)
+        if a * b == 0:
+            return res
+        if c == 0:
+            res[...] = -np.inf
+            return res
+        x, a, c, b, xs = self._geometry(x, ax)
+        dest, rs, copy_to = self._out_view(res, ax, 2)
+        self._rows(x, a * b, c, b, xs, mode=MODE_LSE, row_out=dest, rs=rs)
+        if copy_to is not None:
+            copy_to[...] = dest
+        return res
+
+    def _softmax(self, x, axis, out, n_threads, mode):
+        x = self._as_float(x, "x")
+        ax = self._array_axis(x, axis)
+        _check_threads(n_threads)
+        if out is None:
+            out = self.xp.empty(x.shape, dtype=x.dtype)
+        else:
+            self._check_out(out, x.shape, x.dtype, {"x": x})
+        a, c, b = V.rows3_shape(x.shape, ax)
+        if a * b * c == 0:
+            return out
+        x, a, c, b, xs = self._geometry(x, ax)
+        dest, os_, copy_to = self._out_view(out, ax, 3)
+        self._rows(x, a * b, c, b, xs, mode=mode, out=dest, os_=os_)
+        if copy_to is not None:
+            copy_to[...] = dest
+        return out
+
+    def log_softmax(self, x, axis=-1, *, out=None, n_threads=None):
+        return self._softmax(x, axis, out, n_threads, MODE_LOG_SOFTMAX)
+
+    def softmax(self, x, axis=-1, *, out=None, n_threads=None):
+        return self._softmax(x, axis, out, n_threads, MODE_SOFTMAX)
+
+    # ------------------------------------------------------------------ cross-entropy
+    def _ce_setup(self, logits, target, weight, ignore_index, reduction, label_smoothing,
+                  n_threads, inplace=False, out=None, name="logits"):
+        """Validate one cross-entropy/nll call; returns a dict of what the sweep needs.
+
+        Order of checks as the CPU path (fastce._api._CECall)."""
+        reduction = V.check_reduction(reduction)
+        eps = V.check_label_smoothing(label_smoothing)
+        ignore_index = V.check_ignore_index(ignore_index)
+        _check_threads(n_threads)
+        if inplace:
+            if out is not None:
+                raise ValueError("inplace=True and out= are exclusive: in place, the gradient "
+                                 "goes into logits")
+            if not self.b.is_array(logits):
+                raise ValueError(f"inplace=True needs logits to be a {self.b.array_name}, "
+                                 f"got {type(logits).__name__}")
+            if logits.dtype not in V.FLOAT_DTYPES:
+                raise TypeError(f"logits must have dtype float32 or float64, got {logits.dtype}")
+            if not logits.flags.c_contiguous:
+                raise ValueError("inplace=True needs C-contiguous logits; pass out= for other layouts")
+        x = self._as_float(logits, name)
+        if x.ndim == 0:
+            raise ValueError(f"{name} must have shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+        axis = 0 if x.ndim == 1 else 1
+        C = x.shape[axis]
+        if C == 0:
+            raise ValueError(f"{name} must have at least one class, got shape {x.shape}")
+        target_shape = V.expected_target_shape(x.shape)
+        t = self._check_target(target, x.shape, target_shape, name)
+        w = self._check_weight(weight, C)
+        if out is not None:
+            self._check_out(out, x.shape, x.dtype, {"logits": x, "target": t, "weight": weight})
+        return dict(x=x, axis=axis, C=C, t=t, target_shape=target_shape, w=w,
+                    reduction=reduction, eps=eps, ignore_index=ignore_index,
+                    inplace=inplace, out=out)
+
+    def _check_target(self, target, logits_shape, expected, logits_name="logits"):
+        t = self._asarray(target, "target")
+        if t.dtype.kind == "f" and t.shape == tuple(logits_shape):
+            raise NotImplementedError(
+                "probability targets (a float target of the logits' shape) are not supported by "
+                "fastce's GPU path yet; pass class indices, or NumPy arrays for the CPU path")
+        if t.dtype == np.bool_ or t.dtype.kind not in "iu":
+            raise _ArgumentTypeError(
+                f"target must hold class indices (an integer dtype) of shape {expected}, or class "
+                f"probabilities (a float dtype) of the {logits_name}' shape {tuple(logits_shape)}; got "
+                f"dtype {t.dtype} and shape {t.shape}")
+        if t.shape != expected:
+            raise _ArgumentValueError(
+                f"target has shape {t.shape}, but {logits_name} of shape {tuple(logits_shape)} "
+                f"need a target of shape {expected} (class indices) or "
+                f"{tuple(logits_shape)} (class probabilities)")
+        return t
+
+    def _check_weight(self, weight, C):
+        if weight is None:
+            return None
+        w = self._asarray(weight, "weight")
+        if w.dtype == np.bool_ or w.dtype.kind not in "iuf":
+            raise TypeError(f"weight must hold real numbers, got dtype {w.dtype}")
+        if w.shape != (C,):
+            raise _ArgumentValueError(f"weight must have shape ({C},) (one per class), got {w.shape}")
+        return self.xp.ascontiguousarray(w, dtype=np.float64)
+
+    def _flat_target(self, t):
+        """Targets as the kernels read them: contiguous int32 or int64, flat."""
+        if t.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+            t = t.astype(np.int64)
+        return self.xp.ascontiguousarray(t).reshape(-1)
+
+    def _scan(self, call):
+        """Check the class indices and sum the normalisers (one device -> host copy)."""
+        t = call["tflat"]
+        res = self.xp.empty(4, dtype=np.float64)
+        self.b.launch("fastce_target_scan", (1, 1, 1), (1024, 1, 1), pack_args(SCAN_SIGNATURE, dict(
+            target=t, target_is64=int(t.dtype == np.int64), n=t.size, C=call["C"],
+            ignore_index=call["ignore_k"], weight=call["w"], result=res), self.b.null))
+        host = self.b.to_host(res)
+        bad = int(host[0])
+        if bad >= 0:
+            value = int(self.b.to_host(t[bad:bad + 1].astype(np.int64))[0])
+            shape = call["target_shape"]
+            pos = list(np.unravel_index(bad, shape)) if len(shape) else []
+            C, ii = call["C"], call["ignore_index"]
+            raise IndexError(f"target{[int(p) for p in pos]} = {value} is out of bounds for {C} "
+                             f"classes (valid: 0 <= target < {C}, or ignore_index={ii})")
+        return float(host[1]), float(host[3])
+
+    def _prepare(self, call):
+        call["tflat"] = self._flat_target(call["t"])
+        ii = call["ignore_index"]
+        # an ignore_index outside int64 can match no target (a Python int has no bound)
+        call["ignore_k"] = ii if _I64_MIN <= ii <= _I64_MAX else _I64_MIN
+        call["norm"], call["W"] = self._scan(call)
+        return call
+
+    def _grad_output(self, grad_output, call):
+        """``(gout array or None, gout stride, gscale)`` for the kernels."""
+        reduction, shape = call["reduction"], call["target_shape"]
+        if self.b.is_array(grad_output) or self._foreign(grad_output):
+            g = self._asarray(grad_output, "grad_output")
+        elif isinstance(grad_output, (numbers.Number, np.generic)) and not isinstance(grad_output, (bool, np.bool_)):
+            g = None
+            if isinstance(grad_output, complex):
+                raise TypeError(f"grad_output must be a real number or array, got {grad_output!r}")
+            value = float(grad_output)
+        else:
+            g = self._asarray(grad_output, "grad_output")
+        if g is not None:
+            if g.dtype == np.bool_ or g.dtype.kind not in "iuf":
+                raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
+        if reduction == "none":
+            gshape = () if g is None else g.shape
+            if gshape != tuple(shape):
+                raise ValueError(f"grad_output must have the shape of the per-row loss {tuple(shape)} "
+                                 f"for reduction='none', got {gshape}")
+            if g is None:
+                return None, 0, value
+            return self.xp.ascontiguousarray(g, dtype=np.float64).reshape(-1), 1, 1.0
+        if g is not None and g.ndim != 0:
+            raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.float64(1.0) / np.float64(call["norm"]) if reduction == "mean" else np.float64(1.0)
+            if g is None:
+                return None, 0, float(np.float64(value) * inv)
+        return self.xp.ascontiguousarray(g, dtype=np.float64), 0, float(inv)
+
+    def _ce_sweep(self, call, want_loss, grad_output=None, want_grad=False):
+        xp = self.xp
+        x, axis = call["x"], call["axis"]
+        reduction = call["reduction"]
+        gout, gout_s, gscale = None, 0, 1.0
+        if want_grad:
+            gout, gout_s, gscale = self._grad_output(grad_output, call)
+        x, a, c, b, xs = self._geometry(x, axis)  # inplace logits are C-contiguous: no copy
+        n = a * b
+        row_out = row_loss = None
+        if want_loss:
+            if reduction == "none":
+                row_out = xp.empty(call["target_shape"], dtype=x.dtype)
+            else:
+                row_loss = xp.empty(n, dtype=np.float64)
+        grad = dest = copy_to = None
+        os_ = (0, 0, 0)
+        if want_grad:
+            if call["inplace"]:
+                grad = call["x"]
+            elif call["out"] is not None:
+                grad = call["out"]
+            else:
+                grad = xp.empty(x.shape, dtype=x.dtype)
+            dest, os_, copy_to = self._out_view(grad, axis, 3)
+        if n:
+            self._rows(x, n, c, b, xs, mode=MODE_CE, out=dest, os_=os_, row_out=row_out,
+                       rs=(b, 1), row_loss=row_loss, target=call["tflat"],
+                       ignore_index=call["ignore_k"], weight=call["w"], W=call["W"],
+                       eps=call["eps"], gout=gout, gout_s=gout_s, gscale=gscale)
+            if copy_to is not None:
+                copy_to[...] = dest
+        loss = None
+        if want_loss:
+            loss = row_out if reduction == "none" else self._finalize(
+                row_loss, n, call["norm"], reduction == "mean", x.dtype)
+        return loss, grad
+
+    def cross_entropy(self, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                      label_smoothing=0.0, n_threads=None):
+        call = self._prepare(self._ce_setup(logits, target, weight, ignore_index, reduction,
+                                            label_smoothing, n_threads))
+        return self._ce_sweep(call, want_loss=True)[0]
+
+    def cross_entropy_with_grad(self, logits, target, *, weight=None, ignore_index=-100,
+                                reduction="mean", label_smoothing=0.0, grad_output=1.0, out=None,
+                                inplace=False, n_threads=None):
+        call = self._ce_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
+                              n_threads, inplace=inplace, out=out)
+        self._grad_output(grad_output, dict(call, norm=1.0))  # argument errors before any launch
+        call = self._prepare(call)
+        return self._ce_sweep(call, want_loss=True, grad_output=grad_output, want_grad=True)
+
+    def cross_entropy_backward(self, logits, target, grad_output=1.0, *, weight=None,
+                               ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None,
+                               inplace=False, n_threads=None):
+        call = self._ce_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
+                              n_threads, inplace=inplace, out=out)
+        self._grad_output(grad_output, dict(call, norm=1.0))
+        call = self._prepare(call)
+        return self._ce_sweep(call, want_loss=False, grad_output=grad_output, want_grad=True)[1]
+
+    def nll_loss(self, log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+        call = self._prepare(self._ce_setup(log_probs, target, weight, ignore_index, reduction,
+                                            0.0, None, name="log_probs"))
+        lp, axis = call["x"], call["axis"]
+        lp, a, c, b, (sa, sc, sb) = self._geometry(lp, axis)
+        n = a * b
+        row_out = row_loss = None
+        if call["reduction"] == "none":
+            row_out = self.xp.empty(call["target_shape"], dtype=lp.dtype)
+        else:
+            row_loss = self.xp.empty(n, dtype=np.float64)
+        if n:
+            t = call["tflat"]
+            suf = "f32" if lp.itemsize == 4 else "f64"
+            block = 256
+            grid = min(-(-n // block), max(1, self.b.sm_count()) * 64)
+            self.b.launch(f"fastce_nll_{suf}", (grid, 1, 1), (block, 1, 1), pack_args(NLL_SIGNATURE, dict(
+                lp=lp, n_rows=n, B=b, la=sa, lb=sb, lc=sc, target=t,
+                target_is64=int(t.dtype == np.int64), ignore_index=call["ignore_k"],
+                weight=call["w"], row_loss=row_loss, row_out=row_out), self.b.null))
+        if row_out is not None:
+            return row_out
+        return self._finalize(row_loss, n, call["norm"], call["reduction"] == "mean", lp.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# 3. the public GPU functions
+# ---------------------------------------------------------------------------------------
+def is_cupy_call(*arrays, names=None):
+    """Whether a call goes to the GPU path: True when any argument is a ``cupy.ndarray``.
+
+    Never imports CuPy: with CuPy not yet imported no argument can be a CuPy array.
+    Raises TypeError, naming the arguments, when CuPy and NumPy arrays are mixed.
+
+    Parameters
+    ----------
+    *arrays
+        The call's array arguments (None and Python scalars are ignored).
+    names : sequence of str, optional
+        Their names, for the error message (default ``arg0``, ``arg1``, ...).
+    """
+    cp = sys.modules.get("cupy")
+    nd = getattr(cp, "ndarray", None) if cp is not None else None
+    if nd is None:
+        return False
+    gpu = [i for i, a in enumerate(arrays) if isinstance(a, nd)]
+    if not gpu:
+        return False
+    cpu = [i for i, a in enumerate(arrays) if isinstance(a, np.ndarray)]
+    if cpu:
+        nm = list(names) if names is not None else [f"arg{i}" for i in range(len(arrays))]
+        g = ", ".join(nm[i] for i in gpu)
+        c = ", ".join(nm[i] for i in cpu)
+        raise TypeError(f"mix of CuPy and NumPy arrays: {g} on the GPU (cupy.ndarray) but {c} "
+                        f"on the host (numpy.ndarray); pass all arrays of one kind "
+                        f"(cupy.asarray(...) or .get())")
+    return True
+
+
+def _ops():
+    return Ops(cupy_backend())
+
+
+#: CPU-path options the GPU path does not implement yet; fastce._api passes them only when set
+UNSUPPORTED_OPTIONS = ("z_loss", "lse", "return_lse", "class_start", "num_classes")
+
+
+def _refuse(fn, options):
+    if options:
+        bad = [k for k in options if k in UNSUPPORTED_OPTIONS]
+        other = [k for k in options if k not in UNSUPPORTED_OPTIONS]
+        if other:
+            raise TypeError(f"{fn}() got unexpected keyword arguments {other}")
+        raise NotImplementedError(
+            f"{fn}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by fastce's GPU "
+            f"path yet (CuPy inputs); use NumPy inputs for the CPU path")
+
+
+def logsumexp(x, axis=-1, *, out=None, n_threads=None):
+    """GPU twin of :func:`fastce.logsumexp`; 1-D input gives a 0-d CuPy array."""
+    return _ops().logsumexp(x, axis, out=out, n_threads=n_threads)
+
+
+def log_softmax(x, axis=-1, *, out=None, n_threads=None):
+    """GPU twin of :func:`fastce.log_softmax`."""
+    return _ops().log_softmax(x, axis, out=out, n_threads=n_threads)
+
+
+def softmax(x, axis=-1, *, out=None, n_threads=None):
+    """GPU twin of :func:`fastce.softmax`."""
+    return _ops().softmax(x, axis, out=out, n_threads=n_threads)
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, n_threads=None, **options):
+    """GPU twin of :func:`fastce.cross_entropy`; 'mean'/'sum' give a 0-d CuPy array."""
+    _refuse("cross_entropy", options)
+    return _ops().cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
+                                reduction=reduction, label_smoothing=label_smoothing,
+                                n_threads=n_threads)
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, grad_output=1.0, out=None, inplace=False,
+                            n_threads=None, **options):
+    """GPU twin of :func:`fastce.cross_entropy_with_grad`: one kernel writes loss and gradient."""
+    _refuse("cross_entropy_with_grad", options)
+    return _ops().cross_entropy_with_grad(
+        logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, grad_output=grad_output, out=out, inplace=inplace,
+        n_threads=n_threads)
+
+
+def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
+                           reduction="mean", label_smoothing=0.0, out=None, inplace=False,
+                           n_threads=None, **options):
+    """GPU twin of :func:`fastce.cross_entropy_backward`."""
+    _refuse("cross_entropy_backward", options)
+    return _ops().cross_entropy_backward(
+        logits, target, grad_output, weight=weight, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, out=out, inplace=inplace,
+        n_threads=n_threads)
+
+
+def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+    """GPU twin of :func:`fastce.nll_loss`."""
+    return _ops().nll_loss(log_probs, target, weight=weight, ignore_index=ignore_index,
+                           reduction=reduction)
+
+
+def describe():
+    """One line on the GPU path for ``show_config``: None when CuPy is not installed."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    except Exception as exc:  # a broken install should not break show_config
+        return f"CuPy present but unusable ({type(exc).__name__}: {exc})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"CuPy {cupy.__version__}, no usable GPU ({type(exc).__name__}: {exc})"
+    if n == 0:
+        return f"CuPy {cupy.__version__}, no GPU"
+    try:
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        mem = props["totalGlobalMem"] / 2 ** 30
+        rt = cupy.cuda.runtime.runtimeGetVersion()
+        return (f"CuPy {cupy.__version__}, CUDA runtime {rt // 1000}.{rt % 1000 // 10}, device "
+                f"{dev.id}/{n}: {name} (sm_{dev.compute_capability}, {mem:.0f} GiB), "
+                f"kernels: fastce/cuda/*.cu via NVRTC")
+    except Exception as exc:
+        return f"CuPy {cupy.__version__}, GPU query failed ({type(exc).__name__}: {exc})"
+

@@ -1,0 +1,378 @@
+"""The slow twin: float64 NumPy implementations of fastce's public functions.
+
+Every function here has the signature of its fast counterpart minus the ``out``,
+``n_threads`` and ``inplace`` arguments, follows the formulas of ``design.md`` section 1
+literally, computes in float64 and returns float64 (NumPy scalars for 'mean'/'sum').
+The test suite uses it as the oracle, and checks it against ``torch`` in turn.
+This module must stay pure NumPy: it never imports fastce's compiled core.
+
+Notation: ``lse_i = log sum_c exp(x_ic)``, ``logp_ic = x_ic - lse_i``,
+``p_ic = exp(logp_ic)``, class weights ``w`` (default ones), ``W = sum_c w_c``,
+``eps = label_smoothing``.  For a hard target ``y_i`` (or ``ignore_index``)::
+
+    l_i = (1 - eps) * w_{y_i} * (-logp_{i, y_i}) + (eps / C) * (-sum_c w_c logp_ic)
+    l_i = 0 for ignored rows
+    'mean' = sum_i l_i / sum_{i not ignored} w_{y_i}      (nan when that sum is empty)
+    dl_i/dx_ic = (1 - eps) w_{y_i} (p_ic - [c = y_i]) + (eps / C) (W p_ic - w_c)
+"""
+import numpy as np
+
+__all__ = [
+    "logsumexp",
+    "log_softmax",
+    "softmax",
+    "nll_loss",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "cross_entropy_backward",
+]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ----------------------------------------------------------------------------- row-wise
+def logsumexp(x, axis=-1):
+    """Log-sum-exp along ``axis``, in float64.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input.
+    axis : int, default -1
+        Axis to reduce.
+
+    Returns
+    -------
+    numpy.ndarray or numpy.float64
+        ``x.shape`` without ``axis``; a scalar for 1-D input.  A row of all ``-inf``
+        gives ``-inf``; a row holding ``nan`` or ``+inf`` gives ``nan``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    lse = _lse_keepdims(x, axis)
+    return _squeeze(lse, axis)
+
+
+def log_softmax(x, axis=-1):
+    """Log-softmax ``x - logsumexp(x)`` along ``axis``, in float64.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input.
+    axis : int, default -1
+        Class axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape as ``x``.  ``-inf`` entries stay ``-inf``; rows of all ``-inf``,
+        or holding ``nan``/``+inf``, are ``nan``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return x - _lse_keepdims(x, axis)
+
+
+def softmax(x, axis=-1):
+    """Softmax ``exp(log_softmax(x))`` along ``axis``, in float64.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input.
+    axis : int, default -1
+        Class axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape as ``x``.
+    """
+    return np.exp(log_softmax(x, axis))
+
+
+def _lse_keepdims(x, axis):
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension")
+    if x.shape[axis] == 0:
+        shape = list(x.shape)
+        shape[axis] = 1
+        return np.full(shape, -np.inf)
+    m = np.max(x, axis=axis, keepdims=True)
+    # an all -inf row keeps shift 0 (so the sum is 0 and lse -inf); +inf or nan
+    # shifts make x - m nan, which propagates
+    shift = np.where(m == -np.inf, 0.0, m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.log(np.sum(np.exp(x - shift), axis=axis, keepdims=True)) + shift
+
+
+def _squeeze(a, axis):
+    a = np.squeeze(a, axis=axis)
+    return a[()] if a.ndim == 0 else a
+
+
+# ---------------------------------------------------------------------- hard targets
+def _hard_target_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
+                       name="logits"):
+    """Validate and normalise to 2-D float64 rows, int64 targets, float64 weights."""
+    x = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(target)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if x.ndim == 1 and t.shape == ():
+        x2, t2 = x[None, :], t.reshape(1)
+    elif x.ndim == 2 and t.shape == x.shape[:1]:
+        x2, t2 = x, t
+    else:
+        raise ValueError(f"{name} shape {x.shape} does not match target shape {t.shape}")
+    if not (np.issubdtype(t2.dtype, np.integer) and t2.dtype != np.bool_):
+        raise TypeError(f"target must have an integer dtype, got {t2.dtype}")
+    n_classes = x2.shape[1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
+    if w.shape != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},), got {w.shape}")
+    t2 = t2.astype(np.int64)
+    ignored = t2 == ignore_index
+    bad = ~ignored & ((t2 < 0) | (t2 >= n_classes))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise IndexError(f"target[{i}] = {t2[i]} is out of bounds for {n_classes} classes")
+    y = np.where(ignored, 0, t2)
+    w_y = np.where(ignored, 0.0, w[y])
+    return x2, y, ignored, w, w_y
+
+
+def _reduce(rows, w_y, reduction, one_d):
+    if reduction == "none":
+        return rows.reshape(()) if one_d else rows
+    total = np.float64(np.sum(rows))
+    if reduction == "sum":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.float64(total / np.sum(w_y))
+
+
+def _row_losses(logp, y, ignored, w, w_y, label_smoothing):
+    n, n_classes = logp.shape
+    with np.errstate(invalid="ignore"):
+        nll = -logp[np.arange(n), y]
+        rows = w_y * nll
+        if label_smoothing > 0:  # torch skips the smoothing term entirely when eps == 0
+            smooth = -np.sum(w * logp, axis=1)
+            rows = (1.0 - label_smoothing) * rows + (label_smoothing / n_classes) * smooth
+    return np.where(ignored, 0.0, rows)
+
+
+def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of given log-probabilities, in float64.
+
+    Parameters
+    ----------
+    log_probs : array_like, shape (N, C) or (C,)
+        Log-probabilities.
+    target : array_like of int, shape (N,) or ()
+        Class indices in ``[0, C)`` or ``ignore_index``.
+    weight : array_like, shape (C,), optional
+        Class weights.
+    ignore_index : int, default -100
+        Target value whose rows contribute nothing.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        'mean' divides by the summed target weights of the non-ignored rows.
+
+    Returns
+    -------
+    numpy.float64 or numpy.ndarray
+        ``-log_probs[i, y_i] * w[y_i]`` reduced.
+    """
+    lp, y, ignored, w, w_y = _hard_target_setup(log_probs, target, weight, ignore_index,
+                                                reduction, 0.0, name="log_probs")
+    rows = _row_losses(lp, y, ignored, w, w_y, 0.0)
+    return _reduce(rows, w_y, reduction, np.ndim(log_probs) == 1)
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0):
+    """Softmax cross-entropy with PyTorch semantics, in float64.
+
+    Parameters
+    ----------
+    logits : array_like, shape (N, C) or (C,)
+        Unnormalised class scores.
+    target : array_like of int, shape (N,) or ()
+        Class indices in ``[0, C)`` or ``ignore_index``.
+    weight : array_like, shape (C,), optional
+        Class weights.
+    ignore_index : int, default -100
+        Target value whose rows give loss 0 and gradient 0.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        'mean' divides by ``sum_{i not ignored} w[y_i]`` (nan when no row counts).
+    label_smoothing : float in [0, 1], default 0.0
+        Mixes ``eps / C`` of the weighted uniform target into every row.
+
+    Returns
+    -------
+    numpy.float64 or numpy.ndarray
+        Scalar for 'mean'/'sum'; per-row losses of ``target.shape`` for 'none'.
+    """
+    x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index,
+                                               reduction, label_smoothing)
+    rows = _row_losses(log_softmax(x, axis=1), y, ignored, w, w_y, label_smoothing)
+    return _reduce(rows, w_y, reduction, np.ndim(logits) == 1)
+
+
+def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None,
+                           ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Gradient of :func:`cross_entropy` with respect to ``logits``, in float64.
+
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, reduction, label_smoothing
+        As in :func:`cross_entropy`.
+    grad_output : float or array_like, default 1.0
+        Upstream gradient: a scalar for 'mean'/'sum', an array of ``target.shape``
+        for 'none'.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape as ``logits``; ignored rows are 0.
+    """
+    x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index,
+                                               reduction, label_smoothing)
+    n, n_classes = x.shape
+    g = np.asarray(grad_output, dtype=np.float64)
+    if reduction == "none":
+        if g.shape != np.shape(target):
+            raise ValueError(f"grad_output must have shape {np.shape(target)}, got {g.shape}")
+        scale = g.reshape(n)
+    else:
+        if g.shape != ():
+            raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
+        scale = np.full(n, float(g))
+        if reduction == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                scale = scale / np.sum(w_y)
+    eps = label_smoothing
+    with np.errstate(invalid="ignore"):
+        p = softmax(x, axis=1)
+        onehot = np.zeros_like(p)
+        onehot[np.arange(n), y] = 1.0
+        d = w_y[:, None] * (p - onehot)
+        if eps > 0:
+            d = (1.0 - eps) * d + (eps / n_classes) * (np.sum(w) * p - w)
+        grad = np.where(ignored[:, None], 0.0, d * scale[:, None])
+    return grad.reshape(np.shape(logits))
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
+                            reduction="mean", label_smoothing=0.0, grad_output=1.0):
+    """Loss and gradient together: ``(cross_entropy(...), cross_entropy_backward(...))``.
+
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, reduction, label_smoothing
+        As in :func:`cross_entropy`.
+    grad_output : float or array_like, default 1.0
+        As in :func:`cross_entropy_backward`.
+
+    Returns
+    -------
+    loss : numpy.float64 or numpy.ndarray
+    grad : numpy.ndarray
+    """
+    kw = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+              label_smoothing=label_smoothing)
+    return (cross_entropy(logits, target, **kw),
+            cross_entropy_backward(logits, target, grad_output, **kw))
+
+
+# ------------------------------------------------------ binary cross-entropy with logits
+# (appended for issue 3; torch's formula, literally, in float64)
+__all__ += ["binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad"]
+
+
+def _bce_setup(logits, target, weight, pos_weight, reduction):
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(target)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if y.shape != x.shape:
+        raise ValueError(f"Target size must be the same as input size: target {y.shape}, logits {x.shape}")
+    if not np.issubdtype(y.dtype, np.floating):
+        raise TypeError(f"target must have a floating dtype, got {y.dtype}")
+    y = y.astype(np.float64)
+    w = np.ones(()) if weight is None else np.asarray(weight, dtype=np.float64)
+    pw = np.ones(()) if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    for name, a in (("weight", w), ("pos_weight", pw)):
+        if np.broadcast_shapes(a.shape, x.shape) != x.shape:
+            raise ValueError(f"{name} of shape {a.shape} does not broadcast to {x.shape}")
+    return x, y, w, pw
+
+
+def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
+                                     reduction="mean"):
+    """Binary cross-entropy with logits, in float64, as torch computes it.
+
+    ``l = w * ((1 - y) * x + lw * softplus(-x))`` with ``lw = 1 + (pw - 1) * y`` and
+    ``softplus(-x) = log1p(exp(-|x|)) + max(-x, 0)``; 'mean' divides by the number of
+    elements (nan when there are none).
+
+    Parameters
+    ----------
+    logits : array_like
+        Logits ``x``, any shape.
+    target : array_like of float
+        Targets ``y``, the logits' shape.
+    weight, pos_weight : array_like, optional
+        Broadcast to the logits' shape (NumPy rules).
+    reduction : {'mean', 'sum', 'none'}
+
+    Returns
+    -------
+    numpy.float64 or numpy.ndarray
+    """
+    x, y, w, pw = _bce_setup(logits, target, weight, pos_weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        softplus_neg = np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0.0)
+        loss = w * ((1.0 - y) * x + (1.0 + (pw - 1.0) * y) * softplus_neg)
+    loss = np.broadcast_to(loss, x.shape)
+    if reduction == "none":
+        return np.array(loss)
+    total = np.float64(np.sum(loss))
+    if reduction == "sum":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.float64(total / np.float64(x.size))
+
+
+def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
+                                               reduction="mean", grad_output=1.0):
+    """Loss and gradient w.r.t. the logits, in float64.
+
+    ``dl/dx = w * ((1 + (pw - 1) * y) * sigmoid(x) - pw * y)``, times ``grad_output`` (a
+    scalar for 'mean'/'sum', the logits' shape for 'none'), divided by the number of
+    elements for 'mean' (torch's ``binary_cross_entropy_with_logits_backward``).
+
+    Returns
+    -------
+    loss : as :func:`binary_cross_entropy_with_logits`
+    grad : numpy.ndarray of the logits' shape
+    """
+    loss = binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight,
+                                            reduction=reduction)
+    x, y, w, pw = _bce_setup(logits, target, weight, pos_weight, reduction)
+    g = np.asarray(grad_output, dtype=np.float64)
+    if reduction == "none":
+        if g.shape != x.shape:
+            raise ValueError(f"grad_output must have the logits' shape {x.shape}, got {g.shape}")
+    elif g.shape != ():
+        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        e = np.exp(-np.abs(x))
+        sig = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))  # sigmoid without overflow
+        grad = w * ((1.0 + (pw - 1.0) * y) * sig - pw * y) * g
+        if reduction == "mean":
+            grad = grad / np.float64(x.size)
+    return loss, np.array(np.broadcast_to(grad, x.shape))

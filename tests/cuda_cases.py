@@ -1,0 +1,277 @@
+"""The GPU path's test matrix, shared by the emulated run (tests/test_cuda_emulated.py,
+CPU only) and the real one (tests/test_cupy.py, CuPy + GPU).
+
+A *harness* gives the functions under test and moves arrays:
+
+    h.ops       object with logsumexp, log_softmax, softmax, cross_entropy,
+                cross_entropy_with_grad, cross_entropy_backward, nll_loss
+    h.dev(a, layout="C")   a NumPy array as a device array with that layout
+                           ("C", "F" or "sliced": a strided view of a larger buffer)
+    h.host(a)   a device array (or 0-d result) as NumPy
+    h.is_dev(a) whether a is a device array of the harness
+    h.shares(a, b)   whether two device arrays share memory
+
+Shapes are picked so that every kernel shape of fastce/cuda/rows.cu runs (thread per
+row, warp per row for every VPT, cached and streaming blocks, chunked rows).
+"""
+import numpy as np
+
+from conftest import IGNORE_INDEX, assert_close, make_logits, make_target, make_weight
+
+# (N, C): warp1/thread, warp2, warp4, warp16, warp32 (f64: block8), block8, block16,
+# streaming block, chunked rows (few long rows)
+ROW_SHAPES = [(7, 5), (9, 33), (5, 100), (4, 300), (3, 1000), (3, 2500), (2, 6000), (2, 9000)]
+LONG_SHAPES = [(3, 33000)]
+DTYPES = (np.float32, np.float64)
+
+
+def tol(dtype):
+    return (dict(rtol=2e-5, atol=2e-6) if np.dtype(dtype) == np.float32
+            else dict(rtol=1e-11, atol=1e-12))
+
+
+def layout_on(xp_asarray, a, layout, fill=np.nan):
+    """``a`` on the device with a layout, built from a host buffer of the same shape as
+    conftest.with_layout's (so the strides match the CPU tests')."""
+    a = np.asarray(a)
+    if layout == "C":
+        return xp_asarray(np.array(a, order="C"))
+    if layout == "F":
+        f = xp_asarray(np.asfortranarray(a))
+        return f
+    if a.ndim == 1:
+        big = np.full(3 * a.shape[0] + 2, fill, dtype=a.dtype)
+        big[1:1 + 3 * a.shape[0]:3] = a
+        return xp_asarray(big)[1:1 + 3 * a.shape[0]:3]
+    n, c = a.shape
+    big = np.full((2 * n + 1, 3 * c + 2), fill, dtype=a.dtype)
+    big[1:1 + 2 * n:2, 1:1 + 3 * c:3] = a
+    return xp_asarray(big)[1:1 + 2 * n:2, 1:1 + 3 * c:3]
+
+
+def what(fn, **kw):
+    return fn + "(" + ", ".join(f"{k}={v}" for k, v in kw.items()) + ")"
+
+
+# ------------------------------------------------------------------ row functions
+def check_row_functions(h, reference, shape, dtype, layout):
+    x = make_logits(shape, dtype, seed=1)
+    xd = h.dev(x, layout)
+    case = dict(shape=shape, dtype=np.dtype(dtype).name, layout=layout)
+    t = tol(dtype)
+    lse = h.ops.logsumexp(xd)
+    assert h.is_dev(lse)
+    assert h.host(lse).dtype == dtype
+    assert_close(h.host(lse), reference.logsumexp(x), what=what("logsumexp", **case), **t)
+    ls = h.ops.log_softmax(xd)
+    assert h.is_dev(ls) and ls.shape == x.shape and ls.dtype == dtype
+    assert_close(h.host(ls), reference.log_softmax(x), what=what("log_softmax", **case), **t)
+    sm = h.ops.softmax(xd)
+    assert_close(h.host(sm), reference.softmax(x), what=what("softmax", **case), **t)
+    assert np.array_equal(h.host(xd), x), "input modified"
+
+
+def check_row_outputs(h, reference, shape, dtype, out_layout):
+    """out= with any layout (strided outputs go through the kernels' strides)."""
+    x = make_logits(shape, dtype, seed=2)
+    xd = h.dev(x, "C")
+    out = h.dev(np.zeros(shape, dtype), out_layout)
+    r = h.ops.log_softmax(xd, out=out)
+    assert r is out
+    assert_close(h.host(out), reference.log_softmax(x), what=f"log_softmax out {out_layout}",
+                 **tol(dtype))
+    if len(shape) == 2:
+        o1 = h.dev(np.zeros(shape[0], dtype), out_layout if out_layout != "F" else "C")
+        r = h.ops.logsumexp(xd, out=o1)
+        assert r is o1
+        assert_close(h.host(o1), reference.logsumexp(x), what="logsumexp out", **tol(dtype))
+
+
+def check_axes(h, reference, dtype):
+    x = make_logits((3, 4, 5), dtype, seed=3)
+    xd = h.dev(x)
+    for axis in (0, 1, 2, -1):
+        assert_close(h.host(h.ops.logsumexp(xd, axis)), reference.logsumexp(x, axis),
+                     what=f"logsumexp axis={axis}", **tol(dtype))
+        assert_close(h.host(h.ops.log_softmax(xd, axis)), reference.log_softmax(x, axis),
+                     what=f"log_softmax axis={axis}", **tol(dtype))
+        assert_close(h.host(h.ops.softmax(xd, axis)), reference.softmax(x, axis),
+                     what=f"softmax axis={axis}", **tol(dtype))
+    # a transposed (non-collapsible) view
+    xt = xd.transpose(1, 0, 2)
+    assert_close(h.host(h.ops.log_softmax(xt, 2)), reference.log_softmax(np.transpose(x, (1, 0, 2)), 2),
+                 what="log_softmax transposed", **tol(dtype))
+
+
+def check_special_values(h, reference, shape, dtype):
+    """-inf classes are legal; an all -inf row gives lse -inf and nan log-softmax;
+    nan and +inf rows give nan; other rows unaffected."""
+    n, c = shape
+    x = make_logits((max(n, 5), c), dtype, seed=4)
+    x[0, ::3] = -np.inf           # masked classes
+    x[1, :] = -np.inf             # all masked
+    x[2, c // 2] = np.nan
+    x[3, c - 1] = np.inf
+    x[4, 0] = np.inf
+    x[4, c // 2] = np.inf
+    xd = h.dev(x)
+    with np.errstate(invalid="ignore"):
+        assert_close(h.host(h.ops.logsumexp(xd)), reference.logsumexp(x), what=f"lse special {shape}",
+                     **tol(dtype))
+        assert_close(h.host(h.ops.log_softmax(xd)), reference.log_softmax(x),
+                     what=f"log_softmax special {shape}", **tol(dtype))
+        assert_close(h.host(h.ops.softmax(xd)), reference.softmax(x), what=f"softmax special {shape}",
+                     **tol(dtype))
+        y = make_target(x.shape[0], c, seed=4)
+        y[0] = 1  # a finite class of the masked row
+        for eps in (0.0, 0.2):
+            loss = h.ops.cross_entropy(xd, h.dev(y), reduction="none", label_smoothing=eps)
+            assert_close(h.host(loss), reference.cross_entropy(x, y, reduction="none", label_smoothing=eps),
+                         what=f"ce special eps={eps} {shape}", **tol(dtype))
+        g = h.ops.cross_entropy_backward(xd, h.dev(y), reduction="sum")
+        assert_close(h.host(g), reference.cross_entropy_backward(x, y, reduction="sum"),
+                     what=f"grad special {shape}", scale_atol=True, **tol(dtype))
+    lse0 = h.host(h.ops.logsumexp(xd))[0]
+    assert np.isfinite(lse0), "masked classes must not give nan"
+
+
+# ------------------------------------------------------------------ cross-entropy
+def check_cross_entropy(h, reference, shape, dtype, layout, *, weight, ignore, eps, reduction,
+                        target_dtype=np.int64):
+    n = shape[0] if len(shape) == 2 else 1
+    c = shape[-1]
+    x = make_logits(shape, dtype, seed=5)
+    y = make_target(n, c, ignore=ignore, seed=5, dtype=target_dtype)
+    if len(shape) == 1:
+        y = y.reshape(())
+    w = make_weight(c, weight)
+    case = dict(shape=shape, dtype=np.dtype(dtype).name, layout=layout, weight=weight, ignore=ignore,
+                eps=eps, reduction=reduction, target=np.dtype(target_dtype).name)
+    xd, yd = h.dev(x, layout), h.dev(y)
+    wd = None if w is None else h.dev(w)
+    kw = dict(weight=wd, reduction=reduction, label_smoothing=eps)
+    rkw = dict(weight=w, reduction=reduction, label_smoothing=eps)
+    t = tol(dtype)
+    loss = h.ops.cross_entropy(xd, yd, **kw)
+    assert h.is_dev(loss)
+    hl = h.host(loss)
+    assert hl.dtype == dtype
+    rl = reference.cross_entropy(x, y, **rkw)
+    assert_close(hl, rl, what=what("cross_entropy", **case), **t)
+    go = 1.0 if reduction != "none" else np.linspace(0.5, 1.5, int(np.prod(np.shape(y)))).reshape(np.shape(y))
+    god = go if reduction != "none" else h.dev(go)
+    loss2, grad = h.ops.cross_entropy_with_grad(xd, yd, grad_output=god, **kw)
+    assert_close(h.host(loss2), rl, what=what("with_grad loss", **case), **t)
+    rg = reference.cross_entropy_backward(x, y, go, **rkw)
+    assert grad.shape == x.shape and grad.dtype == dtype
+    assert_close(h.host(grad), rg, what=what("with_grad grad", **case), scale_atol=True, **t)
+    g2 = h.ops.cross_entropy_backward(xd, yd, god, **kw)
+    assert_close(h.host(g2), rg, what=what("backward", **case), scale_atol=True, **t)
+    assert np.array_equal(h.host(xd), x, equal_nan=True), "logits modified"
+    nl = h.ops.nll_loss(h.dev(reference.log_softmax(x, -1).astype(dtype), layout), yd, weight=wd,
+                        reduction=reduction)
+    if eps == 0.0:
+        assert_close(h.host(nl), rl, what=what("nll_loss", **case), **t)
+
+
+def check_grad_output_scalar_device(h, reference, dtype):
+    x = make_logits((6, 11), dtype, seed=6)
+    y = make_target(6, 11, ignore="some", seed=6)
+    g0 = h.dev(np.array(2.5))
+    for red in ("mean", "sum"):
+        g = h.ops.cross_entropy_backward(h.dev(x), h.dev(y), g0, reduction=red)
+        assert_close(h.host(g), reference.cross_entropy_backward(x, y, 2.5, reduction=red),
+                     what=f"device 0-d grad_output {red}", scale_atol=True, **tol(dtype))
+
+
+def check_inplace_and_out(h, reference, shape, dtype):
+    x = make_logits(shape, dtype, seed=7)
+    y = make_target(shape[0], shape[1], ignore="some", seed=7)
+    w = make_weight(shape[1], "random")
+    rl = reference.cross_entropy(x, y, weight=w, label_smoothing=0.1)
+    rg = reference.cross_entropy_backward(x, y, weight=w, label_smoothing=0.1)
+    xd = h.dev(x)
+    loss, g = h.ops.cross_entropy_with_grad(xd, h.dev(y), weight=h.dev(w), label_smoothing=0.1,
+                                            inplace=True)
+    assert g is xd or h.shares(g, xd)
+    assert_close(h.host(loss), rl, what=f"inplace loss {shape}", **tol(dtype))
+    assert_close(h.host(g), rg, what=f"inplace grad {shape}", scale_atol=True, **tol(dtype))
+    for layout in ("C", "F", "sliced"):
+        out = h.dev(np.zeros(shape, dtype), layout)
+        xd = h.dev(x)
+        loss, g = h.ops.cross_entropy_with_grad(xd, h.dev(y), weight=h.dev(w), label_smoothing=0.1,
+                                                out=out)
+        assert g is out
+        assert_close(h.host(out), rg, what=f"out= {layout} {shape}", scale_atol=True, **tol(dtype))
+        assert np.array_equal(h.host(xd), x)
+
+
+def check_kdim(h, reference, dtype):
+    """(N, C, d1, d2) logits with (N, d1, d2) targets, against the flattened reference."""
+    n, c, d1, d2 = 3, 7, 2, 5
+    x = make_logits((n, c, d1, d2), dtype, seed=8)
+    y = make_target(n * d1 * d2, c, ignore="some", seed=8).reshape(n, d1, d2)
+    w = make_weight(c, "random")
+    x2 = np.moveaxis(x, 1, -1).reshape(-1, c)
+    y2 = y.reshape(-1)
+    for red in ("mean", "sum", "none"):
+        loss = h.host(h.ops.cross_entropy(h.dev(x), h.dev(y), weight=h.dev(w), reduction=red,
+                                          label_smoothing=0.05))
+        ref = reference.cross_entropy(x2, y2, weight=w, reduction=red, label_smoothing=0.05)
+        if red == "none":
+            ref = ref.reshape(n, d1, d2)
+        assert_close(loss, ref, what=f"k-dim ce {red}", **tol(dtype))
+    g = h.host(h.ops.cross_entropy_backward(h.dev(x), h.dev(y), weight=h.dev(w), label_smoothing=0.05))
+    rg = reference.cross_entropy_backward(x2, y2, weight=w, label_smoothing=0.05)
+    rg = np.moveaxis(rg.reshape(n, d1, d2, c), -1, 1)
+    assert_close(g, rg, what="k-dim grad", scale_atol=True, **tol(dtype))
+
+
+def check_edge_batches(h, dtype):
+    c = 5
+    x = h.dev(np.zeros((0, c), dtype))
+    y = h.dev(np.zeros(0, np.int64))
+    assert np.isnan(h.host(h.ops.cross_entropy(x, y)))
+    assert h.host(h.ops.cross_entropy(x, y, reduction="sum")) == 0
+    assert h.host(h.ops.cross_entropy(x, y, reduction="none")).shape == (0,)
+    assert h.ops.cross_entropy_backward(x, y).shape == (0, c)
+    assert h.host(h.ops.logsumexp(x)).shape == (0,)
+    xa = make_logits((4, c), dtype)
+    ya = make_target(4, c, ignore="all")
+    loss, g = h.ops.cross_entropy_with_grad(h.dev(xa), h.dev(ya))
+    assert np.isnan(h.host(loss)), "all ignored 'mean' is nan like torch"
+    assert not np.any(h.host(g)), "ignored rows have a zero gradient"
+    e = h.ops.logsumexp(h.dev(np.zeros((3, 0), dtype)))
+    assert np.all(h.host(e) == -np.inf)
+    one = h.ops.logsumexp(h.dev(make_logits((c,), dtype)))
+    assert one.shape == ()
+
+
+def check_bad_target(h, dtype):
+    import pytest
+    x = make_logits((6, 4), dtype)
+    for bad in (4, -1, 1000):
+        y = make_target(6, 4)
+        y[3] = bad
+        xd = h.dev(x)
+        with pytest.raises(IndexError, match=rf"target\[3\] = {bad} is out of bounds for 4 classes"):
+            h.ops.cross_entropy_with_grad(xd, h.dev(y), inplace=True)
+        assert np.array_equal(h.host(xd), x), "logits modified although the call failed"
+    y = make_target(6, 4, ignore="some")
+    y[4] = 9
+    with pytest.raises(IndexError, match=r"target\[4\] = 9"):
+        h.ops.nll_loss(h.dev(x), h.dev(y))
+
+
+def check_deterministic(h, dtype):
+    for shape in ((64, 300), (2, 9000), (3, 33000)):
+        x = h.dev(make_logits(shape, dtype, seed=9))
+        y = h.dev(make_target(shape[0], shape[1], seed=9))
+        a = h.ops.cross_entropy_with_grad(x, y, label_smoothing=0.1)
+        b = h.ops.cross_entropy_with_grad(x, y, label_smoothing=0.1)
+        assert h.host(a[0]).tobytes() == h.host(b[0]).tobytes()
+        assert h.host(a[1]).tobytes() == h.host(b[1]).tobytes()
+
+
+__all__ = [n for n in dir() if n.startswith("check_")] + ["ROW_SHAPES", "LONG_SHAPES", "DTYPES",
+                                                           "IGNORE_INDEX", "layout_on", "tol"]

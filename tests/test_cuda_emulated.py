@@ -1,0 +1,320 @@
+"""fastce's CUDA kernels and GPU host code, run on the CPU.
+
+``tests/cuda_emu`` compiles ``fastce/cuda/*.cu`` with the host C++ compiler against a
+fiber-per-thread emulation of CUDA blocks, warps, shuffles and barriers, and
+``fastce.cuda._api.Ops`` drives it exactly as it drives CuPy (validation, planning,
+launch arguments, reductions).  The matrix of ``tests/cuda_cases.py`` runs against the
+float64 NumPy reference; the same matrix runs on a real GPU in ``tests/test_cupy.py``.
+
+What this proves and what it does not: the kernels' arithmetic, indexing, -inf/nan
+handling, reductions and barrier placement (a __syncthreads or shuffle that not every
+thread reaches is a reported deadlock; every case runs with the threads of a block
+scheduled forward and backward, so a missing barrier changes the result).  Not: GPU
+timing, occupancy, or inter-block memory ordering.
+"""
+import re
+
+import numpy as np
+import pytest
+
+import cuda_cases as K
+from conftest import make_logits, make_target
+
+pytest.importorskip("fastce._kernels")
+from fastce.cuda import _api as A  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def emu_dll():
+    import cuda_emu
+    try:
+        return cuda_emu.build(A.KERNEL_FILES)
+    except cuda_emu.EmulatorUnavailable as exc:
+        pytest.skip(f"CUDA emulator unavailable: {exc}")
+
+
+class EmuHarness:
+    def __init__(self, dll, order, sm_count=4):
+        import cuda_emu
+        self.backend = cuda_emu.EmuBackend(dll, order=order, sm_count=sm_count)
+        self.ops = A.Ops(self.backend)
+
+    @staticmethod
+    def dev(a, layout="C"):
+        return K.layout_on(lambda b: np.array(b, copy=True, order="K"), a, layout)
+
+    @staticmethod
+    def host(a):
+        return np.asarray(a)
+
+    @staticmethod
+    def is_dev(a):
+        return isinstance(a, np.ndarray)
+
+    @staticmethod
+    def shares(a, b):
+        return np.shares_memory(a, b)
+
+
+@pytest.fixture
+def h(emu_dll):
+    """Threads scheduled first to last; test_same_bits_for_both_thread_orders covers the
+    reversed schedule for every kernel shape."""
+    return EmuHarness(emu_dll, 0)
+
+
+# ------------------------------------------------------------------ row functions
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", K.ROW_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["C", "F", "sliced"])
+def test_row_functions(h, reference, shape, dtype, layout):
+    K.check_row_functions(h, reference, shape, dtype, layout)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", K.LONG_SHAPES + [(1, 5), (5,), (1000,)], ids=str)
+def test_row_functions_long_and_1d(h, reference, shape, dtype):
+    K.check_row_functions(h, reference, shape, dtype, "C")
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("out_layout", ["C", "F", "sliced"])
+def test_row_outputs(h, reference, dtype, out_layout):
+    K.check_row_outputs(h, reference, (6, 40), dtype, out_layout)
+    K.check_row_outputs(h, reference, (3, 2500), dtype, out_layout)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_axes(h, reference, dtype):
+    K.check_axes(h, reference, dtype)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(6, 5), (6, 100), (6, 1000), (5, 2500), (5, 6000), (5, 9000)],
+                         ids=str)
+def test_special_values(h, reference, shape, dtype):
+    K.check_special_values(h, reference, shape, dtype)
+
+
+def test_special_values_chunked(h, reference):
+    K.check_special_values(h, reference, (2, 33000), np.float32)
+
+
+def test_special_values_thread_kernel(emu_dll, reference):
+    """F-ordered short rows take the thread-per-row kernel."""
+    h = EmuHarness(emu_dll, 0)
+    x = make_logits((40, 6), np.float64, seed=3)
+    x[0, ::2] = -np.inf
+    x[1] = -np.inf
+    x[2, 3] = np.nan
+    x[3, 1] = np.inf
+    xf = h.dev(x, "F")
+    with np.errstate(invalid="ignore"):
+        K.assert_close(h.ops.log_softmax(xf), reference.log_softmax(x), what="thread special",
+                       **K.tol(np.float64))
+    assert h.backend.launches[-1][0] == "fastce_rows_thread_f64"
+
+
+# ------------------------------------------------------------------ cross-entropy
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(7, 5), (9, 33), (3, 1000), (3, 2500), (2, 9000)], ids=str)
+@pytest.mark.parametrize("layout", ["C", "F", "sliced"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_layouts(h, reference, shape, dtype, layout, reduction):
+    K.check_cross_entropy(h, reference, shape, dtype, layout, weight="random", ignore="some",
+                          eps=0.1, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("weight", [None, "random"])
+@pytest.mark.parametrize("ignore", ["none", "some"])
+@pytest.mark.parametrize("eps", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_options(h, reference, dtype, weight, ignore, eps, reduction):
+    K.check_cross_entropy(h, reference, (10, 37), dtype, "C", weight=weight, ignore=ignore, eps=eps,
+                          reduction=reduction)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 33000), (1, 3)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_shapes(h, reference, shape, reduction):
+    K.check_cross_entropy(h, reference, shape, np.float32, "C", weight="random", ignore="none",
+                          eps=0.1, reduction=reduction)
+
+
+@pytest.mark.parametrize("target_dtype", [np.int32, np.int64, np.uint8, np.int16, np.uint32])
+def test_target_dtypes(h, reference, target_dtype):
+    K.check_cross_entropy(h, reference, (12, 9), np.float64, "C", weight=None, ignore="none",
+                          eps=0.0, reduction="mean", target_dtype=target_dtype)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_grad_output_device_scalar(h, reference, dtype):
+    K.check_grad_output_scalar_device(h, reference, dtype)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(8, 10), (4, 700), (3, 3000), (2, 9000), (2, 33000)], ids=str)
+def test_inplace_and_out(h, reference, shape, dtype):
+    K.check_inplace_and_out(h, reference, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_kdim(h, reference, dtype):
+    K.check_kdim(h, reference, dtype)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_edge_batches(h, dtype):
+    K.check_edge_batches(h, dtype)
+
+
+def test_bad_target(h):
+    K.check_bad_target(h, np.float32)
+
+
+def test_deterministic(h):
+    K.check_deterministic(h, np.float32)
+
+
+@pytest.mark.parametrize("shape,layout", [((40, 6), "F"), ((7, 5), "C"), ((9, 33), "sliced"),
+                                          ((5, 300), "C"), ((3, 1000), "C"), ((3, 2500), "C"),
+                                          ((2, 6000), "C"), ((2, 9000), "C"), ((3, 33000), "C")],
+                         ids=str)
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_same_bits_for_both_thread_orders(emu_dll, reference, shape, layout, dtype):
+    """Scheduling a block's threads last-to-first gives the same bits: no result depends
+    on a missing barrier, and the reduction trees are fixed."""
+    res = []
+    for order in (0, 1):
+        h = EmuHarness(emu_dll, order)
+        x0 = make_logits(shape, dtype, seed=11)
+        x0[0, 1] = -np.inf
+        x = h.dev(x0, layout)
+        y = h.dev(make_target(shape[0], shape[1], ignore="some", seed=11))
+        w = h.dev(np.linspace(0.5, 2.0, shape[1]))
+        loss, g = h.ops.cross_entropy_with_grad(x, y, weight=w, label_smoothing=0.3)
+        rows = h.ops.cross_entropy(x, y, weight=w, label_smoothing=0.3, reduction="none")
+        res.append((loss.tobytes(), g.tobytes(), rows.tobytes(), h.ops.logsumexp(x).tobytes(),
+                    h.ops.softmax(x).tobytes()))
+    assert res[0] == res[1]
+
+
+# ------------------------------------------------------------------ kernels actually used
+@pytest.mark.parametrize("shape,layout,dtype,kernel,n_launch", [
+    ((40, 6), "F", np.float32, "fastce_rows_thread_f32", 1),
+    ((7, 5), "C", np.float32, "fastce_rows_warp1_f32", 1),
+    ((3, 1000), "C", np.float32, "fastce_rows_warp32_f32", 1),
+    ((3, 1000), "C", np.float64, "fastce_rows_block8_f64", 1),
+    ((2, 6000), "C", np.float32, "fastce_rows_block16_f32", 1),
+    ((2, 9000), "C", np.float32, "fastce_rows_block0_f32", 1),
+    ((3, 33000), "C", np.float32, "fastce_rows_block0_f32", 2),
+])
+def test_kernel_paths(emu_dll, shape, layout, dtype, kernel, n_launch):
+    h = EmuHarness(emu_dll, 0)
+    h.ops.log_softmax(h.dev(make_logits(shape, dtype), layout))
+    rows = [l for l in h.backend.launches if l[0].startswith("fastce_rows")]
+    assert [l[0] for l in rows] == [kernel] * n_launch
+    if n_launch == 2:
+        assert rows[0][1][1] > 1, "phase 1 runs one block per chunk"
+
+
+def test_cross_entropy_launch_sequence(emu_dll):
+    """scan (validation + normaliser), one fused row sweep, the final reduction."""
+    h = EmuHarness(emu_dll, 0)
+    x = h.dev(make_logits((16, 50), np.float32))
+    y = h.dev(make_target(16, 50))
+    h.ops.cross_entropy_with_grad(x, y)
+    assert [l[0] for l in h.backend.launches] == [
+        "fastce_target_scan", "fastce_rows_warp2_f32", "fastce_finalize_f32"]
+
+
+# ------------------------------------------------------------------ errors: same as the CPU path
+def _same_error(cpu_call, gpu_call, same_message=True):
+    with pytest.raises(Exception) as e_cpu:
+        cpu_call()
+    with pytest.raises(Exception) as e_gpu:
+        gpu_call()
+    assert type(e_gpu.value) is type(e_cpu.value), (e_cpu.value, e_gpu.value)
+    if not same_message:
+        return
+    # NumPy 2 spells an index np.int64(2) in a list's repr; the GPU path prints plain ints
+    cpu_msg = re.sub(r"np\.int64\((-?\d+)\)", r"\1", str(e_cpu.value))
+    assert str(e_gpu.value) == cpu_msg
+
+
+ERROR_CASES = [
+    ("logits int", "cross_entropy", lambda x, y: (x.astype(np.int32), y), {}),
+    ("target float", "cross_entropy", lambda x, y: (x, y.astype(np.float32)), {}),
+    ("target bool", "cross_entropy", lambda x, y: (x, y > 2), {}),
+    ("target shape", "cross_entropy", lambda x, y: (x, y[:-1]), {}),
+    ("target value", "cross_entropy", lambda x, y: (x, np.where(np.arange(y.size) == 2, 7, y)), {}),
+    ("target negative", "cross_entropy", lambda x, y: (x, np.where(np.arange(y.size) == 1, -5, y)), {}),
+    ("reduction", "cross_entropy", lambda x, y: (x, y), dict(reduction="avg")),
+    ("smoothing", "cross_entropy", lambda x, y: (x, y), dict(label_smoothing=1.5)),
+    ("smoothing type", "cross_entropy", lambda x, y: (x, y), dict(label_smoothing="a")),
+    ("ignore_index type", "cross_entropy", lambda x, y: (x, y), dict(ignore_index=1.5)),
+    ("n_threads 0", "cross_entropy", lambda x, y: (x, y), dict(n_threads=0)),
+    ("n_threads bool", "cross_entropy", lambda x, y: (x, y), dict(n_threads=True)),
+    ("weight shape", "cross_entropy", lambda x, y: (x, y), dict(weight=np.ones(3))),
+    ("weight bool", "cross_entropy", lambda x, y: (x, y), dict(weight=np.ones(7, bool))),
+    ("0-d logits", "cross_entropy", lambda x, y: (x[0, 0], y), {}),
+    ("no class", "cross_entropy", lambda x, y: (x[:, :0], y), {}),
+    ("grad_output shape none", "cross_entropy_backward", lambda x, y: (x, y, np.ones(3)),
+     dict(reduction="none")),
+    ("grad_output vector mean", "cross_entropy_backward", lambda x, y: (x, y, np.ones(5)), {}),
+    ("inplace and out", "cross_entropy_with_grad", lambda x, y: (x, y),
+     dict(inplace=True, out=np.empty((5, 7), np.float32))),
+    ("inplace F", "cross_entropy_with_grad", lambda x, y: (np.asfortranarray(x), y), dict(inplace=True)),
+    ("out shape", "cross_entropy_with_grad", lambda x, y: (x, y), dict(out=np.empty((5, 6), np.float32))),
+    ("out dtype", "cross_entropy_with_grad", lambda x, y: (x, y), dict(out=np.empty((5, 7)))),
+    ("out overlaps", "cross_entropy_backward", lambda x, y: (x, y), dict(out="x")),
+    ("lse axis", "logsumexp", lambda x, y: (x, 2), {}),
+    ("lse axis type", "logsumexp", lambda x, y: (x, 0.5), {}),
+    ("lse 0-d", "logsumexp", lambda x, y: (x[0, 0],), {}),
+    ("lse out shape", "logsumexp", lambda x, y: (x,), dict(out=np.empty(4, np.float32))),
+    ("softmax out dtype", "softmax", lambda x, y: (x,), dict(out=np.empty((5, 7)))),
+    ("log_softmax int", "log_softmax", lambda x, y: (np.ones((2, 2), np.int64),), {}),
+    ("nll target", "nll_loss", lambda x, y: (x, y[:2]), {}),
+]
+
+
+@pytest.mark.parametrize("name,fn,make,kw", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+def test_errors_match_cpu(emu_dll, name, fn, make, kw):
+    import fastce
+    x = make_logits((5, 7), np.float32)
+    y = make_target(5, 7)
+    args = make(x, y)
+    kw = dict(kw)
+    if isinstance(kw.get("out"), str):
+        kw["out"] = args[0]
+    if fn == "nll_loss":
+        kw.pop("n_threads", None)
+    h = EmuHarness(emu_dll, 0)
+    # dtype errors: same class; the GPU message says it has no half precision (the CPU has)
+    same_message = name not in ("logits int", "log_softmax int")
+    _same_error(lambda: getattr(fastce, fn)(*args, **kw), lambda: getattr(h.ops, fn)(*args, **kw),
+                same_message)
+
+
+def test_half_precision_refused(h):
+    x = make_logits((4, 6), np.float16)
+    with pytest.raises(TypeError, match="float16: fastce's GPU path computes in float32"):
+        h.ops.cross_entropy(x, make_target(4, 6))
+    with pytest.raises(TypeError, match="float16"):
+        h.ops.softmax(x)
+
+
+def test_probability_targets_refused(h):
+    x = make_logits((4, 6), np.float32)
+    with pytest.raises(NotImplementedError, match="probability targets"):
+        h.ops.cross_entropy(x, np.full((4, 6), 1 / 6, np.float32))
+
+
+@pytest.mark.parametrize("option", [dict(z_loss=1e-4), dict(return_lse=True), dict(class_start=3)])
+def test_unsupported_options_refused(option):
+    from fastce import cuda
+    with pytest.raises(NotImplementedError, match=list(option)[0]):
+        cuda.cross_entropy(None, None, **option)
+    with pytest.raises(TypeError, match="unexpected"):
+        cuda.cross_entropy(None, None, bogus=1)

@@ -1,0 +1,223 @@
+"""The oracle checked: fastce.reference (float64 NumPy) against torch (float64).
+
+Everything else in the suite compares fastce with the reference, so the reference itself
+must agree with torch.  Two documented differences, both contract decisions:
+
+* ``logsumexp`` of a row holding ``+inf``: torch gives ``+inf``, the fastce contract ``nan``
+  (same as the loss of such a row).
+* the gradient of an ignored row whose logits hold nan/inf: torch propagates nan through
+  ``log_softmax``'s backward, the fastce contract says ignored rows have gradient 0.
+"""
+import numpy as np
+import pytest
+
+from conftest import (
+    IGNORE_INDEX,
+    make_logits,
+    make_target,
+    make_weight,
+    shape_id,
+    torch_cross_entropy,
+)
+
+RTOL = 1e-12  # float64 reference vs float64 torch
+ATOL = 1e-13
+
+REDUCTIONS = ("mean", "sum", "none")
+WEIGHTS = (None, "random")
+IGNORES = ("none", "some", "all")
+SMOOTHINGS = (0.0, 0.1, 1.0)
+SHAPES = [(0, 5), (1, 1), (1, 7), (6, 1), (6, 5), (9, 17), (4, 70), (3, 1000)]
+
+pytestmark = pytest.mark.torch
+
+
+def _grad_output(reduction, target, seed=3):
+    if reduction == "none":
+        return np.random.default_rng(seed).uniform(-2, 2, size=np.shape(target))
+    return 0.75
+
+
+def _check(actual, desired, what):
+    np.testing.assert_allclose(actual, desired, rtol=RTOL, atol=ATOL, equal_nan=True,
+                               err_msg=what)
+
+
+# ----------------------------------------------------------------------------- row-wise
+@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (5, 1), (5, 8), (3, 33), (2, 1000)],
+                         ids=shape_id)
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_rowwise_vs_torch(torch, reference, shape, axis):
+    x = make_logits(shape, np.float64)
+    tx = torch.tensor(x)
+    case = f"shape={shape} axis={axis}"
+    _check(reference.logsumexp(x, axis), torch.logsumexp(tx, axis).numpy(), f"logsumexp {case}")
+    _check(reference.log_softmax(x, axis), torch.log_softmax(tx, axis).numpy(),
+           f"log_softmax {case}")
+    _check(reference.softmax(x, axis), torch.softmax(tx, axis).numpy(), f"softmax {case}")
+
+
+def test_rowwise_1d_returns_scalar(reference):
+    x = make_logits((9,), np.float64)
+    lse = reference.logsumexp(x)
+    assert isinstance(lse, np.float64)
+    np.testing.assert_allclose(lse, np.log(np.sum(np.exp(x))), rtol=RTOL)
+    assert reference.log_softmax(x).shape == (9,)
+
+
+def test_rowwise_extremes_vs_torch(torch, reference):
+    x = np.array([
+        [1e4, -1e4, 0.0, 3.0],            # huge spread
+        [-np.inf, 2.0, -np.inf, 1.0],      # masked classes
+        [-np.inf, -np.inf, 5.0, -np.inf],  # one live class
+        [-np.inf] * 4,                     # all masked: lse -inf, log_softmax nan
+        [1.0, np.nan, 2.0, 3.0],           # nan row
+        [-1e4, -1e4, -1e4, -1e4],
+    ])
+    tx = torch.tensor(x)
+    _check(reference.logsumexp(x), torch.logsumexp(tx, 1).numpy(), "logsumexp extremes")
+    _check(reference.log_softmax(x), torch.log_softmax(tx, 1).numpy(), "log_softmax extremes")
+    _check(reference.softmax(x), torch.softmax(tx, 1).numpy(), "softmax extremes")
+    assert reference.logsumexp(x)[3] == -np.inf
+
+
+def test_logsumexp_plus_inf_is_nan(torch, reference):
+    """Contract decision (differs from torch.logsumexp, which returns +inf)."""
+    x = np.array([[1.0, np.inf, 0.0], [0.0, 1.0, 2.0]])
+    lse = reference.logsumexp(x)
+    assert np.isnan(lse[0]) and np.isfinite(lse[1])
+    assert torch.logsumexp(torch.tensor(x), 1)[0].item() == np.inf  # the documented difference
+    assert np.isnan(reference.log_softmax(x)[0]).all()
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("label_smoothing", SMOOTHINGS, ids=lambda e: f"ls={e}")
+@pytest.mark.parametrize("ignore", IGNORES, ids=lambda s: f"ignore={s}")
+@pytest.mark.parametrize("weight_kind", WEIGHTS, ids=lambda w: f"w={w}")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_vs_torch(torch, reference, reduction, weight_kind, ignore,
+                                label_smoothing, shape):
+    n, c = shape
+    x = make_logits(shape, np.float64)
+    t = make_target(n, c, ignore)
+    w = make_weight(c, weight_kind)
+    g = _grad_output(reduction, t)
+    kw = dict(weight=w, ignore_index=IGNORE_INDEX, reduction=reduction,
+              label_smoothing=label_smoothing)
+    case = f"shape={shape} {kw | {'weight': weight_kind}} ignore={ignore}"
+    loss_t, grad_t = torch_cross_entropy(torch, x, t, g, **kw)
+    loss_r, grad_r = reference.cross_entropy_with_grad(x, t, grad_output=g, **kw)
+    _check(loss_r, loss_t, f"loss {case}")
+    _check(grad_r, grad_t, f"grad {case}")
+    _check(reference.cross_entropy(x, t, **kw), loss_r, f"cross_entropy vs with_grad {case}")
+    _check(reference.cross_entropy_backward(x, t, g, **kw), grad_r,
+           f"cross_entropy_backward vs with_grad {case}")
+    if reduction == "none":
+        assert np.shape(loss_r) == (n,)
+    else:
+        assert isinstance(loss_r, np.float64)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_smoothing", SMOOTHINGS, ids=lambda e: f"ls={e}")
+def test_cross_entropy_1d_vs_torch(torch, reference, reduction, label_smoothing):
+    x = make_logits((7,), np.float64)
+    t = np.array(4)
+    g = np.array(-1.5) if reduction == "none" else 2.0
+    kw = dict(weight=make_weight(7, "random"), reduction=reduction,
+              label_smoothing=label_smoothing)
+    loss_t, grad_t = torch_cross_entropy(torch, x, t, g, **kw)
+    loss_r, grad_r = reference.cross_entropy_with_grad(x, t, grad_output=g, **kw)
+    assert np.shape(loss_r) == () and grad_r.shape == (7,)
+    _check(loss_r, loss_t, f"1-D loss {kw}")
+    _check(grad_r, grad_t, f"1-D grad {kw}")
+
+
+@pytest.mark.parametrize("label_smoothing", SMOOTHINGS, ids=lambda e: f"ls={e}")
+def test_cross_entropy_masked_and_nonfinite_vs_torch(torch, reference, label_smoothing):
+    """-inf classes, nan and +inf rows; nothing ignored (see the module docstring)."""
+    x = make_logits((6, 5), np.float64)
+    x[:, 3] = -np.inf           # a masked class everywhere
+    x[1, 0] = np.nan
+    x[4, 2] = np.inf
+    t = np.array([0, 1, 2, 4, 1, 0])
+    kw = dict(reduction="none", label_smoothing=label_smoothing)
+    g = np.ones(6)
+    loss_t, grad_t = torch_cross_entropy(torch, x, t, g, **kw)
+    loss_r, grad_r = reference.cross_entropy_with_grad(x, t, grad_output=g, **kw)
+    _check(loss_r, loss_t, f"loss {kw}")
+    _check(grad_r, grad_t, f"grad {kw}")
+    assert np.isnan(loss_r[[1, 4]]).all() and np.isnan(grad_r[[1, 4]]).all()
+    healthy = [0, 2, 3, 5]
+    assert np.isfinite(grad_r[healthy]).all()
+    # smoothing puts weight on the masked class: torch (and we) give +inf there
+    assert (np.isfinite(loss_r[healthy]) if label_smoothing == 0
+            else np.isposinf(loss_r[healthy])).all()
+
+
+def test_ignored_nonfinite_row_has_zero_grad(torch, reference):
+    """Contract: an ignored row has loss 0 and gradient 0 even if its logits are nan."""
+    x = make_logits((3, 4), np.float64)
+    x[1, 2] = np.nan
+    t = np.array([0, IGNORE_INDEX, 3])
+    loss_r, grad_r = reference.cross_entropy_with_grad(x, t, reduction="none",
+                                                       grad_output=np.ones(3))
+    loss_t, _ = torch_cross_entropy(torch, x, t, np.ones(3), reduction="none")
+    _check(loss_r, loss_t, "loss with an ignored nan row")
+    assert loss_r[1] == 0 and np.all(grad_r[1] == 0) and np.isfinite(grad_r).all()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", WEIGHTS, ids=lambda w: f"w={w}")
+@pytest.mark.parametrize("shape", [(6, 5), (1, 3), (0, 3)], ids=shape_id)
+def test_nll_loss_vs_torch(torch, reference, shape, weight_kind, reduction):
+    n, c = shape
+    logp = reference.log_softmax(make_logits(shape, np.float64))
+    t = make_target(n, c, "some")
+    w = make_weight(c, weight_kind)
+    expected = torch.nn.functional.nll_loss(
+        torch.tensor(logp), torch.tensor(t), weight=None if w is None else torch.tensor(w),
+        reduction=reduction).numpy()
+    _check(reference.nll_loss(logp, t, weight=w, reduction=reduction), expected,
+           f"nll_loss shape={shape} w={weight_kind} {reduction}")
+
+
+# ----------------------------------------------------------------------------- gradient
+@pytest.mark.parametrize("label_smoothing", SMOOTHINGS, ids=lambda e: f"ls={e}")
+@pytest.mark.parametrize("weight_kind", WEIGHTS, ids=lambda w: f"w={w}")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_reference_gradient_finite_differences(reference, reduction, weight_kind,
+                                               label_smoothing):
+    x = make_logits((4, 5), np.float64)
+    t = make_target(4, 5, "some")
+    kw = dict(weight=make_weight(5, weight_kind), reduction=reduction,
+              label_smoothing=label_smoothing)
+    g = _grad_output(reduction, t)
+
+    def objective(z):
+        return float(np.sum(np.asarray(g) * reference.cross_entropy(z, t, **kw)))
+
+    h = 1e-6
+    fd = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = h
+        fd[idx] = (objective(x + e) - objective(x - e)) / (2 * h)
+    np.testing.assert_allclose(reference.cross_entropy_backward(x, t, g, **kw), fd,
+                               rtol=1e-6, atol=1e-8, err_msg=f"finite differences {kw}")
+
+
+# ----------------------------------------------------------------------------- errors
+def test_reference_errors(reference):
+    x = np.zeros((3, 4))
+    with pytest.raises(IndexError, match="4"):
+        reference.cross_entropy(x, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match="reduction"):
+        reference.cross_entropy(x, np.array([0, 1, 1]), reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        reference.cross_entropy(x, np.array([0, 1, 1]), label_smoothing=1.5)
+    with pytest.raises(ValueError, match="shape"):
+        reference.cross_entropy(x, np.array([0, 1]))
+    with pytest.raises(ValueError, match="weight"):
+        reference.cross_entropy(x, np.array([0, 1, 1]), weight=np.ones(3))
