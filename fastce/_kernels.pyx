@@ -199,7 +199,10 @@ cdef RowGeom geom_of(cnp.ndarray arr):
 
 
 cdef inline char *row_addr(const RowGeom *g, int64_t r) noexcept nogil:
-    cdef int64_t a = r // g.B
+    cdef int64_t a
+    if g.B == 1:  # 2-D inputs: no 64-bit division per row
+        return g.base + r * g.sa
+    a = r // g.B
     return g.base + a * g.sa + (r - a * g.B) * g.sb
 
 
@@ -705,6 +708,7 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
     cdef int64_t ys[MAX_LANES]
     cdef double mx[MAX_LANES]
     cdef double sm[MAX_LANES]
+    cdef double logsm[MAX_LANES]
     cdef double wx[MAX_LANES]
     cdef double lse[MAX_LANES]
     cdef double a[MAX_LANES]
@@ -737,6 +741,7 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
             KT.f32.col_stats(xp, xsc, C, nl, <const float *> s.wt, wants_wx(s), mx, sm, wx)
         else:
             KT.f64.col_stats(xp, xsc, C, nl, <const double *> s.wt, wants_wx(s), mx, sm, wx)
+        KT.f64.vlog(sm, logsm, nl)  # one vector log for the block, not a libm call per row
     for l in range(nl):
         r = r0 + l * rstep
         y = ys[l]
@@ -744,7 +749,12 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
             ignore_row(s, r)
             lse[l], a[l], beta[l], gamma[l] = 0.0, 0.0, 0.0, 0.0
             continue
-        lse[l] = stats_lse(mx[l], sm[l]) if s.compute_lse else s.lse[r]
+        if not s.compute_lse:
+            lse[l] = s.lse[r]
+        elif sm[l] == 0.0 and mx[l] == -INFINITY:  # empty or all -inf
+            lse[l] = -INFINITY
+        else:
+            lse[l] = mx[l] + logsm[l]
         yl = owned_class(s, y)
         finish_row(s, r, y, lse[l], xp[yl * xsc + l] if yl >= 0 else 0.0,
                    wx[l] if wants_wx(s) else 0.0, coef)
