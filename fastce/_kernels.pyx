@@ -52,6 +52,9 @@ cdef extern from "fastce/fastce.h" nogil:
         void (*row_exp_affine)(const float *x, float *out, int64_t n, double shift, double a,
                                double beta, const float *w) noexcept nogil
         void (*row_sub_shift)(const float *x, float *out, int64_t n, double shift) noexcept nogil
+        void (*row_fused_stats)(const float *x, float *out, int64_t n, const float *w, int want_wx,
+                                fce_stats *st) noexcept nogil
+        void (*row_scale)(float *out, int64_t n, double a, double beta, const float *w) noexcept nogil
         void (*row_soft_stats)(const float *x, const float *t, int64_t n, const float *w,
                                fce_stats *st) noexcept nogil
         void (*row_soft_grad)(const float *x, const float *t, float *out, int64_t n, double shift,
@@ -79,6 +82,9 @@ cdef extern from "fastce/fastce.h" nogil:
         void (*row_exp_affine)(const double *x, double *out, int64_t n, double shift, double a,
                                double beta, const double *w) noexcept nogil
         void (*row_sub_shift)(const double *x, double *out, int64_t n, double shift) noexcept nogil
+        void (*row_fused_stats)(const double *x, double *out, int64_t n, const double *w, int want_wx,
+                                fce_stats *st) noexcept nogil
+        void (*row_scale)(double *out, int64_t n, double a, double beta, const double *w) noexcept nogil
         void (*row_soft_stats)(const double *x, const double *t, int64_t n, const double *w,
                                fce_stats *st) noexcept nogil
         void (*row_soft_grad)(const double *x, const double *t, double *out, int64_t n, double shift,
@@ -218,6 +224,8 @@ DEF SPLIT_MIN_C = 65536   # rows at least this long are split ...
 DEF SPLIT_MAX_ROWS = 16   # ... when there are fewer than this many
 DEF MAX_LANES = 16
 DEF MIN_WORK_PER_THREAD = 32768  # elements: below this per thread, use fewer threads
+DEF FUSED_MAX_BYTES = 262144     # rows up to this size take the one-exp gradient (three passes,
+                                 # two of them in L2); longer rows take two exps, two passes
 
 DEF OUT_NONE = 0
 DEF OUT_EXP = 1       # out = a * exp(x - lse) - beta * w, then out[y] -= gamma
@@ -601,6 +609,9 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
                 zero_strided(<floating *> row_addr(&s.o, r), s.o.sc, s.C)
         return
     row = load_x(s, r, scratch)
+    if s.out_kind == OUT_EXP and s.compute_lse and s.C * sizeof(floating) <= FUSED_MAX_BYTES:
+        fused_row(s, r, y, row, scratch)
+        return
     if s.compute_lse or wants_wx(s):
         k_stats(row, s.C, s.wt, wants_wx(s), &st)
         wx = st.wx
@@ -614,6 +625,29 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     dst = out_buffer(s, r, scratch)
     k_out(s, row, dst, s.C, lse, coef)
     if yl >= 0 and s.out_kind == OUT_EXP:
+        dst[yl] = dst[yl] - <floating> coef[2]
+    store_out(s, r, dst, row)
+
+
+cdef inline void fused_row(const Sweep *s, int64_t r, int64_t y, const floating *row,
+                           floating *scratch) noexcept nogil:
+    """Softmax / gradient row with one exp per element: e = exp(x - max) is written to the
+    output while summing it, then scaled in cache by a / sum (the row fits in L2)."""
+    cdef int64_t yl = owned_class(s, y)
+    cdef double xy = row[yl] if yl >= 0 else 0.0  # before the output overwrites an in-place row
+    cdef floating *dst = out_buffer(s, r, scratch)
+    cdef fce_stats st
+    cdef double coef[3]
+    if floating is float:
+        KT.f32.row_fused_stats(row, dst, s.C, <const float *> s.wt, wants_wx(s), &st)
+    else:
+        KT.f64.row_fused_stats(row, dst, s.C, <const double *> s.wt, wants_wx(s), &st)
+    finish_row(s, r, y, stats_lse(st.max, st.sum), xy, st.wx, coef)
+    if floating is float:
+        KT.f32.row_scale(dst, s.C, coef[0] / st.sum, coef[1], <const float *> s.wt)
+    else:
+        KT.f64.row_scale(dst, s.C, coef[0] / st.sum, coef[1], <const double *> s.wt)
+    if yl >= 0:
         dst[yl] = dst[yl] - <floating> coef[2]
     store_out(s, r, dst, row)
 

@@ -1279,5 +1279,11 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+def cli():
+    """Console entry point ``fastce-bench``: run :func:`main`, exit status 0."""
+    main()
+    return 0
+
+
 if __name__ == "__main__":
     main()

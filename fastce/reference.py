@@ -45,10 +45,13 @@ def logsumexp(x, axis=-1):
     -------
     numpy.ndarray or numpy.float64
         ``x.shape`` without ``axis``; a scalar for 1-D input.  A row of all ``-inf``
-        gives ``-inf``; a row holding ``nan`` or ``+inf`` gives ``nan``.
+        gives ``-inf``; a row holding ``nan`` gives ``nan``; a row holding ``+inf`` and no
+        ``nan`` gives ``+inf`` (as NumPy, SciPy and torch).
     """
     x = np.asarray(x, dtype=np.float64)
     lse = _lse_keepdims(x, axis)
+    posinf = np.isposinf(x).any(axis=axis, keepdims=True) & ~np.isnan(x).any(axis=axis, keepdims=True)
+    lse = np.where(posinf, np.inf, lse)
     return _squeeze(lse, axis)
 
 

@@ -43,14 +43,18 @@ def test_c_kernels_every_isa():
         timeout=1800,
     )
     out = proc.stdout
-    print(out)  # shown with -s, -rP, or in the captured output of a failure
+    log = RUN_SH.parent / "build" / "run.log"
+    try:
+        log.write_text(out)
+    except OSError:
+        log = None
     if proc.returncode != 0:
         lines = out.splitlines()
         fails = [ln for ln in lines if ln.startswith("FAIL")]
         summary = [ln for ln in lines if not ln.startswith("FAIL")]
         shown = "\n".join(fails[:60] + (["... (%d FAIL lines in all)" % len(fails)] if len(fails) > 60 else []))
         pytest.fail(
-            "tests/c/run.sh exited with %d\n--- FAIL lines ---\n%s\n--- summary ---\n%s"
-            % (proc.returncode, shown, "\n".join(summary[-40:])),
+            "tests/c/run.sh exited with %d (full output: %s)\n--- FAIL lines ---\n%s\n--- summary ---\n%s"
+            % (proc.returncode, log or "not saved", shown, "\n".join(summary[-40:])),
             pytrace=False,
         )

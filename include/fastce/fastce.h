@@ -26,6 +26,9 @@ typedef struct {
         void (*row_exp_affine)(const T *x, T *out, int64_t n, double shift, double a,          \
                                double beta, const T *w);                                       \
         void (*row_sub_shift)(const T *x, T *out, int64_t n, double shift);                    \
+        void (*row_fused_stats)(const T *x, T *out, int64_t n, const T *w, int want_wx,        \
+                                fce_stats *st);                                                \
+        void (*row_scale)(T *out, int64_t n, double a, double beta, const T *w);               \
         void (*row_soft_stats)(const T *x, const T *t, int64_t n, const T *w, fce_stats *st);  \
         void (*row_soft_grad)(const T *x, const T *t, T *out, int64_t n, double shift,         \
                               double a, double beta, double delta, const T *w);                \

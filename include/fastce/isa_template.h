@@ -31,6 +31,7 @@
 #define FCE__STR(x) FCE__STR_(x)
 #define FCE__TABLE(DT) \
     { fce_##DT##_row_stats, fce_##DT##_row_exp_affine, fce_##DT##_row_sub_shift,                         \
+      fce_##DT##_row_fused_stats, fce_##DT##_row_scale,                                                  \
       fce_##DT##_row_soft_stats, fce_##DT##_row_soft_grad,                                               \
       fce_##DT##_row_softcap, fce_##DT##_row_softcap_grad, fce_##DT##_vtanh,                             \
       FCE_##DT##_LANES, fce_##DT##_col_stats, fce_##DT##_col_exp_affine, fce_##DT##_col_sub_shift,       \

@@ -15,10 +15,11 @@
  * exp_affine    out = a * exp(x - shift) - beta * w (w = 1 when NULL): softmax, and the
  *               cross-entropy gradient rows. out may alias x (in-place gradients).
  * sub_shift     out = x - shift: log-softmax rows.
+ * fused_stats + scale   the gradient rows of in-cache rows with one exp per element.
  * col_*         the same three for blocks of FCE_VN rows held side by side (see below).
  * soft_*        stats and gradient rows for probability targets (see below).
- * Shifts arrive in float64 and are applied as hi + lo float pairs, so a float32 row is
- * shifted by the exact float64 value up to the final rounding. */
+ * Shifts arrive in float64 and are applied as (x - hi) - lo with hi + lo the float64
+ * value: two roundings, so a float32 log-softmax is within 1 ulp of x - shift. */
 
 #if FCE_IS_F32
 #define FCE_LOWEST (-3.40282347e38f)
@@ -172,6 +173,88 @@ static void FN(row_sub_shift)(const FCE_T *x, FCE_T *out, int64_t n, double shif
 FCE__ELEMENTWISE(vexp, FN(exp))
 FCE__ELEMENTWISE(vlog, FN(log))
 #undef FCE__ELEMENTWISE
+
+/* ---- fused gradient rows with one exp per element -------------------------------------
+ * fused_stats   pass 1 reads the row for its exact max (and sum w*x); pass 2 writes
+ *               e = exp(x - max) to out while summing it: st as row_stats, with an exact
+ *               max. out may alias x (in place): read x[y] before calling.
+ * scale         pass 3, in cache: out = a * out - beta * w, so out = a/sum * e - beta w
+ *               is the gradient row without a second exp. */
+static void FN(row_fused_stats)(const FCE_T *x, FCE_T *out, int64_t n, const FCE_T *w, int want_wx,
+                                fce_stats *st) {
+    V m0 = VOP(set1)(FCE_LOWEST), m1 = m0;
+    ACC wx = AOP(zero)();
+    const V one = VOP(set1)((FCE_T)1);
+    int64_t i = 0;
+    for (; i + 2 * FCE_VN <= n; i += 2 * FCE_VN) {
+        const V x0 = VOP(loadu)(x + i), x1 = VOP(loadu)(x + i + FCE_VN);
+        m0 = VOP(max)(m0, x0);
+        m1 = VOP(max)(m1, x1);
+        if (want_wx)
+            wx = AOP(add)(wx, w ? VOP(fma)(x0, VOP(loadu)(w + i), VOP(mul)(x1, VOP(loadu)(w + i + FCE_VN)))
+                                : VOP(add)(x0, x1));
+    }
+    for (; i < n; i += FCE_VN) {
+        const int64_t r = n - i < FCE_VN ? n - i : FCE_VN;
+        const V xv = r == FCE_VN ? VOP(loadu)(x + i) : VOP(load_tail)(x + i, r, (FCE_T)-INFINITY);
+        m0 = VOP(max)(m0, xv);
+        if (want_wx) {
+            const V xz = r == FCE_VN ? xv : VOP(load_tail)(x + i, r, (FCE_T)0);
+            const V wz = w ? (r == FCE_VN ? VOP(loadu)(w + i) : VOP(load_tail)(w + i, r, (FCE_T)0)) : one;
+            wx = AOP(add)(wx, VOP(mul)(xz, wz));
+        }
+    }
+    const FCE_T gm = VOP(hmax)(VOP(max)(m0, m1));
+    /* all -inf: shift by 0 so exp gives 0, not exp(-inf + inf) = nan; the sum is then 0 */
+    const V mv = VOP(set1)(gm == FCE_LOWEST ? (FCE_T)0 : gm);
+    ACC s = AOP(zero)();
+    i = 0;
+    for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
+        V e[4];
+        for (int k = 0; k < 4; k++) e[k] = FN(exp)(VOP(sub)(VOP(loadu)(x + i + k * FCE_VN), mv));
+        for (int k = 0; k < 4; k++) VOP(storeu)(out + i + k * FCE_VN, e[k]);
+        s = AOP(add)(s, VOP(add)(VOP(add)(e[0], e[1]), VOP(add)(e[2], e[3])));
+    }
+    for (; i < n; i += FCE_VN) {
+        const int64_t r = n - i < FCE_VN ? n - i : FCE_VN;
+        if (r == FCE_VN) {
+            const V e = FN(exp)(VOP(sub)(VOP(loadu)(x + i), mv));
+            VOP(storeu)(out + i, e);
+            s = AOP(add)(s, e);
+        } else {
+            const V e = FN(exp)(VOP(sub)(VOP(load_tail)(x + i, r, (FCE_T)-INFINITY), mv));
+            VOP(store_tail)(out + i, r, e);
+            s = AOP(add)(s, e);
+        }
+    }
+    st->wx = want_wx ? AOP(hsum)(wx) : 0.0;
+    st->wtx = st->wts = 0.0;
+    st->sum = AOP(hsum)(s);
+    /* a true lowest-finite max has sum >= 1; otherwise every score was -inf (or nan) */
+    st->max = (gm == FCE_LOWEST && !(st->sum >= 1.0)) ? -INFINITY : (double)gm;
+}
+
+static inline void FN(scale_impl)(FCE_T *out, int64_t n, double a, double beta, const FCE_T *w,
+                                  const int has_beta) {
+    const V av = VOP(set1)((FCE_T)a), bv = VOP(set1)((FCE_T)beta), one = VOP(set1)((FCE_T)1);
+    int64_t i = 0;
+    for (; i + FCE_VN <= n; i += FCE_VN) {
+        V y = VOP(mul)(av, VOP(loadu)(out + i));
+        if (has_beta) y = VOP(sub)(y, VOP(mul)(bv, w ? VOP(loadu)(w + i) : one));
+        VOP(storeu)(out + i, y);
+    }
+    if (i < n) {
+        const int64_t r = n - i;
+        V y = VOP(mul)(av, VOP(load_tail)(out + i, r, (FCE_T)0));
+        if (has_beta) y = VOP(sub)(y, VOP(mul)(bv, w ? VOP(load_tail)(w + i, r, (FCE_T)0) : one));
+        VOP(store_tail)(out + i, r, y);
+    }
+}
+
+static void FN(row_scale)(FCE_T *out, int64_t n, double a, double beta, const FCE_T *w) {
+    if (beta != 0.0) FN(scale_impl)(out, n, a, beta, w, 1);
+    else FN(scale_impl)(out, n, a, 0.0, NULL, 0);
+}
 
 /* ---- probability targets t (a second stream, same length as the row) -----------------
  * soft_stats    row_stats with w*x always, plus wtx = sum w t x and wts = sum w t
