@@ -517,11 +517,11 @@ def nll_loss_backward(log_probs, target, grad_output=1.0, *, weight=None, ignore
         with np.errstate(divide="ignore", invalid="ignore"):
             g0 = float(np.float64(g0) / np.float64(call.mean_normaliser()))
     grad = out if out is not None else np.empty(call.x.shape, dtype=call.x.dtype)
-    grad[...] = 0
     rows, cls, pos = _nll_picks(call)
     w = call.wd[cls] if call.wd is not None else 1.0
     g = g_rows[rows] if g_rows is not None else g0
-    grad3, copy_to = V.writable_rows3(grad, call.axis)
+    grad3, copy_to = V.writable_rows3(grad, call.axis)  # a view of grad, or a temporary
+    grad3[...] = 0
     grad3[rows // pos, cls, rows % pos] = -w * g
     if copy_to is not None:
         np.copyto(copy_to, grad3.reshape(copy_to.shape))

@@ -52,7 +52,11 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def torch():
-    return require_torch()
+    torch = require_torch()
+    # torch's OpenMP pool spins after each call and starves fastce's threads (and the other
+    # way round) on small machines; the oracle does not need threads
+    torch.set_num_threads(1)
+    return torch
 
 
 # ----------------------------------------------------------------------------- reference

@@ -183,3 +183,87 @@ def test_tail_computes_like_body(func, dtype, isa):
 def test_isa_fixture_switches_kernels(isa):
     """Guard for the fixture above: the active path is the parametrised one."""
     assert fastce.get_isa() == isa and isa in fastce.supported_isas()
+
+
+# ----------------------------------------------------------------------------- tanh
+# Contract (vmath_impl.h, used by softcap): float32 <= 4 ulp, float64 <= 16 ulp for all x;
+# +-inf -> +-1, nan -> nan.  Odd: tanh(-x) == -tanh(x) bit for bit.  Observed: tanh(-0.0)
+# gives +0.0 (IEEE would keep -0.0); harmless for softcap, so only "== 0" is required.
+TANH_MAX_ULP = {np.float32: 4.0, np.float64: 16.0 if LONGDOUBLE_WIDER else 17.0}
+
+
+@functools.lru_cache(maxsize=None)
+def tanh_points(dtype):
+    """A dense sweep of [-20, 20], both sides of the switch between the Taylor polynomial
+    and 1 - 2 / (exp(2|x|) + 1) (|x| = 0.4 for float32, 0.1 for float64), small |x| down
+    to 1e-30 (and subnormals), and the saturation region."""
+    rng = np.random.default_rng(4)
+    tiny = np.logspace(-30, 0, 200_000)
+    parts = [
+        np.linspace(-20, 20, N_POINTS),
+        rng.uniform(-20, 20, N_POINTS // 4),
+        np.linspace(0.05, 0.6, 500_000),
+        tiny, -tiny,
+        np.array([np.finfo(dtype).smallest_subnormal, np.finfo(dtype).smallest_normal, 0.1, 0.4,
+                  9.0, 10.0, 19.0, 20.0, 50.0, 1e4, float(np.finfo(dtype).max)]),
+    ]
+    x = np.concatenate(parts).astype(dtype)
+    return np.concatenate([x, -x])
+
+
+@functools.lru_cache(maxsize=None)
+def tanh_true_values(dtype):
+    x = tanh_points(dtype)
+    if dtype is np.float32:
+        ref = np.tanh(x.astype(np.float64))
+        ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    else:
+        wide = np.longdouble if LONGDOUBLE_WIDER else np.float64
+        ref = np.tanh(x.astype(wide))
+        ulp = np.spacing(np.abs(ref).astype(np.float64)).astype(wide)
+    return x, ref, ulp
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_tanh_accuracy(dtype, isa):
+    x, ref, ulp = tanh_true_values(dtype)
+    y = _kernels.vtanh(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert np.isfinite(y).all() and (np.abs(y) <= 1).all(), \
+        f"tanh {np.dtype(dtype).name} isa={isa}: a result outside [-1, 1]"
+    err = np.abs(y.astype(ref.dtype) - ref) / ulp
+    msg = _report("tanh", dtype, isa, x, y, ref, err)
+    print(msg)
+    bound = TANH_MAX_ULP[dtype]
+    assert float(err.max()) <= bound, f"{msg} (contract: <= {bound} ulp)"
+    half = x.size // 2  # x[half:] == -x[:half]
+    np.testing.assert_array_equal(y[half:], -y[:half],
+                                  err_msg=f"tanh {np.dtype(dtype).name} isa={isa}: not odd")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_tanh_special_values(dtype, isa):
+    inf, nan = np.inf, np.nan
+    finfo = np.finfo(dtype)
+    cases = {inf: 1.0, -inf: -1.0, nan: nan, float(finfo.max): 1.0, float(-finfo.max): -1.0,
+             1e-30: 1e-30, -1e-30: -1e-30, float(finfo.smallest_subnormal): float(finfo.smallest_subnormal)}
+    x = np.array(list(cases), dtype=dtype)
+    _assert_same(_kernels.vtanh(x), np.array(list(cases.values()), dtype=dtype),
+                 f"tanh special values, {np.dtype(dtype).name} isa={isa}, inputs {x!r}")
+    zeros = _kernels.vtanh(np.array([0.0, -0.0], dtype=dtype))
+    assert (zeros == 0).all(), f"tanh(+-0) = {zeros!r}, isa={isa}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_tanh_tail_computes_like_body(dtype, isa):
+    """Every length 0..70 and offset gives the bits of the full vector; input untouched."""
+    x = np.random.default_rng(5).uniform(-3, 3, 70).astype(dtype)
+    x_before = x.copy()
+    full = _kernels.vtanh(x)
+    for n in range(71):
+        for start in (0, 1, 3):
+            if start + n <= 70:
+                np.testing.assert_array_equal(
+                    _kernels.vtanh(x[start:start + n]), full[start:start + n],
+                    err_msg=f"vtanh {np.dtype(dtype).name} isa={isa}: x[{start}:{start + n}]")
+    np.testing.assert_array_equal(x, x_before, err_msg="vtanh modified its input")
