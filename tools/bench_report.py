@@ -22,6 +22,8 @@ import json
 import math
 import sys
 
+from fastce.bench import format_ms as fmt_ms, format_ratio as fmt_ratio  # one formatting for both tools
+
 TITLES = {
     "ce-fwd": "cross_entropy forward (reduction='mean')",
     "ce-fwdbwd": "cross_entropy forward + backward (loss and gradient of the logits)",
@@ -52,30 +54,6 @@ def _impl_rank(impl):
         return (IMPL_ORDER.index(impl), impl)
     family = next((k for k, f in enumerate(("fastce", "torch", "numpy")) if impl.startswith(f)), 3)
     return (len(IMPL_ORDER) + family, impl)
-
-
-def fmt_ms(ms):
-    """Milliseconds with about three significant digits; ``-`` when missing."""
-    if ms is None or not math.isfinite(ms):
-        return "-"
-    if ms >= 99.95:
-        return f"{ms:.0f}"
-    if ms >= 9.995:
-        return f"{ms:.1f}"
-    if ms >= 0.9995:
-        return f"{ms:.2f}"
-    return f"{ms:.3g}"
-
-
-def fmt_ratio(r):
-    """A ratio as ``12.3x``; ``-`` when missing."""
-    if r is None or not math.isfinite(r):
-        return "-"
-    if r >= 99.95:
-        return f"{r:.0f}x"
-    if r >= 9.995:
-        return f"{r:.1f}x"
-    return f"{r:.2f}x"
 
 
 def load(path, stat="median"):
