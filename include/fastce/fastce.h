@@ -11,7 +11,9 @@
 #include "fastce/half.h"
 
 /* Summary of a row (or of a piece of one): sum = sum_c exp(x_c - max); wx = sum_c w_c x_c.
- * An empty or all -inf row has max = -inf and sum = 0. lse = max + log(sum). */
+ * max is a reference point, not always the row maximum (row_stats moves it lazily, so it
+ * may sit up to 16 below; sum then exceeds 1): only lse = max + log(sum) is meaningful.
+ * An empty or all -inf row has max = -inf and sum = 0 (nan among -inf: sum = nan). */
 typedef struct {
     double max;
     double sum;
