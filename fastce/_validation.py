@@ -238,21 +238,27 @@ def as_weight(weight, n_classes, dtype):
     return np.ascontiguousarray(w, dtype=dtype), wd
 
 
-def as_grad_output(grad_output, reduction, target_shape):
-    """``(scalar, None)`` for 'mean'/'sum', ``(None, per-row float64 array)`` for 'none'."""
+def _checked_grad_output(grad_output, reduction, shape, what):
+    """``(float, None)`` for 'mean'/'sum', ``(None, ndarray of shape)`` for 'none'."""
     if _is_cupy(grad_output):
         raise TypeError("grad_output is a CuPy array but logits is not: mix of CuPy and NumPy")
     g = np.asarray(grad_output)
     if g.dtype == np.bool_ or not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
         raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
     if reduction == "none":
-        if g.shape != tuple(target_shape):
-            raise ValueError(f"grad_output must have the shape of the per-row loss {tuple(target_shape)} "
-                             f"for reduction='none', got {g.shape}")
-        return None, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+        if g.shape != tuple(shape):
+            raise ValueError(f"grad_output must have {what} {tuple(shape)} for reduction='none', "
+                             f"got {g.shape}")
+        return None, g
     if g.ndim != 0:
         raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
     return float(g), None
+
+
+def as_grad_output(grad_output, reduction, target_shape):
+    """``(scalar, None)`` for 'mean'/'sum', ``(None, per-row float64 array)`` for 'none'."""
+    g0, g = _checked_grad_output(grad_output, reduction, target_shape, "the shape of the per-row loss")
+    return g0, None if g is None else np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
 
 
 def _overlaps(a, b):
@@ -383,19 +389,8 @@ def as_elementwise_grad_output(grad_output, reduction, shape, dtype):
     """Upstream gradient of an elementwise loss: ``(float, None)`` for 'mean'/'sum', or
     ``(None, array of the logits' shape in dtype)`` for 'none' (a copy only when the dtype
     differs; any layout)."""
-    if _is_cupy(grad_output):
-        raise TypeError("grad_output is a CuPy array but logits is not: mix of CuPy and NumPy")
-    g = np.asarray(grad_output)
-    if g.dtype == np.bool_ or not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
-        raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
-    if reduction == "none":
-        if g.shape != tuple(shape):
-            raise ValueError(f"grad_output must have the logits' shape {tuple(shape)} for "
-                             f"reduction='none', got {g.shape}")
-        return None, g.astype(dtype, copy=False)
-    if g.ndim != 0:
-        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
-    return float(g), None
+    g0, g = _checked_grad_output(grad_output, reduction, shape, "the logits' shape")
+    return g0, None if g is None else g.astype(dtype, copy=False)
 
 
 def check_inplace_inputs(logits, inputs):

@@ -229,3 +229,24 @@ def torch_cross_entropy(torch, logits, target, grad_output=1.0, *, weight=None,
     loss.backward(torch.as_tensor(np.asarray(grad_output, dtype=x.detach().numpy().dtype)
                                   ).reshape(loss.shape))
     return loss.detach().numpy(), x.grad.numpy()
+
+
+# ----------------------------------------------------------------------------- checks
+def check_results(res, loss_want, grad_want, dtype, target_shape, reduction, tol, desc,
+                  logits_shape):
+    """Compare every entry point's loss and gradient with the expected ones."""
+    for name, (loss, grad) in res.items():
+        what = f"{name}: {desc}"
+        if loss is not None:
+            if reduction == "none":
+                assert isinstance(loss, np.ndarray) and loss.shape == target_shape, \
+                    f"{what}: 'none' loss {type(loss)} {np.shape(loss)}, want {target_shape}"
+                assert loss.dtype == dtype, f"{what}: loss dtype {loss.dtype}"
+            else:
+                assert type(loss) is dtype, f"{what}: loss type {type(loss)}, want NumPy {dtype}"
+            assert_close(loss, loss_want, what=f"loss of {what}", **tol["loss"])
+        if grad is not None:
+            assert isinstance(grad, np.ndarray) and grad.dtype == dtype, \
+                f"{what}: grad {type(grad)} {getattr(grad, 'dtype', None)}"
+            assert grad.shape == logits_shape, f"{what}: grad shape {grad.shape}"
+            assert_close(grad, grad_want, what=f"grad of {what}", scale_atol=True, **tol["grad"])

@@ -16,6 +16,7 @@ from conftest import (
     IGNORE_INDEX,
     LAYOUTS,
     assert_close,
+    check_results,
     dtype_id,
     make_logits,
     make_target,
@@ -95,26 +96,6 @@ def run_all(x, t, g, kw, n_threads=None):
         if a is not None:
             np.testing.assert_array_equal(a, b, err_msg=f"{name} was modified by a call")
     return res
-
-
-def check_results(res, loss_want, grad_want, dtype, target_shape, reduction, tol, desc,
-                  logits_shape):
-    """Compare every entry point's loss and gradient with the expected ones."""
-    for name, (loss, grad) in res.items():
-        what = f"{name}: {desc}"
-        if loss is not None:
-            if reduction == "none":
-                assert isinstance(loss, np.ndarray) and loss.shape == target_shape, \
-                    f"{what}: 'none' loss {type(loss)} {np.shape(loss)}, want {target_shape}"
-                assert loss.dtype == dtype, f"{what}: loss dtype {loss.dtype}"
-            else:
-                assert type(loss) is dtype, f"{what}: loss type {type(loss)}, want NumPy {dtype}"
-            assert_close(loss, loss_want, what=f"loss of {what}", **tol["loss"])
-        if grad is not None:
-            assert isinstance(grad, np.ndarray) and grad.dtype == dtype, \
-                f"{what}: grad {type(grad)} {getattr(grad, 'dtype', None)}"
-            assert grad.shape == logits_shape, f"{what}: grad shape {grad.shape}"
-            assert_close(grad, grad_want, what=f"grad of {what}", scale_atol=True, **tol["grad"])
 
 
 def check_vs_reference(reference, x, t, g, kw, desc, n_threads=None):

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 import fastce
-from conftest import IGNORE_INDEX, assert_close, dtype_id, make_weight, require_torch
+from conftest import (IGNORE_INDEX, assert_close, check_results, dtype_id, make_weight,
+                      require_torch)
 
 pytestmark = pytest.mark.torch
 
@@ -173,22 +174,8 @@ def run_fastce(x, t, g, kw, n_threads=None):
 
 def check_vs_torch(res, loss_want, grad_want, dtype, shape, reduction, desc):
     """Types, shapes and values of every entry point's loss and gradient."""
-    tshape = target_shape(shape)
-    for name, (loss, grad) in res.items():
-        what = f"{name}: {desc}"
-        if loss is not None:
-            if reduction == "none":
-                assert isinstance(loss, np.ndarray) and loss.shape == tshape, \
-                    f"{what}: 'none' loss is {type(loss).__name__} {np.shape(loss)}, want {tshape}"
-                assert loss.dtype == dtype, f"{what}: loss dtype {loss.dtype}"
-            else:
-                assert type(loss) is dtype, f"{what}: loss type {type(loss)}, want NumPy {dtype}"
-            assert_close(loss, loss_want, what=f"loss of {what}", **TOL[dtype]["loss"])
-        if grad is not None:
-            assert isinstance(grad, np.ndarray) and grad.dtype == dtype and grad.shape == shape, \
-                f"{what}: grad {type(grad).__name__} {getattr(grad, 'dtype', None)} {np.shape(grad)}"
-            assert_close(grad, grad_want, what=f"grad of {what}", scale_atol=True,
-                         **TOL[dtype]["grad"])
+    check_results(res, loss_want, grad_want, dtype, target_shape(shape), reduction, TOL[dtype],
+                  desc, shape)
 
 
 def describe(dtype, shape, kind, weight, ignore, reduction, label_smoothing, ignore_index,
