@@ -130,3 +130,53 @@ def test_gpu_results_match_torch(data):
     np.testing.assert_allclose(float(loss), tl.item(), rtol=1e-5)
     np.testing.assert_allclose(cp.asnumpy(g), leaf.grad.cpu().numpy(), rtol=1e-4,
                                atol=1e-6 * float(leaf.grad.abs().max()))
+
+
+# ------------------------------------------------------------------ option forms, fwd+bwd
+FORMS = ["float16", "probabilities", "zloss-softcap"]
+
+
+def _form_inputs(form, x, y):
+    """fastce's inputs and keyword arguments for one option form."""
+    if form == "float16":
+        return x.astype(cp.float16), y, {}
+    if form == "probabilities":
+        p = cp.exp(x - x.max(axis=1, keepdims=True))
+        return x, p / p.sum(axis=1, keepdims=True), {}
+    return x, y, dict(z_loss=1e-4, softcap=30.0)
+
+
+def _torch_form_step(torch, form, leaf, target):
+    """One torch fwd+bwd of the same loss (eager: torch has no fused z-loss/softcap)."""
+    F = torch.nn.functional
+    if form != "zloss-softcap":
+        return lambda: F.cross_entropy(leaf, target).backward()
+
+    def step():
+        xc = 30.0 * torch.tanh(leaf / 30.0)
+        (F.cross_entropy(xc, target) + 1e-4 * torch.logsumexp(xc, 1).square().mean()).backward()
+    return step
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("impl", ["fastce-inplace", "torch-autograd"])
+def test_gpu_options_fwdbwd(benchmark, data, form, impl):
+    shape, x, y, _, _ = data
+    xf, target, kw = _form_inputs(form, x, y)
+    _info(benchmark, shape, f"fwdbwd-{form}", impl, xf)
+    if impl == "fastce-inplace":
+        scratch = cp.empty_like(xf)
+        fastce.cross_entropy_with_grad(cp.copy(xf), target, inplace=True, **kw)  # compile
+        _run(benchmark, lambda: fastce.cross_entropy_with_grad(scratch, target, inplace=True, **kw),
+             setup=lambda: cp.copyto(scratch, xf))
+        return
+    torch = _torch_cuda()
+    if torch is None:
+        pytest.skip("torch with CUDA is not available")
+    leaf = torch.from_dlpack(xf).detach().requires_grad_(True)
+    step = _torch_form_step(torch, form, leaf, torch.from_dlpack(target))
+
+    def run():
+        leaf.grad = None
+        step()
+    _run(benchmark, run)

@@ -338,25 +338,15 @@ _LSE_RETURN = """lse : ndarray of float64, target's shape (only with ``return_ls
         Each row's log-sum-exp (nan for ignored rows)."""
 
 
-def _gpu_options(z_loss=0.0, lse=None, return_lse=False, class_start=0, num_classes=None,
-                 softcap=None, grad_dtype=None):
-    """Options the CuPy path does not take yet: passed on only when set, so it can refuse them."""
-    defaults = dict(z_loss=0.0, lse=None, return_lse=False, class_start=0, num_classes=None,
-                    softcap=None, grad_dtype=None)
-    given = dict(z_loss=z_loss, lse=lse, return_lse=return_lse, class_start=class_start,
-                 num_classes=num_classes, softcap=softcap, grad_dtype=grad_dtype)
-    return {k: v for k, v in given.items() if v is not defaults[k] and not (
-        isinstance(v, (int, float, bool)) and v == defaults[k])}
-
-
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None, return_lse=False, class_start=0,
                   num_classes=None, n_threads=None):
-    twin = _cuda_dispatch("cross_entropy", logits, target, weight)
+    twin = _cuda_dispatch("cross_entropy", logits, target, weight, lse)
     if twin:
         return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                    label_smoothing=label_smoothing, n_threads=n_threads,
-                    **_gpu_options(z_loss, lse, return_lse, class_start, num_classes, softcap))
+                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, lse=lse,
+                    return_lse=return_lse, class_start=class_start, num_classes=num_classes,
+                    n_threads=n_threads)
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
                    z_loss=z_loss, lse=lse, class_start=class_start, num_classes=num_classes,
                    softcap=softcap)
@@ -386,12 +376,13 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
                             label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None, return_lse=False,
                             class_start=0, num_classes=None, grad_output=1.0, out=None,
                             inplace=False, grad_dtype=None, n_threads=None):
-    twin = _cuda_dispatch("cross_entropy_with_grad", logits, target, weight, out)
+    twin = _cuda_dispatch("cross_entropy_with_grad", logits, target, weight, lse, out)
     if twin:
         return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                    label_smoothing=label_smoothing, grad_output=grad_output, out=out,
-                    inplace=inplace, n_threads=n_threads,
-                    **_gpu_options(z_loss, lse, return_lse, class_start, num_classes, softcap, grad_dtype))
+                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, lse=lse,
+                    return_lse=return_lse, class_start=class_start, num_classes=num_classes,
+                    grad_output=grad_output, out=out, inplace=inplace, grad_dtype=grad_dtype,
+                    n_threads=n_threads)
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
                    inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
                    num_classes=num_classes, grad_dtype=grad_dtype, softcap=softcap)
@@ -425,12 +416,12 @@ def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, igno
                            reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None,
                            class_start=0, num_classes=None, out=None, inplace=False,
                            grad_dtype=None, n_threads=None):
-    twin = _cuda_dispatch("cross_entropy_backward", logits, target, weight, out)
+    twin = _cuda_dispatch("cross_entropy_backward", logits, target, weight, lse, out)
     if twin:
         return twin(logits, target, grad_output, weight=weight, ignore_index=ignore_index,
-                    reduction=reduction, label_smoothing=label_smoothing, out=out,
-                    inplace=inplace, n_threads=n_threads,
-                    **_gpu_options(z_loss, lse, False, class_start, num_classes, softcap, grad_dtype))
+                    reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                    softcap=softcap, lse=lse, class_start=class_start, num_classes=num_classes,
+                    out=out, inplace=inplace, grad_dtype=grad_dtype, n_threads=n_threads)
     call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
                    inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
                    num_classes=num_classes, grad_dtype=grad_dtype, softcap=softcap)
@@ -510,6 +501,10 @@ def nll_loss_backward(log_probs, target, grad_output=1.0, *, weight=None, ignore
     ndarray
         The gradient, log_probs' shape and dtype.
     """
+    twin = _cuda_dispatch("nll_loss_backward", log_probs, target, weight, out)
+    if twin:
+        return twin(log_probs, target, grad_output, weight=weight, ignore_index=ignore_index,
+                    reduction=reduction, out=out)
     call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None, out=out,
                    allow_soft=False, logits_name="log_probs")
     g0, g_rows = V.as_grad_output(grad_output, call.reduction, call.target_shape)
@@ -573,10 +568,12 @@ class CrossEntropyLoss:
     def __call__(self, logits, target):
         twin = _cuda_dispatch("cross_entropy", logits, target, self.weight)
         if twin:
-            self._saved = ("cuda", logits, target)
-            return twin(logits, target, weight=self.weight, ignore_index=self.ignore_index,
-                        reduction=self.reduction, label_smoothing=self.label_smoothing,
-                        **_gpu_options(self.z_loss, softcap=self.softcap or None))
+            loss, lse = twin(logits, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             z_loss=self.z_loss, softcap=self.softcap or None, return_lse=True,
+                             n_threads=self.n_threads)
+            self._saved = ("cuda", logits, target, lse)  # backward reuses the lse
+            return loss
         call = _CECall(logits, target, self.weight, self.ignore_index, self.reduction,
                        self.label_smoothing, self.n_threads, z_loss=self.z_loss,
                        softcap=self.softcap or None)
@@ -607,12 +604,16 @@ class CrossEntropyLoss:
         if self._saved is None:
             raise RuntimeError("backward() called before the loss was computed: call the criterion first")
         if self._saved[0] == "cuda":
-            _, logits, target = self._saved
+            _, logits, target, lse = self._saved
             from . import cuda
-            return cuda.cross_entropy_backward(
+            grad = cuda.cross_entropy_backward(
                 logits, target, grad_output, weight=self.weight, ignore_index=self.ignore_index,
-                reduction=self.reduction, label_smoothing=self.label_smoothing, out=out,
-                inplace=inplace, **_gpu_options(self.z_loss, softcap=self.softcap or None))
+                reduction=self.reduction, label_smoothing=self.label_smoothing,
+                z_loss=self.z_loss, softcap=self.softcap or None, lse=lse, out=out,
+                inplace=inplace, n_threads=self.n_threads)
+            if inplace:
+                self._saved = None  # the logits are gone
+            return grad
         _, logits, call = self._saved
         if inplace:
             V.check_inplace(logits, out)

@@ -275,3 +275,220 @@ def check_deterministic(h, dtype):
 
 __all__ = [n for n in dir() if n.startswith("check_")] + ["ROW_SHAPES", "LONG_SHAPES", "DTYPES",
                                                            "IGNORE_INDEX", "layout_on", "tol"]
+
+
+# ------------------------------------------------------------------ LLM options, probabilities, half
+# Oracle: the CPU path (fastce on NumPy arrays; itself checked against torch, finite
+# differences and the float64 reference in test_llm_options.py), plus identities that do
+# not depend on it (shares add up, one-hot probabilities equal class indices, lse).
+def _cpu():
+    import fastce
+    return fastce
+
+
+def _dev_kw(h, kw):
+    return {k: (h.dev(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+
+
+def check_against_cpu(h, x, y, layout="C", *, grad=True, out_tol=None, **kw):
+    """Loss, gradient and lse of the GPU path equal the CPU path's, for any options."""
+    cpu = _cpu()
+    t = out_tol or tol(np.float32 if x.dtype.itemsize <= 4 else np.float64)
+    gkw = {k: kw.pop(k) for k in ("grad_dtype",) if k in kw}  # gradient-only options
+    case = dict(**gkw, shape=x.shape, dtype=x.dtype.name, layout=layout,
+                **{k: (v if not isinstance(v, np.ndarray) else f"array{v.shape}") for k, v in kw.items()})
+    xd, yd, dkw = h.dev(x, layout), h.dev(y, layout if y.shape == x.shape else "C"), _dev_kw(h, kw)
+    loss, lse = h.ops.cross_entropy(xd, yd, return_lse=True, **dkw)
+    rloss, rlse = cpu.cross_entropy(x, y, return_lse=True, **kw)
+    assert h.host(loss).dtype == np.asarray(rloss).dtype, case
+    assert_close(h.host(loss), rloss, what=what("loss vs CPU", **case), **t)
+    assert h.host(lse).dtype == np.float64 and lse.shape == rlse.shape
+    assert_close(h.host(lse), rlse, what=what("lse vs CPU", **case), **tol(np.float32))
+    if not grad:
+        return
+    red = kw.get("reduction", "mean")
+    go = 0.75 if red != "none" else np.linspace(0.5, 1.5, rlse.size).reshape(rlse.shape)
+    god = go if red != "none" else h.dev(go)
+    loss2, g = h.ops.cross_entropy_with_grad(xd, yd, grad_output=god, **dkw, **gkw)
+    rloss2, rg = cpu.cross_entropy_with_grad(x, y, grad_output=go, **kw, **gkw)
+    assert_close(h.host(loss2), rloss2, what=what("with_grad loss vs CPU", **case), **t)
+    assert h.host(g).dtype == rg.dtype and g.shape == rg.shape
+    gt = out_tol or tol(rg.dtype if rg.dtype.itemsize >= 4 else np.float32)
+    assert_close(h.host(g).astype(np.float64), rg.astype(np.float64),
+                 what=what("grad vs CPU", **case), scale_atol=True, **gt)
+    if "lse" not in kw:  # backward reusing the forward's lse gives the same gradient
+        g2 = h.ops.cross_entropy_backward(xd, yd, god, lse=lse, **dkw, **gkw)
+        assert_close(h.host(g2).astype(np.float64), rg.astype(np.float64),
+                     what=what("backward(lse=) vs CPU", **case), scale_atol=True, **gt)
+    assert np.array_equal(h.host(xd), x, equal_nan=True), "logits modified"
+
+
+def check_llm_options(h, reference, shape, dtype, layout, *, z, cap, eps, weight, reduction):
+    x = make_logits(shape, dtype, seed=21)
+    y = make_target(shape[0], shape[1], ignore="some", seed=21)
+    kw = dict(z_loss=z, softcap=cap, label_smoothing=eps, reduction=reduction)
+    if weight:
+        kw["weight"] = make_weight(shape[1], "random")
+    check_against_cpu(h, x, y, layout, **kw)
+    # an independent check of the lse: float64 reference of the capped logits
+    xc = x.astype(np.float64) if cap is None else cap * np.tanh(x.astype(np.float64) / cap)
+    _, lse = h.ops.cross_entropy(h.dev(x, layout), h.dev(y), return_lse=True, **_dev_kw(h, kw))
+    ref = reference.logsumexp(xc)
+    ref[y == IGNORE_INDEX] = np.nan
+    assert_close(h.host(lse), ref, what=f"lse of capped logits {shape}", **tol(dtype))
+
+
+def check_zloss_identity(h, reference, dtype):
+    """'none' loss with z_loss = plain loss + z * lse**2 (rows not ignored)."""
+    x = make_logits((9, 40), dtype, seed=22)
+    y = make_target(9, 40, ignore="some", seed=22)
+    z = 1e-2
+    plain = h.host(h.ops.cross_entropy(h.dev(x), h.dev(y), reduction="none"))
+    withz = h.host(h.ops.cross_entropy(h.dev(x), h.dev(y), reduction="none", z_loss=z))
+    lse = reference.logsumexp(x)
+    kept = y != IGNORE_INDEX
+    assert_close(withz[kept], plain[kept] + z * lse[kept] ** 2, what="z-loss term", **tol(dtype))
+    assert np.all(withz[~kept] == 0)
+
+
+def check_shards(h, reference, shape, dtype, *, n_shards, weight, eps, z, cap, reduction):
+    """A vocabulary split in shards: the shares add up to the full loss and the gradient
+    slices concatenate to the full gradient; each equals the CPU path's share."""
+    n, c = shape
+    x = make_logits(shape, dtype, seed=23)
+    y = make_target(n, c, ignore="some", seed=23)
+    w = make_weight(c, "random") if weight else None
+    kw = dict(label_smoothing=eps, z_loss=z, softcap=cap, reduction=reduction)
+    if w is not None:
+        kw["weight"] = w
+    if reduction == "none":
+        kw["grad_output"] = np.linspace(0.5, 1.5, n)
+    full_loss, full_g = (h.host(v) for v in h.ops.cross_entropy_with_grad(h.dev(x), h.dev(y), **_dev_kw(h, kw)))
+    bounds = np.linspace(0, c, n_shards + 1).astype(int)
+    parts = [x[:, lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+    lses = [h.host(h.ops.logsumexp(h.dev(p if cap is None else (cap * np.tanh(p.astype(np.float64) / cap)).astype(dtype))))
+            for p in parts]
+    glse = np.logaddexp.reduce(np.stack(lses).astype(np.float64), axis=0)
+    total, grads = 0.0, []
+    for (lo, hi), p in zip(zip(bounds, bounds[1:]), parts):
+        skw = dict(kw, lse=glse, class_start=int(lo), num_classes=c)
+        loss, g = h.ops.cross_entropy_with_grad(h.dev(p), h.dev(y), **_dev_kw(h, skw))
+        rloss, rg = _cpu().cross_entropy_with_grad(p, y, **skw)
+        case = f"shard [{lo}, {hi}) of {c} {kw}"
+        assert_close(h.host(loss), rloss, what="share vs CPU " + case, **tol(dtype))
+        assert_close(h.host(g), rg, what="slice vs CPU " + case, scale_atol=True, **tol(dtype))
+        total = total + h.host(loss).astype(np.float64)
+        grads.append(h.host(g))
+    t = tol(dtype) if cap is None else dict(rtol=1e-4 if dtype == np.float32 else 1e-9, atol=1e-5)
+    assert_close(total, full_loss, what=f"shares add up {kw}", **t)
+    assert_close(np.concatenate(grads, axis=1), full_g, what=f"slices concatenate {kw}",
+                 scale_atol=True, **t)
+
+
+def check_soft_targets(h, reference, shape, dtype, layout, *, weight, eps, reduction, z=0.0, cap=None):
+    x = make_logits(shape, dtype, seed=24)
+    rng = np.random.default_rng(24)
+    p = rng.random(shape)
+    p /= p.sum(axis=-1, keepdims=True)
+    kw = dict(label_smoothing=eps, reduction=reduction, z_loss=z, softcap=cap)
+    if weight:
+        kw["weight"] = make_weight(shape[-1], "random")
+    check_against_cpu(h, x, p.astype(dtype), layout, **kw)
+
+
+def check_one_hot_equals_indices(h, reference, dtype):
+    """Probabilities that are one-hot rows give the class-index loss ('sum') and gradient."""
+    x = make_logits((6, 300), dtype, seed=25)
+    y = make_target(6, 300, seed=25)
+    onehot = np.eye(300, dtype=dtype)[y]
+    w = make_weight(300, "random")
+    for eps in (0.0, 0.3):
+        a, ga = h.ops.cross_entropy_with_grad(h.dev(x), h.dev(onehot), weight=h.dev(w),
+                                              label_smoothing=eps, reduction="sum")
+        rl = reference.cross_entropy(x, y, weight=w, label_smoothing=eps, reduction="sum")
+        rg = reference.cross_entropy_backward(x, y, weight=w, label_smoothing=eps, reduction="sum")
+        assert_close(h.host(a), rl, what=f"one-hot loss eps={eps}", **tol(dtype))
+        assert_close(h.host(ga), rg, what=f"one-hot grad eps={eps}", scale_atol=True, **tol(dtype))
+
+
+HALF_TOL = dict(rtol=1e-2, atol=1e-3)  # half outputs: one rounding of a float32 value
+
+
+def half_dtypes():
+    """float16, and ml_dtypes' bfloat16 when installed."""
+    out = [np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+        out.append(np.dtype(ml_dtypes.bfloat16))
+    except ImportError:
+        pass
+    return out
+
+
+def check_half(h, reference, shape, hdtype, layout):
+    """float16/bfloat16 logits: computed in float32 like the CPU path; loss and lse in
+    float32, softmax and the gradient in the logits' dtype or float32 (grad_dtype)."""
+    cpu = _cpu()
+    x = make_logits(shape, np.float32, seed=26).astype(hdtype)
+    y = make_target(shape[0], shape[1], ignore="some", seed=26)
+    xd = h.dev(x, layout)
+    x32 = x.astype(np.float32)
+    t32 = tol(np.float32)
+    lse = h.ops.logsumexp(xd)
+    assert h.host(lse).dtype == np.float32
+    assert_close(h.host(lse), reference.logsumexp(x32), what=f"half lse {shape}", **t32)
+    sm = h.ops.softmax(xd)
+    assert sm.dtype == hdtype
+    assert_close(h.host(sm).astype(np.float64), reference.softmax(x32), what=f"half softmax {shape}",
+                 scale_atol=True, **HALF_TOL)
+    check_against_cpu(h, x, y, layout, label_smoothing=0.1, z_loss=1e-3, out_tol=HALF_TOL)
+    check_against_cpu(h, x, y, layout, grad_dtype=np.float32, softcap=20.0)
+    # the half gradient is the float32 one rounded once
+    _, g32 = h.ops.cross_entropy_with_grad(xd, h.dev(y), grad_dtype=np.float32)
+    _, gh = h.ops.cross_entropy_with_grad(xd, h.dev(y))
+    assert gh.dtype == hdtype and h.host(g32).dtype == np.float32
+    assert np.array_equal(h.host(gh).view(np.uint16), h.host(g32).astype(hdtype).view(np.uint16))
+    # in place
+    xi = h.dev(x)
+    loss, gi = h.ops.cross_entropy_with_grad(xi, h.dev(y), inplace=True)
+    assert h.shares(gi, xi)
+    assert np.array_equal(h.host(gi).view(np.uint16), h.host(gh).view(np.uint16))
+    assert_close(h.host(loss), cpu.cross_entropy(x, y), what="half inplace loss", **t32)
+
+
+def check_half_conversions(h, hdtype):
+    """Finite half values (a spread of bit patterns) load exactly (the lse of a one-class row is the value), and
+    float32 -> half stores round to nearest even like NumPy/ml_dtypes: log_softmax of
+    [x, 0] in half equals the float32 kernel's result rounded by NumPy (both compute
+    the same float32 arithmetic; results span normal and subnormal halves)."""
+    # every 11th bit pattern, and all of the smallest magnitudes (f16 subnormals) of both signs
+    bits = np.unique(np.concatenate([np.arange(0, 1 << 16, 11), np.arange(0x400),
+                                     0x8000 + np.arange(0x400)])).astype(np.uint16)
+    v = bits.view(hdtype)
+    v = v[np.isfinite(v.astype(np.float32))]
+    # Fortran order: the thread-per-row kernel (one GPU thread, one emulated fiber, per row)
+    lse = h.host(h.ops.logsumexp(h.dev(v.reshape(-1, 1), "F")))
+    assert np.array_equal(lse, v.astype(np.float32)), "half -> float32 load"
+    x = np.stack([v.astype(np.float32), np.zeros(v.size, np.float32)], axis=1).astype(hdtype)
+    ls = h.host(h.ops.log_softmax(h.dev(x, "F")))
+    ref32 = h.host(h.ops.log_softmax(h.dev(x.astype(np.float32), "F")))
+    assert np.array_equal(ls.view(np.uint16), ref32.astype(hdtype).view(np.uint16)), \
+        "float32 -> half store: round to nearest even"
+    # exact ties: the gradient of rows [0, -inf] with target 1 and reduction='none' is
+    # [grad_output, -grad_output] in float32, rounded once to half
+    rng = np.random.default_rng(28)
+    low = 13 if hdtype == np.float16 else 16
+    mags = rng.integers(0x33000000 if hdtype == np.float16 else 0x00800000, 0x47800000, 4000,
+                        dtype=np.uint32)
+    ties = (mags >> low << low) | (1 << (low - 1))
+    g32 = np.concatenate([ties, mags, [0x477fe000, 0x477ff000, 0x477fefff]]).view(np.float32)
+    g32 = np.concatenate([g32, -g32])
+    x = np.zeros((g32.size, 2), hdtype)
+    x[:, 1] = -np.inf
+    y = np.ones(g32.size, np.int64)
+    _, g = h.ops.cross_entropy_with_grad(h.dev(x, "F"), h.dev(y), reduction="none",
+                                         grad_output=h.dev(g32.astype(np.float64)))
+    with np.errstate(over="ignore"):  # 65520 rounds to inf: intended
+        want = g32.astype(hdtype).view(np.uint16)
+    assert np.array_equal(h.host(g)[:, 0].view(np.uint16), want), \
+        "float32 -> half store of exact ties and overflow"

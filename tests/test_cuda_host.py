@@ -236,7 +236,7 @@ def _c_params(text):
 
 
 def _macro_body(src, name):
-    m = re.search(rf"#define {name}\(T\)\s*\\\n(.*?)\n\n", src, re.S)
+    m = re.search(rf"#define {name}\([\w, ]+\)\s*\\\n(.*?)\n\n", src, re.S)
     assert m, name
     return m.group(1)
 
@@ -246,6 +246,8 @@ def test_signatures_match_the_cu_files():
     red = A.read_source("reduce.cu")
     assert _c_params(_macro_body(rows, "FCE_ROWS_PARAMS")) == list(A.ROWS_SIGNATURE)
     assert _c_params(_macro_body(red, "FCE_NLL_PARAMS")) == list(A.NLL_SIGNATURE)
+    from fastce.cuda._nll import NLL_BACKWARD_SIGNATURE
+    assert _c_params(_macro_body(red, "FCE_NLL_BWD_PARAMS")) == list(NLL_BACKWARD_SIGNATURE)
     scan = re.search(r"fastce_target_scan\((.*?)\)\s*\{", red, re.S).group(1)
     assert _c_params(scan) == list(A.SCAN_SIGNATURE)
     for suf in ("f32", "f64"):
@@ -412,9 +414,14 @@ def _find_nvrtc():
     return None
 
 
+# every module CuPy builds: a .cu file with the extra options of its kernels (rows.cu: one
+# module per dtype family, FCE_ROWS_SET)
+NVRTC_MODULES = sorted({(cu, A.compile_options(k)) for cu, ks in A.KERNEL_FILES.items() for k in ks})
+
+
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
-@pytest.mark.parametrize("cu", CU_FILES)
-def test_nvrtc_compiles(cu, arch):
+@pytest.mark.parametrize("cu,extra", NVRTC_MODULES, ids=lambda v: " ".join(v) if isinstance(v, tuple) else v)
+def test_nvrtc_compiles(cu, extra, arch):
     """The exact text CuPy's RawModule hands to NVRTC, with its options, compiles."""
     lib = _find_nvrtc()
     if lib is None:
@@ -422,7 +429,7 @@ def test_nvrtc_compiles(cu, arch):
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), A.read_source(cu).encode(), cu.encode(),
                                   0, None, None) == 0
-    opts = [f"-arch={arch}", *A.CupyBackend.options]
+    opts = [f"-arch={arch}", *A.CupyBackend.options, *extra]
     arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
     n = ctypes.c_size_t()

@@ -134,6 +134,86 @@ def test_deterministic(h):
     K.check_deterministic(h, np.float32)
 
 
+# ------------------------------------------------------------------ LLM options, probabilities, half
+OPTION_SHAPES = [((40, 6), "F"), ((7, 5), "C"), ((9, 33), "sliced"), ((3, 1000), "C"),
+                 ((3, 2500), "C"), ((2, 6000), "C"), ((2, 9000), "C"), ((3, 33000), "C"),
+                 ((256, 32000), "C"), ((2, 262144), "C")]
+
+
+def _gpu_half_dtypes():
+    """float16, and bfloat16 where both ml_dtypes and this CuPy handle it."""
+    out = []
+    for d in K.half_dtypes():
+        try:
+            cp.asarray(np.zeros(2, d))
+        except Exception:  # CuPy without bfloat16
+            continue
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("shape,layout", OPTION_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_llm_options_every_kernel(h, reference, shape, layout, dtype):
+    K.check_llm_options(h, reference, shape, dtype, layout, z=1e-3, cap=15.0, eps=0.1,
+                        weight=True, reduction="mean")
+
+
+@pytest.mark.parametrize("z,cap", [(0.0, None), (1e-2, None), (0.0, 5.0), (1e-3, 30.0)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight,eps", [(False, 0.0), (True, 0.2)])
+def test_llm_options_forms(h, reference, z, cap, reduction, weight, eps):
+    K.check_llm_options(h, reference, (10, 37), np.float64, "C", z=z, cap=cap, eps=eps,
+                        weight=weight, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_zloss_identity(h, reference, dtype):
+    K.check_zloss_identity(h, reference, dtype)
+
+
+@pytest.mark.parametrize("shape,n_shards", [((8, 37), 3), ((3, 2500), 2), ((2, 40000), 4),
+                                            ((64, 128256), 4)], ids=str)
+@pytest.mark.parametrize("opts", [dict(weight=False, eps=0.0, z=0.0, cap=None, reduction="mean"),
+                                  dict(weight=True, eps=0.1, z=1e-3, cap=None, reduction="sum"),
+                                  dict(weight=True, eps=0.2, z=1e-3, cap=10.0, reduction="none")],
+                         ids=["plain", "weight-smooth-z", "all-none"])
+def test_vocabulary_shards(h, reference, shape, n_shards, opts):
+    K.check_shards(h, reference, shape, np.float64, n_shards=n_shards, **opts)
+
+
+@pytest.mark.parametrize("shape,layout", OPTION_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_soft_targets_every_kernel(h, reference, shape, layout, dtype):
+    K.check_soft_targets(h, reference, shape, dtype, layout, weight=True, eps=0.1,
+                         reduction="mean", z=1e-3, cap=20.0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight,eps", [(False, 0.0), (True, 0.0), (True, 0.25)])
+def test_soft_targets_forms(h, reference, reduction, weight, eps):
+    K.check_soft_targets(h, reference, (11, 23), np.float64, "C", weight=weight, eps=eps,
+                         reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
+def test_one_hot_equals_indices(h, reference, dtype):
+    K.check_one_hot_equals_indices(h, reference, dtype)
+
+
+@pytest.mark.parametrize("shape,layout", [((40, 6), "F"), ((7, 5), "C"), ((9, 300), "sliced"),
+                                          ((3, 2500), "C"), ((2, 9000), "C"), ((2, 40000), "C"),
+                                          ((128, 32000), "C")], ids=str)
+@pytest.mark.parametrize("hdtype", _gpu_half_dtypes(), ids=lambda d: d.name)
+def test_half_precision(h, reference, shape, layout, hdtype):
+    K.check_half(h, reference, shape, hdtype, layout)
+
+
+@pytest.mark.parametrize("hdtype", _gpu_half_dtypes(), ids=lambda d: d.name)
+def test_half_conversions(h, hdtype):
+    K.check_half_conversions(h, hdtype)
+
+
 # ------------------------------------------------------------------ torch, the contract
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
@@ -153,6 +233,22 @@ def test_against_torch(torch, shape, dtype, reduction, eps):
     K.assert_close(cp.asnumpy(loss), tl, what=f"torch loss {shape} {reduction} eps={eps}", **t)
     K.assert_close(cp.asnumpy(g), tg, what=f"torch grad {shape} {reduction} eps={eps}",
                    scale_atol=True, **t)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shape", [(64, 10), (4, 32000)], ids=str)
+def test_probability_targets_against_torch(torch, shape):
+    x = make_logits(shape, np.float64, seed=22)
+    p = np.random.default_rng(22).random(shape)
+    p /= p.sum(axis=1, keepdims=True)
+    tx = torch.tensor(x, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tx, torch.tensor(p), label_smoothing=0.1)
+    tl.backward()
+    loss, g = fastce.cross_entropy_with_grad(cp.asarray(x), cp.asarray(p), label_smoothing=0.1)
+    K.assert_close(cp.asnumpy(loss), tl.detach().numpy(), what=f"torch soft loss {shape}",
+                   **K.tol(np.float64))
+    K.assert_close(cp.asnumpy(g), tx.grad.numpy(), what=f"torch soft grad {shape}", scale_atol=True,
+                   **K.tol(np.float64))
 
 
 # ------------------------------------------------------------------ API behaviour
@@ -204,6 +300,5 @@ def test_kernels_come_from_the_package_sources():
     from fastce.cuda import _api as A
     b = A.cupy_backend()
     for cu, names in A.KERNEL_FILES.items():
-        mod = b.module(cu)
-        for n in names:
-            mod.get_function(n)  # compiles (NVRTC, cached by CuPy) and finds every kernel
+        for n in names:  # compiles (NVRTC, cached by CuPy) and finds every kernel
+            b.module(cu, A.compile_options(n)).get_function(n)

@@ -47,21 +47,44 @@ MODE_LSE, MODE_LOG_SOFTMAX, MODE_SOFTMAX, MODE_CE = 0, 1, 2, 3
 WARP_VPTS = (1, 2, 4, 8, 16, 32)
 BLOCK_VPTS = (0, 8, 16)  # 0: streaming
 
+#: rows.cu's dtype families: kernel suffix -> FCE_ROWS_SET, the compile option that
+#: builds only that family (a process compiles what it uses)
+ROWS_SETS = {"f32": 1, "f64": 2, "f16": 3, "f16f32": 3, "bf16": 4, "bf16f32": 4}
+_SUFFIX = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+
+
+def rows_suffix(x_dtype, out_dtype=None):
+    """rows.cu kernel suffix for logits of ``x_dtype`` and an elementwise output of
+    ``out_dtype`` (default: the logits' dtype)."""
+    suf = _SUFFIX[np.dtype(x_dtype).name]
+    if out_dtype is not None and np.dtype(out_dtype) != np.dtype(x_dtype):
+        suf += "f32"  # half logits, float32 gradient
+    return suf
+
 
 def _row_kernels():
     names = []
-    for suf in ("f32", "f64"):
+    for suf in ROWS_SETS:
         names += [f"fastce_rows_warp{v}_{suf}" for v in WARP_VPTS]
         names += [f"fastce_rows_block{v}_{suf}" for v in BLOCK_VPTS]
         names.append(f"fastce_rows_thread_{suf}")
     return tuple(names)
 
 
+def compile_options(kernel):
+    """Extra compiler options of the module that holds ``kernel``."""
+    if kernel.startswith("fastce_rows_"):
+        return (f"-DFCE_ROWS_SET={ROWS_SETS[kernel.rsplit('_', 1)[1]]}",)
+    return ()
+
+
 #: every kernel, by the .cu file that defines it
 KERNEL_FILES = {
     "rows.cu": _row_kernels(),
     "reduce.cu": ("fastce_target_scan", "fastce_nll_f32", "fastce_nll_f64",
-                  "fastce_finalize_f32", "fastce_finalize_f64"),
+                  "fastce_finalize_f32", "fastce_finalize_f64",
+                  "fastce_nll_backward_f32", "fastce_nll_backward_f64"),
+    "bce.cu": ("fastce_bce_f32", "fastce_bce_f64"),
 }
 FILE_OF_KERNEL = {k: f for f, ks in KERNEL_FILES.items() for k in ks}
 
@@ -70,11 +93,16 @@ FILE_OF_KERNEL = {k: f for f, ks in KERNEL_FILES.items() for k in ks}
 ROWS_SIGNATURE = (
     ("x", "ptr"), ("n_rows", "i64"), ("C", "i64"), ("B", "i64"), ("xa", "i64"), ("xb", "i64"),
     ("xc", "i64"), ("out", "ptr"), ("oa", "i64"), ("ob", "i64"), ("oc", "i64"), ("row_out", "ptr"),
-    ("ra", "i64"), ("rb", "i64"), ("row_loss", "ptr"), ("target", "ptr"), ("target_is64", "i32"),
-    ("ignore_index", "i64"), ("weight", "ptr"), ("W", "f64"), ("eps", "f64"),
-    ("gout", "ptr"), ("gout_s", "i64"), ("gscale", "f64"), ("part", "ptr"), ("n_parts", "i32"),
+    ("ra", "i64"), ("rb", "i64"), ("row_loss", "ptr"), ("lse_out", "ptr"), ("lse_in", "ptr"),
+    ("target", "ptr"), ("target_is64", "i32"), ("ignore_index", "i64"),
+    ("soft", "ptr"), ("ta", "i64"), ("tb", "i64"), ("tc", "i64"), ("weight", "ptr"),
+    ("weight_y", "ptr"), ("W", "f64"), ("eps", "f64"), ("cstart", "i64"), ("Ctot", "f64"),
+    ("Wtot", "f64"), ("z", "f64"), ("zrow", "f64"), ("cap", "f64"), ("gout", "ptr"),
+    ("gout_s", "i64"), ("gscale", "f64"), ("gzscale", "f64"), ("part", "ptr"), ("n_parts", "i32"),
     ("chunk_len", "i64"), ("mode", "i32"), ("phase", "i32"),
 )
+#: doubles per chunk in the partial statistics of split rows (rows.cu FCE_PART)
+PART_DOUBLES = 6
 SCAN_SIGNATURE = (
     ("target", "ptr"), ("target_is64", "i32"), ("n", "i64"), ("C", "i64"),
     ("ignore_index", "i64"), ("weight", "ptr"), ("result", "ptr"),
@@ -215,7 +243,8 @@ def _next_pow2(n):
     return 1 << max(0, int(n - 1).bit_length())
 
 
-def plan_rows(n_rows, n_classes, itemsize, *, row_step, class_stride, elementwise, sm_count):
+def plan_rows(n_rows, n_classes, itemsize, *, row_step, class_stride, elementwise, sm_count,
+              suffix=None):
     """Choose the kernel and launch shape of a row sweep (see rows.cu, section 2).
 
     Parameters
@@ -223,14 +252,17 @@ def plan_rows(n_rows, n_classes, itemsize, *, row_step, class_stride, elementwis
     n_rows, n_classes : int
         Rows (A * B) and their length C (both >= 1).
     itemsize : {4, 8}
+        Of the compute type (4 for float16/bfloat16 logits, computed in float32).
     row_step, class_stride : int
         Element distance between rows r and r + 1, and between classes c and c + 1.
     elementwise : bool
         Whether an (N, C) output (log-softmax, softmax, gradient) is written.
     sm_count : int
         Streaming multiprocessors of the device (sizes the grid and the chunking).
+    suffix : str, optional
+        The kernels' dtype suffix (``rows_suffix``); default from ``itemsize``.
     """
-    suf = "f32" if itemsize == 4 else "f64"
+    suf = suffix or ("f32" if itemsize == 4 else "f64")
     C = int(n_classes)
     cap = max(1, int(sm_count)) * 64
     if C <= THREAD_MAX_C and abs(class_stride) != 1 and abs(row_step) == 1:
@@ -244,7 +276,7 @@ def plan_rows(n_rows, n_classes, itemsize, *, row_step, class_stride, elementwis
         if C <= vpt * CACHED_MAX_THREADS:
             block = min(CACHED_MAX_THREADS, max(128, _next_pow2(-(-C // vpt))))
             return RowPlan(f"fastce_rows_block{vpt}_{suf}", block, min(n_rows, cap))
-    block = 1024 if C >= 16384 else 512
+    block = 512  # rows.cu: __launch_bounds__(512, 1), up to 128 registers, no spills
     name = f"fastce_rows_block0_{suf}"
     if C >= CHUNK_MIN_C and n_rows < 2 * sm_count:
         parts = min(-(-2 * sm_count // n_rows), -(-C // CHUNK_TARGET), MAX_PARTS)
@@ -295,15 +327,17 @@ class CupyBackend:
             n = self._sms[dev.id] = int(dev.attributes["MultiProcessorCount"])
         return n
 
-    def module(self, filename):
-        mod = self._modules.get(filename)
+    def module(self, filename, extra=()):
+        key = (filename, tuple(extra))
+        mod = self._modules.get(key)
         if mod is None:  # compiled by NVRTC at the first get_function, cached on disk by CuPy
-            mod = self._modules[filename] = self.xp.RawModule(
-                code=read_source(filename), options=self.options)
+            mod = self._modules[key] = self.xp.RawModule(
+                code=read_source(filename), options=self.options + tuple(extra))
         return mod
 
     def launch(self, kernel, grid, block, args):
-        self.module(FILE_OF_KERNEL[kernel]).get_function(kernel)(grid, block, args)
+        mod = self.module(FILE_OF_KERNEL[kernel], compile_options(kernel))
+        mod.get_function(kernel)(grid, block, args)
 
 
 _BACKEND = None
@@ -353,13 +387,11 @@ class Ops:
         return self.xp.asarray(a)
 
     def _as_float(self, x, name):
+        """A float32/float64/float16/bfloat16 device array (the CPU path's dtypes)."""
         arr = self._asarray(x, name)
-        if arr.dtype not in V.FLOAT_DTYPES:
-            if arr.dtype == np.float16 or arr.dtype.name == "bfloat16":
-                raise TypeError(f"{name} has dtype {arr.dtype}: fastce's GPU path computes in float32 "
-                                f"and float64 only (so far); convert with .astype(cupy.float32)")
-            raise TypeError(f"{name} must have dtype float32 or float64 (the GPU path has no half "
-                            f"precision yet), got {arr.dtype}")
+        if arr.dtype not in V.FLOAT_DTYPES and not V.is_half(arr.dtype):
+            raise TypeError(f"{name} must have dtype float32, float64, float16 or bfloat16, "
+                            f"got {arr.dtype}")
         return arr
 
     def _geometry(self, x, axis):
@@ -408,25 +440,38 @@ class Ops:
         return tmp, st, out
 
     # ------------------------------------------------------------------ launches
-    def _rows(self, x, n_rows, C, B, xs, *, mode, out=None, os_=(0, 0, 0), row_out=None,
-              rs=(0, 0), row_loss=None, target=None, ignore_index=0, weight=None, W=0.0,
-              eps=0.0, gout=None, gout_s=0, gscale=1.0):
-        """One row sweep over the (A, C, B) view ``xs = (sa, sc, sb)`` of x."""
+    #: the row kernels' arguments that a sweep leaves at their neutral value
+    _ROW_DEFAULTS = dict(
+        out=None, oa=0, ob=0, oc=0, row_out=None, ra=0, rb=0, row_loss=None, lse_out=None,
+        lse_in=None, target=None, target_is64=0, ignore_index=0, soft=None, ta=0, tb=0, tc=0,
+        weight=None, weight_y=None, W=0.0, eps=0.0, cstart=0, Ctot=0.0, Wtot=0.0, z=0.0,
+        zrow=0.0, cap=0.0, gout=None, gout_s=0, gscale=1.0, gzscale=1.0)
+
+    def _rows(self, x, n_rows, C, B, xs, *, mode, os_=(0, 0, 0), rs=(0, 0), ts=(0, 0, 0),
+              **kw):
+        """One row sweep over the (A, C, B) view ``xs = (sa, sc, sb)`` of x.
+
+        ``os_``, ``rs``, ``ts``: (a, c, b) strides of the elementwise output, (a, b) strides
+        of ``row_out``, (a, c, b) strides of probability targets; ``kw``: the other
+        arguments of ROWS_SIGNATURE by name (unknown names raise KeyError).
+        """
         sa, sc, sb = xs
+        out = kw.get("out")
         row_step = sb if B > 1 else sa
-        plan = plan_rows(n_rows, C, x.itemsize, row_step=row_step, class_stride=sc,
-                         elementwise=out is not None, sm_count=self.b.sm_count())
+        suffix = rows_suffix(x.dtype, out.dtype if out is not None else None)
+        plan = plan_rows(n_rows, C, np.dtype(V.compute_dtype(x.dtype)).itemsize, row_step=row_step,
+                         class_stride=sc, elementwise=out is not None,
+                         sm_count=self.b.sm_count(), suffix=suffix)
         part = None
         if plan.n_parts > 1:
-            part = self.xp.empty(n_rows * plan.n_parts * 4, dtype=np.float64)
-        vals = dict(
-            x=x, n_rows=n_rows, C=C, B=B, xa=sa, xb=sb, xc=sc,
-            out=out, oa=os_[0], ob=os_[2], oc=os_[1],
-            row_out=row_out, ra=rs[0], rb=rs[1], row_loss=row_loss,
-            target=target, target_is64=int(target is not None and target.dtype == np.int64),
-            ignore_index=ignore_index, weight=weight, W=W, eps=eps,
-            gout=gout, gout_s=gout_s, gscale=gscale,
-            part=part, n_parts=plan.n_parts, chunk_len=plan.chunk_len, mode=mode, phase=0)
+            part = self.xp.empty(n_rows * plan.n_parts * PART_DOUBLES, dtype=np.float64)
+        target = kw.get("target")
+        vals = dict(self._ROW_DEFAULTS, x=x, n_rows=n_rows, C=C, B=B, xa=sa, xb=sb, xc=sc,
+                    oa=os_[0], oc=os_[1], ob=os_[2], ra=rs[0], rb=rs[1],
+                    ta=ts[0], tc=ts[1], tb=ts[2],
+                    target_is64=int(target is not None and target.dtype == np.int64),
+                    part=part, n_parts=plan.n_parts, chunk_len=plan.chunk_len, mode=mode)
+        vals.update(kw)
         for grid, block, phase in plan.launches:
             vals["phase"] = phase
             self.b.launch(plan.kernel, grid, block, pack_args(ROWS_SIGNATURE, vals, self.b.null))
@@ -451,9 +496,10 @@ class Ops:
         ax = self._array_axis(x, axis)
         _check_threads(n_threads)
         shape = x.shape[:ax] + x.shape[ax + 1:]
+        rdtype = V.compute_dtype(x.dtype)  # float32 for half precision, as on the CPU
         if out is not None:
-            self._check_out(out, shape, x.dtype, {"x": x})
-        res = out if out is not None else self.xp.empty(shape, dtype=x.dtype)
+            self._check_out(out, shape, rdtype, {"x": x})
+        res = out if out is not None else self.xp.empty(shape, dtype=rdtype)
         a, c, b = V.rows3_shape(x.shape, ax)
         if a * b == 0:
             return res
@@ -498,12 +544,15 @@ class Ops:
 
     # ------------------------------------------------------------------ cross-entropy
     def _ce_setup(self, logits, target, weight, ignore_index, reduction, label_smoothing,
-                  n_threads, inplace=False, out=None, name="logits"):
+                  n_threads, inplace=False, out=None, name="logits", z_loss=0.0, softcap=None,
+                  lse=None, class_start=0, num_classes=None, grad_dtype=None, allow_soft=True):
         """Validate one cross-entropy/nll call; returns a dict of what the sweep needs.
 
         Order of checks as the CPU path (fastce._api._CECall)."""
         reduction = V.check_reduction(reduction)
+        cap = V.check_softcap(softcap)
         eps = V.check_label_smoothing(label_smoothing)
+        z = V.check_z_loss(z_loss)
         ignore_index = V.check_ignore_index(ignore_index)
         _check_threads(n_threads)
         if inplace:
@@ -513,32 +562,82 @@ class Ops:
             if not self.b.is_array(logits):
                 raise ValueError(f"inplace=True needs logits to be a {self.b.array_name}, "
                                  f"got {type(logits).__name__}")
-            if logits.dtype not in V.FLOAT_DTYPES:
-                raise TypeError(f"logits must have dtype float32 or float64, got {logits.dtype}")
+            if logits.dtype not in V.FLOAT_DTYPES and not V.is_half(logits.dtype):
+                raise TypeError(f"logits must have dtype float32, float64, float16 or bfloat16, "
+                                f"got {logits.dtype}")
             if not logits.flags.c_contiguous:
                 raise ValueError("inplace=True needs C-contiguous logits; pass out= for other layouts")
         x = self._as_float(logits, name)
         if x.ndim == 0:
             raise ValueError(f"{name} must have shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+        grad_dtype = V.check_grad_dtype(grad_dtype, x.dtype)
+        if inplace and grad_dtype != x.dtype:
+            raise ValueError(f"inplace=True writes the gradient into the logits: grad_dtype must be "
+                             f"{x.dtype}, got {grad_dtype}")
         axis = 0 if x.ndim == 1 else 1
         C = x.shape[axis]
         if C == 0:
             raise ValueError(f"{name} must have at least one class, got shape {x.shape}")
         target_shape = V.expected_target_shape(x.shape)
-        t = self._check_target(target, x.shape, target_shape, name)
-        w = self._check_weight(weight, C)
+        cstart, ctot = V.check_shard(class_start, num_classes, C)
+        sharded = ctot != C
+        t = soft = None
+        if allow_soft and self._is_soft(target, x.shape):
+            if sharded:
+                raise ValueError("probability targets cannot be split over vocabulary shards "
+                                 "(class_start/num_classes); pass class indices")
+            soft = self._check_soft(target, x, ignore_index)
+        else:
+            t = self._check_target(target, x.shape, target_shape, name)
+        w_all = self._check_weight(weight, ctot)  # the whole vocabulary's, indexed by target
+        w = w_all[cstart:cstart + C] if sharded and w_all is not None else w_all
+        lse_in = self._check_lse(lse, target_shape)
+        if sharded and lse_in is None:
+            raise ValueError("a vocabulary shard (class_start/num_classes) needs lse=: the "
+                             "log-sum-exp over all classes, e.g. np.logaddexp.reduce of every "
+                             "shard's fastce.logsumexp")
+        inputs = {"target": target, "weight": weight, "lse": lse}
         if out is not None:
-            self._check_out(out, x.shape, x.dtype, {"logits": x, "target": t, "weight": weight})
-        return dict(x=x, axis=axis, C=C, t=t, target_shape=target_shape, w=w,
-                    reduction=reduction, eps=eps, ignore_index=ignore_index,
-                    inplace=inplace, out=out)
+            self._check_out(out, x.shape, grad_dtype, {name: x, **inputs})
+        if inplace:
+            for input_name, arr in inputs.items():
+                if self._overlaps(x, arr):
+                    raise ValueError(f"inplace=True would overwrite {input_name!r}, which shares "
+                                     f"memory with logits; pass a separate {input_name} (or use out=)")
+        return dict(x=x, axis=axis, C=C, t=t, soft=soft, target_shape=target_shape, w=w,
+                    w_all=w_all, reduction=reduction, eps=eps, ignore_index=ignore_index,
+                    inplace=inplace, out=out, z=z, cap=cap, lse_in=lse_in, cstart=cstart,
+                    ctot=ctot, grad_dtype=grad_dtype, cdtype=V.compute_dtype(x.dtype))
+
+    def _is_soft(self, target, logits_shape):
+        """Class probabilities: a float target of the logits' shape (torch's rule)."""
+        if not self.b.is_array(target) and not self._foreign(target):
+            target = np.asarray(target)
+        return target.dtype.kind == "f" and tuple(target.shape) == tuple(logits_shape)
+
+    def _check_soft(self, target, x, ignore_index):
+        """Probability targets in the logits' dtype (copied only when the dtype differs)."""
+        t = self._asarray(target, "target")
+        if ignore_index != -100:
+            raise _ArgumentValueError(
+                f"ignore_index={ignore_index} is not supported with probability targets (a float "
+                f"target of the logits' shape {tuple(x.shape)})")
+        return t if t.dtype == x.dtype else t.astype(x.dtype)
+
+    def _check_lse(self, lse, target_shape):
+        """The caller's per-row log-sum-exp, flat float64, or None."""
+        if lse is None:
+            return None
+        arr = self._asarray(lse, "lse")
+        if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
+            raise TypeError(f"lse must hold real numbers, got dtype {arr.dtype}")
+        if arr.shape != tuple(target_shape):
+            raise ValueError(f"lse must have one value per row, shape {tuple(target_shape)}, "
+                             f"got {arr.shape}")
+        return self.xp.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
 
     def _check_target(self, target, logits_shape, expected, logits_name="logits"):
         t = self._asarray(target, "target")
-        if t.dtype.kind == "f" and t.shape == tuple(logits_shape):
-            raise NotImplementedError(
-                "probability targets (a float target of the logits' shape) are not supported by "
-                "fastce's GPU path yet; pass class indices, or NumPy arrays for the CPU path")
         if t.dtype == np.bool_ or t.dtype.kind not in "iu":
             raise _ArgumentTypeError(
                 f"target must hold class indices (an integer dtype) of shape {expected}, or class "
@@ -568,33 +667,52 @@ class Ops:
         return self.xp.ascontiguousarray(t).reshape(-1)
 
     def _scan(self, call):
-        """Check the class indices and sum the normalisers (one device -> host copy)."""
+        """Check the class indices and sum the normalisers (one device -> host copy):
+        ``(sum of w[y] over the rows kept, number of rows kept, sum of all weights)``."""
         t = call["tflat"]
         res = self.xp.empty(4, dtype=np.float64)
         self.b.launch("fastce_target_scan", (1, 1, 1), (1024, 1, 1), pack_args(SCAN_SIGNATURE, dict(
-            target=t, target_is64=int(t.dtype == np.int64), n=t.size, C=call["C"],
-            ignore_index=call["ignore_k"], weight=call["w"], result=res), self.b.null))
+            target=t, target_is64=int(t is not None and t.dtype == np.int64),
+            n=0 if t is None else t.size, C=call["ctot"], ignore_index=call["ignore_k"],
+            weight=call["w_all"], result=res), self.b.null))
         host = self.b.to_host(res)
         bad = int(host[0])
         if bad >= 0:
             value = int(self.b.to_host(t[bad:bad + 1].astype(np.int64))[0])
             shape = call["target_shape"]
             pos = list(np.unravel_index(bad, shape)) if len(shape) else []
-            C, ii = call["C"], call["ignore_index"]
+            C, ii = call["ctot"], call["ignore_index"]
             raise IndexError(f"target{[int(p) for p in pos]} = {value} is out of bounds for {C} "
                              f"classes (valid: 0 <= target < {C}, or ignore_index={ii})")
-        return float(host[1]), float(host[3])
+        return float(host[1]), float(host[2]), float(host[3])
 
     def _prepare(self, call):
-        call["tflat"] = self._flat_target(call["t"])
+        """Targets for the kernels, the index check and the normalisers (``norm``: torch's
+        'mean' divisor, ``valid``: rows kept, ``W``/``Wtot``: weight sums of this array's
+        classes / of the vocabulary)."""
         ii = call["ignore_index"]
         # an ignore_index outside int64 can match no target (a Python int has no bound)
         call["ignore_k"] = ii if _I64_MIN <= ii <= _I64_MAX else _I64_MIN
-        call["norm"], call["W"] = self._scan(call)
+        call["tflat"] = None if call["t"] is None else self._flat_target(call["t"])
+        if call["tflat"] is None and call["w_all"] is None:  # probabilities, unweighted
+            rows = float(int(np.prod(call["target_shape"], dtype=np.int64)))
+            norm, valid, wtot = rows, rows, float(call["C"])
+        else:
+            norm, valid, wtot = self._scan(call)
+            if call["tflat"] is None:  # probabilities: 'mean' divides by the row count
+                norm = valid = float(int(np.prod(call["target_shape"], dtype=np.int64)))
+        call["norm"], call["valid"], call["Wtot"] = norm, valid, wtot
+        if call["ctot"] == call["C"]:
+            call["W"] = wtot
+        elif call["w"] is None:
+            call["W"] = float(call["C"])
+        else:
+            call["W"] = float(call["w"].sum())
         return call
 
-    def _grad_output(self, grad_output, call):
-        """``(gout array or None, gout stride, gscale)`` for the kernels."""
+    def _grad_scales(self, grad_output, call):
+        """``(gout array or None, gout stride, gscale, gzscale)``: the row scale of the
+        cross-entropy term is ``gscale * gout[r]`` and of the z-term ``gzscale * gout[r]``."""
         reduction, shape = call["reduction"], call["target_shape"]
         if self.b.is_array(grad_output) or self._foreign(grad_output):
             g = self._asarray(grad_output, "grad_output")
@@ -614,31 +732,47 @@ class Ops:
                 raise ValueError(f"grad_output must have the shape of the per-row loss {tuple(shape)} "
                                  f"for reduction='none', got {gshape}")
             if g is None:
-                return None, 0, value
-            return self.xp.ascontiguousarray(g, dtype=np.float64).reshape(-1), 1, 1.0
+                return None, 0, value, value
+            return self.xp.ascontiguousarray(g, dtype=np.float64).reshape(-1), 1, 1.0, 1.0
         if g is not None and g.ndim != 0:
             raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
+        one = np.float64(1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            inv = np.float64(1.0) / np.float64(call["norm"]) if reduction == "mean" else np.float64(1.0)
+            mean = reduction == "mean"
+            inv = one / np.float64(call["norm"]) if mean else one
+            zinv = one / np.float64(call["valid"]) if mean else one
             if g is None:
-                return None, 0, float(np.float64(value) * inv)
-        return self.xp.ascontiguousarray(g, dtype=np.float64), 0, float(inv)
+                return None, 0, float(np.float64(value) * inv), float(np.float64(value) * zinv)
+        return self.xp.ascontiguousarray(g, dtype=np.float64), 0, float(inv), float(zinv)
 
-    def _ce_sweep(self, call, want_loss, grad_output=None, want_grad=False):
+    def _grad_output(self, grad_output, call):
+        """``(gout array or None, gout stride, gscale)`` (see ``_grad_scales``)."""
+        return self._grad_scales(grad_output, call)[:3]
+
+    def _ce_sweep(self, call, want_loss, grad_output=None, want_grad=False, want_lse=False):
+        """Run the row sweep; returns ``(loss or None, grad or None, lse rows or None)``."""
         xp = self.xp
-        x, axis = call["x"], call["axis"]
-        reduction = call["reduction"]
-        gout, gout_s, gscale = None, 0, 1.0
+        reduction, soft, z = call["reduction"], call["soft"], call["z"]
+        gout, gout_s, gscale, gzscale = None, 0, 1.0, 1.0
         if want_grad:
-            gout, gout_s, gscale = self._grad_output(grad_output, call)
-        x, a, c, b, xs = self._geometry(x, axis)  # inplace logits are C-contiguous: no copy
+            gout, gout_s, gscale, gzscale = self._grad_scales(grad_output, call)
+        x, a, c, b, xs = self._geometry(call["x"], call["axis"])  # inplace: C-contiguous, no copy
         n = a * b
-        row_out = row_loss = None
+        ts = (0, 0, 0)
+        if soft is not None:
+            soft, _, _, _, ts = self._geometry(soft, call["axis"])
+        # the caller's lse is used for class-index targets; probabilities recompute it (CPU path)
+        lse_in = call["lse_in"] if soft is None else None
+        row_out = row_loss = lse_rows = None
         if want_loss:
             if reduction == "none":
-                row_out = xp.empty(call["target_shape"], dtype=x.dtype)
+                row_out = xp.empty(call["target_shape"], dtype=call["cdtype"])
             else:
                 row_loss = xp.empty(n, dtype=np.float64)
+        lse_out = None
+        if want_lse:
+            lse_rows = lse_in if lse_in is not None else xp.empty(n, dtype=np.float64)
+            lse_out = None if lse_in is not None else lse_rows
         grad = dest = copy_to = None
         os_ = (0, 0, 0)
         if want_grad:
@@ -647,49 +781,77 @@ class Ops:
             elif call["out"] is not None:
                 grad = call["out"]
             else:
-                grad = xp.empty(x.shape, dtype=x.dtype)
-            dest, os_, copy_to = self._out_view(grad, axis, 3)
+                grad = xp.empty(x.shape, dtype=call["grad_dtype"])
+            dest, os_, copy_to = self._out_view(grad, call["axis"], 3)
+        zrow = 0.0
+        if z != 0.0 and reduction == "mean":
+            with np.errstate(divide="ignore", invalid="ignore"):  # mean: sum / norm, z-term / valid
+                zrow = float(np.float64(call["norm"]) / np.float64(call["valid"]))
+        elif z != 0.0:
+            zrow = 1.0
         if n:
             self._rows(x, n, c, b, xs, mode=MODE_CE, out=dest, os_=os_, row_out=row_out,
-                       rs=(b, 1), row_loss=row_loss, target=call["tflat"],
-                       ignore_index=call["ignore_k"], weight=call["w"], W=call["W"],
-                       eps=call["eps"], gout=gout, gout_s=gout_s, gscale=gscale)
+                       rs=(b, 1), row_loss=row_loss, lse_out=lse_out, lse_in=lse_in,
+                       target=call["tflat"], ignore_index=call["ignore_k"], soft=soft, ts=ts,
+                       weight=call["w"], weight_y=call["w_all"], W=call["W"], eps=call["eps"],
+                       cstart=call["cstart"], Ctot=float(call["ctot"]), Wtot=call["Wtot"], z=z,
+                       zrow=zrow, cap=call["cap"], gout=gout, gout_s=gout_s, gscale=gscale,
+                       gzscale=gzscale)
             if copy_to is not None:
                 copy_to[...] = dest
         loss = None
         if want_loss:
             loss = row_out if reduction == "none" else self._finalize(
-                row_loss, n, call["norm"], reduction == "mean", x.dtype)
-        return loss, grad
+                row_loss, n, call["norm"], reduction == "mean", call["cdtype"])
+        if lse_rows is not None:
+            lse_rows = lse_rows.reshape(call["target_shape"])
+        return loss, grad, lse_rows
 
     def cross_entropy(self, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                      label_smoothing=0.0, n_threads=None):
-        call = self._prepare(self._ce_setup(logits, target, weight, ignore_index, reduction,
-                                            label_smoothing, n_threads))
-        return self._ce_sweep(call, want_loss=True)[0]
+                      label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None, return_lse=False,
+                      class_start=0, num_classes=None, n_threads=None):
+        call = self._prepare(self._ce_setup(
+            logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
+            z_loss=z_loss, softcap=softcap, lse=lse, class_start=class_start,
+            num_classes=num_classes))
+        loss, _, lse_rows = self._ce_sweep(call, want_loss=True, want_lse=bool(return_lse))
+        return (loss, lse_rows) if return_lse else loss
 
     def cross_entropy_with_grad(self, logits, target, *, weight=None, ignore_index=-100,
-                                reduction="mean", label_smoothing=0.0, grad_output=1.0, out=None,
-                                inplace=False, n_threads=None):
+                                reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                                lse=None, return_lse=False, class_start=0, num_classes=None,
+                                grad_output=1.0, out=None, inplace=False, grad_dtype=None,
+                                n_threads=None):
         call = self._ce_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
-                              n_threads, inplace=inplace, out=out)
-        self._grad_output(grad_output, dict(call, norm=1.0))  # argument errors before any launch
+                              n_threads, inplace=inplace, out=out, z_loss=z_loss, softcap=softcap,
+                              lse=lse, class_start=class_start, num_classes=num_classes,
+                              grad_dtype=grad_dtype)
+        self._grad_scales(grad_output, dict(call, norm=1.0, valid=1.0))  # argument errors first
         call = self._prepare(call)
-        return self._ce_sweep(call, want_loss=True, grad_output=grad_output, want_grad=True)
+        loss, grad, lse_rows = self._ce_sweep(call, want_loss=True, grad_output=grad_output,
+                                              want_grad=True, want_lse=bool(return_lse))
+        return (loss, grad, lse_rows) if return_lse else (loss, grad)
 
     def cross_entropy_backward(self, logits, target, grad_output=1.0, *, weight=None,
-                               ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None,
-                               inplace=False, n_threads=None):
+                               ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                               z_loss=0.0, softcap=None, lse=None, class_start=0,
+                               num_classes=None, out=None, inplace=False, grad_dtype=None,
+                               n_threads=None):
         call = self._ce_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
-                              n_threads, inplace=inplace, out=out)
-        self._grad_output(grad_output, dict(call, norm=1.0))
+                              n_threads, inplace=inplace, out=out, z_loss=z_loss, softcap=softcap,
+                              lse=lse, class_start=class_start, num_classes=num_classes,
+                              grad_dtype=grad_dtype)
+        self._grad_scales(grad_output, dict(call, norm=1.0, valid=1.0))
         call = self._prepare(call)
         return self._ce_sweep(call, want_loss=False, grad_output=grad_output, want_grad=True)[1]
 
-    def nll_loss(self, log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+    def nll_loss(self, log_probs, target, *, weight=None, ignore_index=-100, reduction="mean",
+                 n_threads=None):
         call = self._prepare(self._ce_setup(log_probs, target, weight, ignore_index, reduction,
-                                            0.0, None, name="log_probs"))
+                                            0.0, n_threads, name="log_probs", allow_soft=False))
         lp, axis = call["x"], call["axis"]
+        if V.is_half(lp.dtype):  # the gather reads one value per row: convert, compute in float32
+            lp = lp.astype(np.float32)
         lp, a, c, b, (sa, sc, sb) = self._geometry(lp, axis)
         n = a * b
         row_out = row_loss = None
@@ -749,21 +911,6 @@ def _ops():
     return Ops(cupy_backend())
 
 
-#: CPU-path options the GPU path does not implement yet; fastce._api passes them only when set
-UNSUPPORTED_OPTIONS = ("z_loss", "lse", "return_lse", "class_start", "num_classes")
-
-
-def _refuse(fn, options):
-    if options:
-        bad = [k for k in options if k in UNSUPPORTED_OPTIONS]
-        other = [k for k in options if k not in UNSUPPORTED_OPTIONS]
-        if other:
-            raise TypeError(f"{fn}() got unexpected keyword arguments {other}")
-        raise NotImplementedError(
-            f"{fn}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by fastce's GPU "
-            f"path yet (CuPy inputs); use NumPy inputs for the CPU path")
-
-
 def logsumexp(x, axis=-1, *, out=None, n_threads=None):
     """GPU twin of :func:`fastce.logsumexp`; 1-D input gives a 0-d CuPy array."""
     return _ops().logsumexp(x, axis, out=out, n_threads=n_threads)
@@ -779,41 +926,25 @@ def softmax(x, axis=-1, *, out=None, n_threads=None):
     return _ops().softmax(x, axis, out=out, n_threads=n_threads)
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, n_threads=None, **options):
-    """GPU twin of :func:`fastce.cross_entropy`; 'mean'/'sum' give a 0-d CuPy array."""
-    _refuse("cross_entropy", options)
-    return _ops().cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
-                                reduction=reduction, label_smoothing=label_smoothing,
-                                n_threads=n_threads)
+def cross_entropy(logits, target, **kwargs):
+    """GPU twin of :func:`fastce.cross_entropy` (same keyword arguments); 'mean'/'sum'
+    give a 0-d CuPy array."""
+    return _ops().cross_entropy(logits, target, **kwargs)
 
 
-def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, grad_output=1.0, out=None, inplace=False,
-                            n_threads=None, **options):
+def cross_entropy_with_grad(logits, target, **kwargs):
     """GPU twin of :func:`fastce.cross_entropy_with_grad`: one kernel writes loss and gradient."""
-    _refuse("cross_entropy_with_grad", options)
-    return _ops().cross_entropy_with_grad(
-        logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, grad_output=grad_output, out=out, inplace=inplace,
-        n_threads=n_threads)
+    return _ops().cross_entropy_with_grad(logits, target, **kwargs)
 
 
-def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
-                           reduction="mean", label_smoothing=0.0, out=None, inplace=False,
-                           n_threads=None, **options):
+def cross_entropy_backward(logits, target, grad_output=1.0, **kwargs):
     """GPU twin of :func:`fastce.cross_entropy_backward`."""
-    _refuse("cross_entropy_backward", options)
-    return _ops().cross_entropy_backward(
-        logits, target, grad_output, weight=weight, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, out=out, inplace=inplace,
-        n_threads=n_threads)
+    return _ops().cross_entropy_backward(logits, target, grad_output, **kwargs)
 
 
-def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+def nll_loss(log_probs, target, **kwargs):
     """GPU twin of :func:`fastce.nll_loss`."""
-    return _ops().nll_loss(log_probs, target, weight=weight, ignore_index=ignore_index,
-                           reduction=reduction)
+    return _ops().nll_loss(log_probs, target, **kwargs)
 
 
 def describe():

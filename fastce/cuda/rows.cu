@@ -1,36 +1,56 @@
 /* fastce/cuda/rows.cu -- the row sweeps of fastce's GPU path.
  *
  * Self-contained: no #include, so NVRTC (CuPy's RawModule) and a standalone
- * `nvcc -c` compile exactly the same text.  Every kernel is a template instantiated
- * below under a plain extern "C" name, float32 (`_f32`) and float64 (`_f64`).
+ * `nvcc -c` compile exactly the same text.  Every kernel is a template over the storage
+ * type S of the logits (and of probability targets), the storage type O of the
+ * elementwise output, and the compute type T (float for float16/bfloat16 storage),
+ * instantiated below under plain extern "C" names:
+ *     _f32 (float), _f64 (double), _f16 / _bf16 (half in, half out),
+ *     _f16f32 / _bf16f32 (half in, float32 gradient: grad_dtype=float32).
+ * Half values are raw 16-bit words converted here (round to nearest even), so no CUDA
+ * header is needed; arithmetic is float32, as on the CPU path.
  *
  * 1. Geometry.  Logits are seen as an (A, C, B) view with element strides (xa, xc, xb);
  *    a "row" r = a * B + b is the C class scores x[a, :, b].  (N, C) is (N, C, 1); the
  *    K-dim layout (N, C, d1..dk) is (N, C, d1*..*dk).  Any strides, negative included.
+ *    Probability targets have their own strides (ta, tc, tb) over the same view.
  * 2. Three shapes of launch, chosen by the host (fastce/cuda/_api.py, plan_rows):
  *      warp   a warp per row, the row held in registers (VPT values per lane, C <= 32*VPT)
  *      block  a block per row; VPT = 8 or 16 keeps the row in registers
- *             (C <= VPT * blockDim, blockDim <= 512), VPT = 0 streams it (two reads when an elementwise output is written;
- *             the second mostly hits L2).  Long rows of short batches are split in
- *             chunks over gridDim.y (phase 1: partial stats; phase 2: combine + write).
+ *             (C <= VPT * blockDim, blockDim <= 512), VPT = 0 streams it (two reads when
+ *             an elementwise output is written; the second mostly hits L2).  Long rows of
+ *             short batches are split in chunks over gridDim.y (phase 1: partial stats;
+ *             phase 2: combine + write).
  *      thread a thread per row, for short rows whose neighbours are adjacent in memory
  *             (class axis strided, e.g. Fortran order or (N, C, H, W)): coalesced.
- * 3. Statistics, one read: running max m and s = sum exp(x - m) (rescaled when m
- *    grows), plus sum_c w_c x_c for label smoothing.  Sums in float64; exp in the
- *    logits' dtype (expf / exp, full accuracy, never __expf).
- *    -inf scores are skipped (exp(-inf - -inf) would be nan); nan propagates through s;
- *    a +inf score makes s nan (exp(inf - inf)), so the row's lse is nan like the CPU
- *    path and torch's log_softmax.
+ * 3. Statistics, one read: running max m and s = sum exp(x - m) (rescaled when m grows),
+ *    plus what the loss needs: sum_c w_c x_c (label smoothing), sum_c w_c t_c x_c and
+ *    sum_c w_c t_c (probability targets), x[y] (hard targets).  Sums in float64; exp in
+ *    T (expf / exp, full accuracy, never __expf).  -inf scores are skipped
+ *    (exp(-inf - -inf) would be nan); nan propagates through s; a +inf score makes s nan
+ *    (exp(inf - inf)), so the row's lse is nan like the CPU path and torch's log_softmax.
+ *    With a softcap c every score is first replaced by c * tanh(x / c) (Gemma 2).
  * 4. Reductions: warp shuffles (xor butterfly: every lane ends with the same bits),
  *    then one double per warp in shared memory.  Fixed order for a fixed launch shape:
  *    results are deterministic run to run.
- * 5. Modes: 0 lse, 1 log_softmax, 2 softmax, 3 cross-entropy (per-row loss and/or the
- *    gradient).  The gradient may be written over the logits (in place): every element
- *    is read and written by the same thread, all reads of a row's statistics happen
- *    before the barrier that precedes the first write, and x[y] is read before it too.
+ * 5. Modes: 0 lse, 1 log_softmax, 2 softmax, 3 cross-entropy (per-row loss, lse and/or
+ *    the gradient).  The gradient may be written over the logits (in place): every
+ *    element is read and written by the same thread, all reads of a row's statistics
+ *    happen before the barrier that precedes the first write, and x[y] is read before it.
  *
- * Gradient of the hard-target loss (design.md section 1), per row with scale s:
- *     g_c = s * [ ((1-eps) w_y + eps W / C) p_c - (eps / C) w_c - (1-eps) w_y [c == y] ]
+ * Cross-entropy per row (design.md section 1), row scale g (z-term scale gz), eps the
+ * label smoothing, Ctot/Wtot the class count and weight sum of the whole vocabulary,
+ * W and sum_c over this array's classes (a vocabulary shard, or all of them):
+ *   hard target y:  loss = (1-eps) w_y (lse - x_y) [y in this shard]
+ *                          + eps/Ctot (W lse - sum_c w_c x_c) + z lse^2 [y in this shard]
+ *                   g_c  = g [((1-eps) w_y + eps Wtot/Ctot) p_c - eps/Ctot w_c
+ *                          - (1-eps) w_y [c == y]] + gz 2 z lse p_c
+ *   probabilities:  t'_c = (1-eps) t_c + eps/C,  T1 = sum_c w_c t'_c
+ *                   loss = T1 lse - sum_c w_c t'_c x_c + z lse^2
+ *                   g_c  = (g T1 + gz 2 z lse) p_c - g w_c t'_c
+ *   softcap c:      x_c -> c tanh(x_c / c) first; g_c *= 1 - (x_c / c)^2 (capped x_c).
+ * The z-term enters row_loss as zrow * z lse^2 (zrow turns torch's 'mean' normaliser into
+ * the z-term's own, the count of rows not ignored).
  */
 
 #define FCE_MODE_LSE 0
@@ -38,7 +58,9 @@
 #define FCE_MODE_SOFTMAX 2
 #define FCE_MODE_CE 3
 
+#ifndef FCE_FULL_MASK
 #define FCE_FULL_MASK 0xffffffffu
+#endif
 
 __device__ __forceinline__ double fce_dnan() { return __longlong_as_double(0x7ff8000000000000LL); }
 
@@ -46,31 +68,100 @@ template <typename T> struct fce_num;
 template <> struct fce_num<float> {
     static __device__ __forceinline__ float ninf() { return -__int_as_float(0x7f800000); }
     static __device__ __forceinline__ float ex(float v) { return expf(v); }
+    static __device__ __forceinline__ float th(float v) { return tanhf(v); }
 };
 template <> struct fce_num<double> {
     static __device__ __forceinline__ double ninf() { return -__longlong_as_double(0x7ff0000000000000LL); }
     static __device__ __forceinline__ double ex(double v) { return exp(v); }
+    static __device__ __forceinline__ double th(double v) { return tanh(v); }
+};
+
+/* ------------------------------------------------------------------ storage types */
+struct fce_f16 { unsigned short bits; };   /* IEEE binary16 */
+struct fce_bf16 { unsigned short bits; };  /* bfloat16: the high half of a float32 */
+
+__device__ __forceinline__ float fce_f16_to_f32(unsigned int h) {
+    const unsigned int sign = (h & 0x8000u) << 16, em = h & 0x7fffu;
+    if (em >= 0x7c00u) return __uint_as_float(sign | 0x7f800000u | ((em & 0x3ffu) << 13));
+    /* exponent and mantissa shifted into float32 place, rebiased by 2^112: exact for
+     * normal and subnormal halves alike */
+    return __uint_as_float(sign | __float_as_uint(__uint_as_float(em << 13) * __uint_as_float(0x77800000u)));
+}
+
+__device__ __forceinline__ unsigned short fce_f32_to_f16(float f) {
+    const unsigned int u = __float_as_uint(f);
+    const unsigned int sign = (u >> 16) & 0x8000u;
+    unsigned int a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned short)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  /* quiet nan */
+    if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  /* >= 65520 rounds to inf */
+    if (a < 0x38800000u) {  /* below 2^-14: a subnormal half; adding 0.5 rounds to 2^-24 units */
+        const float v = __uint_as_float(a) + 0.5f;
+        return (unsigned short)(sign | (__float_as_uint(v) - 0x3f000000u));
+    }
+    a += 0xc8000fffu + ((a >> 13) & 1u);  /* rebias (-112 << 23) and round to nearest even */
+    return (unsigned short)(sign | (a >> 13));
+}
+
+__device__ __forceinline__ unsigned short fce_f32_to_bf16(float f) {
+    const unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);  /* quiet nan */
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Loads and stores by storage type; T is the compute type. */
+template <typename S> struct fce_io;
+template <> struct fce_io<float> {
+    typedef float T;
+    static __device__ __forceinline__ float ld(const float *p) { return *p; }
+    static __device__ __forceinline__ void st(float *p, float v) { *p = v; }
+};
+template <> struct fce_io<double> {
+    typedef double T;
+    static __device__ __forceinline__ double ld(const double *p) { return *p; }
+    static __device__ __forceinline__ void st(double *p, double v) { *p = v; }
+};
+template <> struct fce_io<fce_f16> {
+    typedef float T;
+    static __device__ __forceinline__ float ld(const fce_f16 *p) { return fce_f16_to_f32(p->bits); }
+    static __device__ __forceinline__ void st(fce_f16 *p, float v) { p->bits = fce_f32_to_f16(v); }
+};
+template <> struct fce_io<fce_bf16> {
+    typedef float T;
+    static __device__ __forceinline__ float ld(const fce_bf16 *p) { return __uint_as_float((unsigned int)p->bits << 16); }
+    static __device__ __forceinline__ void st(fce_bf16 *p, float v) { p->bits = fce_f32_to_bf16(v); }
 };
 
 /* ------------------------------------------------------------------ arguments */
-template <typename T> struct fce_rows_args {
-    const T *x;                 /* IN  (A, C, B) logits                                 */
+template <typename S_, typename O_> struct fce_rows_args {
+    typedef S_ S;
+    typedef O_ O;
+    typedef typename fce_io<S_>::T T;
+    const S *x;                 /* IN  (A, C, B) logits                                 */
     long long n_rows, C, B, xa, xb, xc;
-    T *out;                     /* OUT elementwise result (log_softmax/softmax/grad) or 0 */
+    O *out;                     /* OUT elementwise result (log_softmax/softmax/grad) or 0 */
     long long oa, ob, oc;
     T *row_out;                 /* OUT per-row result in T (lse, 'none' loss) or 0      */
     long long ra, rb;           /*     at row_out[a * ra + b * rb]                      */
     double *row_loss;           /* OUT per-row loss in float64 (for 'mean'/'sum') or 0  */
+    double *lse_out;            /* OUT per-row lse in float64 (nan: ignored row) or 0   */
+    const double *lse_in;       /* IN  per-row lse to use instead of the row's own, or 0 */
     const void *target;         /* IN  (n_rows,) contiguous int32 or int64, or 0        */
     int target_is64;
     long long ignore_index;
-    const double *weight;       /* IN  (C,) class weights or 0 (all ones)               */
-    double W;                   /*     sum of the weights (C when unweighted)           */
+    const S *soft;              /* IN  probability targets, (A, C, B) view, or 0        */
+    long long ta, tb, tc;
+    const double *weight;       /* IN  (C,) this array's class weights or 0 (all ones)  */
+    const double *weight_y;     /* IN  (Ctot,) weights of the whole vocabulary, or 0    */
+    double W;                   /*     sum of this array's weights (C when unweighted)  */
     double eps;                 /*     label smoothing                                  */
+    long long cstart;           /*     first class of this array in the vocabulary      */
+    double Ctot, Wtot;          /*     class count and weight sum of the vocabulary     */
+    double z, zrow;             /*     z-loss, and the z-term's factor in row_loss      */
+    double cap;                 /*     softcap, or 0                                    */
     const double *gout;         /* IN  grad_output, gout[r * gout_s] (gout_s 0: scalar) */
     long long gout_s;
-    double gscale;              /*     row scale = gscale * (gout ? gout[..] : 1)       */
-    double *part;               /* I/O (n_rows, n_parts, 4) partial stats (chunked)     */
+    double gscale, gzscale;     /*     row scales g = gscale * gout, gz = gzscale * gout */
+    double *part;               /* I/O (n_rows, n_parts, FCE_PART) partial stats        */
     int n_parts;
     long long chunk_len;
     int mode, phase;            /*     phase 0: whole rows; 1: partial stats; 2: finish  */
@@ -78,126 +169,225 @@ template <typename T> struct fce_rows_args {
 
 /* The flat kernel parameter list. fastce/cuda/_api.py (ROWS_SIGNATURE) mirrors it,
  * and a CPU test parses this macro to check that the two agree. */
-#define FCE_ROWS_PARAMS(T)                                                              \
-    const T *x, long long n_rows, long long C, long long B, long long xa, long long xb,  \
-    long long xc, T *out, long long oa, long long ob, long long oc, T *row_out,         \
-    long long ra, long long rb, double *row_loss, const void *target, int target_is64,  \
-    long long ignore_index, const double *weight, double W, double eps,                 \
-    const double *gout, long long gout_s, double gscale, double *part, int n_parts,     \
+#define FCE_ROWS_PARAMS(S, O, T)                                                        \
+    const S *x, long long n_rows, long long C, long long B, long long xa, long long xb,  \
+    long long xc, O *out, long long oa, long long ob, long long oc, T *row_out,         \
+    long long ra, long long rb, double *row_loss, double *lse_out,                      \
+    const double *lse_in, const void *target, int target_is64, long long ignore_index,  \
+    const S *soft, long long ta, long long tb, long long tc, const double *weight,      \
+    const double *weight_y, double W, double eps, long long cstart, double Ctot,        \
+    double Wtot, double z, double zrow, double cap, const double *gout,                 \
+    long long gout_s, double gscale, double gzscale, double *part, int n_parts,         \
     long long chunk_len, int mode, int phase
 
-template <typename T>
-__device__ __forceinline__ fce_rows_args<T> fce_make_args(FCE_ROWS_PARAMS(T)) {
-    fce_rows_args<T> p;
+template <typename S, typename O>
+__device__ __forceinline__ fce_rows_args<S, O> fce_make_args(
+        FCE_ROWS_PARAMS(S, O, typename fce_io<S>::T)) {
+    fce_rows_args<S, O> p;
     p.x = x; p.n_rows = n_rows; p.C = C; p.B = B; p.xa = xa; p.xb = xb; p.xc = xc;
     p.out = out; p.oa = oa; p.ob = ob; p.oc = oc;
     p.row_out = row_out; p.ra = ra; p.rb = rb; p.row_loss = row_loss;
+    p.lse_out = lse_out; p.lse_in = lse_in;
     p.target = target; p.target_is64 = target_is64; p.ignore_index = ignore_index;
-    p.weight = weight; p.W = W; p.eps = eps;
-    p.gout = gout; p.gout_s = gout_s; p.gscale = gscale;
+    p.soft = soft; p.ta = ta; p.tb = tb; p.tc = tc;
+    p.weight = weight; p.weight_y = weight_y; p.W = W; p.eps = eps;
+    p.cstart = cstart; p.Ctot = Ctot; p.Wtot = Wtot; p.z = z; p.zrow = zrow; p.cap = cap;
+    p.gout = gout; p.gout_s = gout_s; p.gscale = gscale; p.gzscale = gzscale;
     p.part = part; p.n_parts = n_parts; p.chunk_len = chunk_len;
     p.mode = mode; p.phase = phase;
     return p;
 }
 
 #define FCE_ROWS_ARGS                                                                    \
-    x, n_rows, C, B, xa, xb, xc, out, oa, ob, oc, row_out, ra, rb, row_loss, target,     \
-    target_is64, ignore_index, weight, W, eps, gout, gout_s, gscale, part, n_parts,     \
+    x, n_rows, C, B, xa, xb, xc, out, oa, ob, oc, row_out, ra, rb, row_loss, lse_out,    \
+    lse_in, target, target_is64, ignore_index, soft, ta, tb, tc, weight, weight_y, W,    \
+    eps, cstart, Ctot, Wtot, z, zrow, cap, gout, gout_s, gscale, gzscale, part, n_parts, \
     chunk_len, mode, phase
 
 /* ------------------------------------------------------------------ per-row helpers */
-template <typename T>
-__device__ __forceinline__ long long fce_target(const fce_rows_args<T> &p, long long r) {
-    return p.target_is64 ? ((const long long *)p.target)[r]
-                         : (long long)((const int *)p.target)[r];
-}
+/* A row's statistics (partial ones for a chunk) and what it needs besides. */
+struct fce_stat {
+    double m, s;      /* max, sum exp(x - m)                                   */
+    double wx;        /* sum w_c x_c (label smoothing)                         */
+    double wtx, wts;  /* sum w_c t_c x_c, sum w_c t_c (probability targets)    */
+    double xy;        /* x at the target, in the part that holds it            */
+};
+#define FCE_PART 6    /* doubles per partial statistic in `part` */
 
-/* Does the per-row stage need sum_c w_c x_c?  Only a smoothed loss does. */
-template <typename T>
-__device__ __forceinline__ bool fce_want_wx(const fce_rows_args<T> &p) {
-    return p.mode == FCE_MODE_CE && p.eps != 0.0 && (p.row_loss != 0 || p.row_out != 0);
-}
-
-/* Per-row results (one thread per row calls this). y < 0 is never passed for CE;
- * `ignored` rows get loss 0. */
-template <typename T>
-__device__ void fce_row_result(const fce_rows_args<T> &p, long long r, long long a, long long b,
-                               bool ignored, long long y, double lse, double wx, double xy) {
-    if (p.mode == FCE_MODE_LSE) {
-        p.row_out[a * p.ra + b * p.rb] = (T)lse;
-        return;
-    }
-    if (p.mode != FCE_MODE_CE) return;
-    double loss = 0.0;
-    if (!ignored) {
-        const double wy = p.weight ? p.weight[y] : 1.0;
-        loss = (1.0 - p.eps) * wy * (lse - xy);
-        if (p.eps != 0.0)  /* skipped at eps == 0: 0 * inf would turn masked rows into nan */
-            loss += p.eps / (double)p.C * (p.W * lse - wx);
-    }
-    if (p.row_loss) p.row_loss[r] = loss;
-    if (p.row_out) p.row_out[a * p.ra + b * p.rb] = (T)loss;
-}
-
-/* The elementwise stage of one row, as coefficients in T. */
-template <typename T> struct fce_apply {
-    T hi, lo;      /* lse = hi + lo: x - lse is computed as (x - hi) - lo        */
-    T ca, cb, cy;  /* CE gradient: ca * p_c - cb * w_c - [c == y] * cy          */
-    long long y;
-    int mode;
-    bool zero;     /* ignored row: the gradient row is 0                       */
-    bool use_w;    /* cb != 0: read w_c                                       */
+/* One row: its target, where it lives, the flags of what to accumulate. */
+struct fce_row {
+    long long a, b;
+    long long y, yl;  /* global target (-1: none) and its index in this array         */
+    bool ignored, owns;
 };
 
-template <typename T>
-__device__ __forceinline__ fce_apply<T> fce_make_apply(const fce_rows_args<T> &p, long long r,
-                                                       bool ignored, long long y, double lse) {
-    fce_apply<T> k;
-    k.mode = p.mode;
-    k.zero = ignored;
-    k.y = y;
-    k.hi = (T)lse;
-    k.lo = (T)(lse - (double)k.hi);
-    k.ca = k.cb = k.cy = (T)0;
-    k.use_w = false;
-    if (p.mode == FCE_MODE_CE && !ignored) {
-        const double s = p.gscale * (p.gout ? p.gout[r * p.gout_s] : 1.0);
-        const double wy = p.weight ? p.weight[y] : 1.0;
-        const double e = p.eps, ec = p.eps / (double)p.C;
-        k.ca = (T)(s * ((1.0 - e) * wy + ec * p.W));
-        k.cb = (T)(s * ec);
-        k.cy = (T)(s * (1.0 - e) * wy);
-        k.use_w = (e != 0.0);
+template <class P>
+__device__ __forceinline__ fce_row fce_row_of(const P &p, long long r) {
+    fce_row q;
+    q.a = r / p.B;
+    q.b = r - q.a * p.B;
+    q.y = -1;
+    q.yl = -1;
+    q.ignored = q.owns = false;
+    if (p.mode == FCE_MODE_CE && p.target) {
+        q.y = p.target_is64 ? ((const long long *)p.target)[r] : (long long)((const int *)p.target)[r];
+        q.ignored = (q.y == p.ignore_index);
+        q.owns = !q.ignored && q.y >= p.cstart && q.y < p.cstart + p.C;
+        if (q.owns) q.yl = q.y - p.cstart;
     }
-    return k;
+    return q;
 }
 
-template <typename T>
-__device__ __forceinline__ T fce_apply_one(const fce_apply<T> &k, const double *weight, T v,
-                                           long long c) {
-    if (k.mode == FCE_MODE_LOG_SOFTMAX) return (v - k.hi) - k.lo;
-    if (k.mode == FCE_MODE_SOFTMAX) return fce_num<T>::ex((v - k.hi) - k.lo);
-    if (k.zero) return (T)0;
-    T g = k.ca * fce_num<T>::ex((v - k.hi) - k.lo);
-    if (k.use_w) g -= k.cb * (weight ? (T)weight[c] : (T)1);
-    if (c == k.y) g -= k.cy;
-    return g;
+/* sum w_c x_c is needed for a smoothed loss (hard or soft targets); sum w t x, sum w t
+ * for probability targets. */
+template <class P>
+__device__ __forceinline__ bool fce_want_wx(const P &p) {
+    return p.mode == FCE_MODE_CE && p.eps != 0.0 && (p.row_loss != 0 || p.row_out != 0 || p.soft != 0);
 }
 
-/* Online update of (m, s) by one score; s in float64. */
-template <typename T>
-__device__ __forceinline__ void fce_online1(T v, T &m, double &s) {
-    if (v > m) {                         /* nan never enters m */
-        s *= (double)fce_num<T>::ex(m - v); /* m = -inf: exp(-inf) = 0 (nan s stays nan) */
+/* The score at (row, class) as the kernels see it: loaded, converted, capped. */
+template <class P>
+__device__ __forceinline__ typename P::T fce_score(const P &p, const typename P::T v) {
+    typedef typename P::T T;
+    if (p.cap == 0.0) return v;
+    return (T)p.cap * fce_num<T>::th(v * (T)(1.0 / p.cap));
+}
+
+/* Add one score v (class c) to a thread's running statistics (online max). */
+template <class P>
+__device__ __forceinline__ void fce_accumulate(const P &p, const fce_row &q, typename P::T v,
+                                               long long c, bool want_wx, fce_stat &st,
+                                               typename P::T &m) {
+    typedef typename P::T T;
+    if (v > m) {                                     /* nan never enters m */
+        st.s *= (double)fce_num<T>::ex(m - v);       /* m = -inf: exp(-inf) = 0 */
         m = v;
     }
-    if (v != fce_num<T>::ninf()) s += (double)fce_num<T>::ex(v - m);
+    if (v != fce_num<T>::ninf()) st.s += (double)fce_num<T>::ex(v - m);
+    const double w = p.weight ? p.weight[c] : 1.0;
+    if (want_wx) st.wx += w * (double)v;
+    if (p.soft) {
+        const double t = (double)fce_io<typename P::S>::ld(p.soft + q.a * p.ta + q.b * p.tb + c * p.tc);
+        st.wtx += w * t * (double)v;
+        st.wts += w * t;
+    }
 }
 
 /* Rescale a thread's s from its own max m to the common max M (M >= m). */
 template <typename T>
 __device__ __forceinline__ double fce_rescale(double s, T m, T M) {
     return (m == M) ? s : s * (double)fce_num<T>::ex(m - M);  /* m == M covers -inf == -inf */
+}
+
+/* The row's lse from its statistics, or the caller's. */
+template <class P>
+__device__ __forceinline__ double fce_lse(const P &p, long long r, double m, double s) {
+    return p.lse_in ? p.lse_in[r] : m + log(s);
+}
+
+/* Per-row results (one thread per row calls this). */
+template <class P>
+__device__ void fce_row_result(const P &p, long long r, const fce_row &q, double lse,
+                               const fce_stat &st) {
+    typedef typename P::T T;
+    if (p.lse_out) p.lse_out[r] = q.ignored ? fce_dnan() : lse;
+    if (p.mode == FCE_MODE_LSE) {
+        p.row_out[q.a * p.ra + q.b * p.rb] = (T)lse;
+        return;
+    }
+    if (p.mode != FCE_MODE_CE || (!p.row_loss && !p.row_out)) return;
+    double loss = 0.0, zl = 0.0;
+    if (!q.ignored) {
+        const double e = p.eps;
+        bool zterm = true;
+        if (p.soft) {
+            const double T1 = (1.0 - e) * st.wts + e / p.Ctot * p.W;
+            double wtx = (1.0 - e) * st.wtx;
+            if (e != 0.0) wtx += e / p.Ctot * st.wx;
+            loss = T1 * lse - wtx;
+        } else {
+            const double wy = p.weight_y ? p.weight_y[q.y] : 1.0;
+            if (q.owns) loss = (1.0 - e) * wy * (lse - st.xy);
+            if (e != 0.0)  /* skipped at eps == 0: 0 * inf would turn masked rows into nan */
+                loss += e / p.Ctot * (p.W * lse - st.wx);
+            zterm = q.owns;
+        }
+        if (p.z != 0.0 && zterm) zl = p.z * lse * lse;
+    }
+    if (p.row_loss) p.row_loss[r] = (zl != 0.0) ? loss + p.zrow * zl : loss;
+    if (p.row_out) p.row_out[q.a * p.ra + q.b * p.rb] = (T)(loss + zl);
+}
+
+/* The elementwise stage of one row, as coefficients in T:
+ *   log_softmax  x - lse                  softmax  exp(x - lse)
+ *   CE gradient  (ca p_c - w_c (cb + cd t_c) - [c == yl] cy) * (1 - (x_c / cap)^2) */
+template <typename T> struct fce_apply {
+    T hi, lo;      /* lse = hi + lo: x - lse is computed as (x - hi) - lo        */
+    T ca, cb, cd, cy, icap;
+    long long yl;
+    int mode;
+    bool zero;     /* ignored row: the gradient row is 0                       */
+    bool use_w;    /* cb or cd != 0: read w_c (and t_c)                        */
+};
+
+template <class P>
+__device__ __forceinline__ fce_apply<typename P::T> fce_make_apply(const P &p, long long r,
+                                                                   const fce_row &q, double lse,
+                                                                   const fce_stat &st) {
+    typedef typename P::T T;
+    fce_apply<T> k;
+    k.mode = p.mode;
+    k.zero = q.ignored;
+    k.yl = q.yl;
+    k.hi = (T)lse;
+    k.lo = (T)(lse - (double)k.hi);
+    k.ca = k.cb = k.cd = k.cy = (T)0;
+    k.icap = (T)(p.cap != 0.0 ? 1.0 / p.cap : 0.0);
+    k.use_w = false;
+    if (p.mode == FCE_MODE_CE && !q.ignored) {
+        const double go = p.gout ? p.gout[r * p.gout_s] : 1.0;
+        const double g = p.gscale * go, gz = p.gzscale * go;
+        const double e = p.eps;
+        double ca;
+        if (p.soft) {
+            ca = g * ((1.0 - e) * st.wts + e / p.Ctot * p.W);
+            k.cb = (T)(g * e / p.Ctot);
+            k.cd = (T)(g * (1.0 - e));
+            k.use_w = true;
+        } else {
+            const double wy = p.weight_y ? p.weight_y[q.y] : 1.0;
+            ca = g * ((1.0 - e) * wy + e / p.Ctot * p.Wtot);
+            k.cb = (T)(g * e / p.Ctot);
+            k.cy = (T)(q.owns ? g * (1.0 - e) * wy : 0.0);
+            k.use_w = (e != 0.0);
+        }
+        if (p.z != 0.0) ca += gz * 2.0 * p.z * lse;
+        k.ca = (T)ca;
+    }
+    return k;
+}
+
+/* Output value at class c of a row whose (capped) score is v; t_c read only when needed. */
+template <class P>
+__device__ __forceinline__ typename P::T fce_apply_one(const P &p, const fce_apply<typename P::T> &k,
+                                                       const fce_row &q, typename P::T v, long long c) {
+    typedef typename P::T T;
+    if (k.mode == FCE_MODE_LOG_SOFTMAX) return (v - k.hi) - k.lo;
+    if (k.mode == FCE_MODE_SOFTMAX) return fce_num<T>::ex((v - k.hi) - k.lo);
+    if (k.zero) return (T)0;
+    T g = k.ca * fce_num<T>::ex((v - k.hi) - k.lo);
+    if (k.use_w) {
+        const T w = p.weight ? (T)p.weight[c] : (T)1;
+        T coef = k.cb;
+        if (p.soft) coef += k.cd * fce_io<typename P::S>::ld(p.soft + q.a * p.ta + q.b * p.tb + c * p.tc);
+        g -= w * coef;
+    }
+    if (c == k.yl) g -= k.cy;
+    if (p.cap != 0.0) {
+        const T u = v * k.icap;
+        g *= (T)1 - u * u;
+    }
+    return g;
 }
 
 /* ------------------------------------------------------------------ reductions */
@@ -215,6 +405,16 @@ __device__ __forceinline__ double fce_warp_sum(double v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FCE_FULL_MASK, v, o);
     return v;
+}
+
+/* Warp-wide sums of the statistics a row needs (uniform flags). */
+__device__ __forceinline__ void fce_warp_stats(fce_stat &st, bool want_wx, bool soft) {
+    st.s = fce_warp_sum(st.s);
+    if (want_wx) st.wx = fce_warp_sum(st.wx);
+    if (soft) {
+        st.wtx = fce_warp_sum(st.wtx);
+        st.wts = fce_warp_sum(st.wts);
+    }
 }
 
 /* Block-wide max of T (exact in double); every thread gets the result.
@@ -236,94 +436,106 @@ __device__ T fce_block_max(T v, double *sm) {
     return r;
 }
 
-/* Block-wide sums of two doubles; every thread gets both. sm: 66 doubles. */
-__device__ void fce_block_sum2(double &u, double &v, double *sm) {
+/* Block-wide sums of s, wx, wtx, wts; every thread gets them. sm: 4 * 33 doubles.
+ * Sums a statistic only when the (uniform) flags ask for it. */
+__device__ void fce_block_stats(fce_stat &st, bool want_wx, bool soft, double *sm) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    u = fce_warp_sum(u);
-    v = fce_warp_sum(v);
-    if (lane == 0) { sm[warp] = u; sm[33 + warp] = v; }
-    __syncthreads();
-    if (warp == 0) {
-        double a = lane < nw ? sm[lane] : 0.0;
-        double b = lane < nw ? sm[33 + lane] : 0.0;
-        a = fce_warp_sum(a);
-        b = fce_warp_sum(b);
-        if (lane == 0) { sm[32] = a; sm[65] = b; }
+    const int n = soft ? 4 : (want_wx ? 2 : 1);
+    fce_warp_stats(st, want_wx || soft, soft);
+    if (lane == 0) {
+        sm[warp] = st.s;
+        sm[33 + warp] = st.wx;
+        sm[66 + warp] = st.wtx;
+        sm[99 + warp] = st.wts;
     }
     __syncthreads();
-    u = sm[32];
-    v = sm[65];
+    if (warp == 0) {
+        for (int j = 0; j < n; ++j) {
+            double a = lane < nw ? sm[33 * j + lane] : 0.0;
+            a = fce_warp_sum(a);
+            if (lane == 0) sm[33 * j + 32] = a;
+        }
+    }
+    __syncthreads();
+    st.s = sm[32];
+    if (n > 1) st.wx = sm[65];
+    if (n > 2) {
+        st.wtx = sm[98];
+        st.wts = sm[131];
+    }
     __syncthreads();
 }
 
+/* Zero the per-row results and the output row of an ignored row (columns from..to, step). */
+template <class P>
+__device__ __forceinline__ void fce_zero_row(const P &p, const fce_row &q, long long from,
+                                             long long to, long long step) {
+    if (!p.out) return;
+    for (long long c = from; c < to; c += step)
+        fce_io<typename P::O>::st(p.out + q.a * p.oa + q.b * p.ob + c * p.oc, (typename P::T)0);
+}
+
 /* ------------------------------------------------------------------ warp per row */
-template <typename T, int VPT>
-__device__ void fce_rows_warp(const fce_rows_args<T> &p) {
+template <class P, int VPT>
+__device__ void fce_rows_warp(const P &p) {
+    typedef typename P::T T;
+    typedef typename P::S S;
     const int lane = threadIdx.x & 31;
     const long long wpb = blockDim.x >> 5;
     const long long step = (long long)gridDim.x * wpb;
     const T NINF = fce_num<T>::ninf();
-    const bool want_wx = fce_want_wx(p);
+    const bool want_wx = fce_want_wx(p), soft = p.soft != 0;
     for (long long r = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); r < p.n_rows; r += step) {
-        const long long a = r / p.B, b = r - a * p.B;
-        const T *xr = p.x + a * p.xa + b * p.xb;
-        T *orow = p.out ? p.out + a * p.oa + b * p.ob : 0;
-        long long y = 0;
-        bool ignored = false;
-        if (p.mode == FCE_MODE_CE) {
-            y = fce_target(p, r);
-            ignored = (y == p.ignore_index);
-        }
-        if (ignored) {
-            if (lane == 0) fce_row_result(p, r, a, b, true, y, 0.0, 0.0, 0.0);
-            if (orow)
-                for (long long c = lane; c < p.C; c += 32) orow[c * p.oc] = (T)0;
+        const fce_row q = fce_row_of(p, r);
+        const S *xr = p.x + q.a * p.xa + q.b * p.xb;
+        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        if (q.ignored) {
+            if (lane == 0) fce_row_result(p, r, q, 0.0, st);
+            fce_zero_row(p, q, lane, p.C, 32);
             continue;
         }
-        double xy = 0.0;
-        if (p.mode == FCE_MODE_CE && lane == 0) xy = (double)xr[y * p.xc];  /* before any write */
+        if (q.owns && lane == 0) st.xy = (double)fce_score(p, fce_io<S>::ld(xr + q.yl * p.xc));  /* before any write */
         T v[VPT];
         T m = NINF;
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
             const long long c = lane + 32LL * k;
-            v[k] = (c < p.C) ? xr[c * p.xc] : NINF;
+            v[k] = (c < p.C) ? fce_score(p, fce_io<S>::ld(xr + c * p.xc)) : NINF;
             m = (v[k] > m) ? v[k] : m;
         }
         m = fce_warp_max(m);
-        double s = 0.0, wx = 0.0;
+        T mm = m;
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
             const long long c = lane + 32LL * k;
-            if (c < p.C) {
-                if (v[k] != NINF) s += (double)fce_num<T>::ex(v[k] - m);
-                if (want_wx) wx += (p.weight ? p.weight[c] : 1.0) * (double)v[k];
-            }
+            if (c < p.C) fce_accumulate(p, q, v[k], c, want_wx, st, mm);  /* mm stays m */
         }
-        s = fce_warp_sum(s);
-        if (want_wx) wx = fce_warp_sum(wx);
-        const double lse = (double)m + log(s);
-        if (lane == 0) fce_row_result(p, r, a, b, false, y, lse, wx, xy);
-        if (orow && p.mode != FCE_MODE_LSE) {
-            const fce_apply<T> k = fce_make_apply(p, r, false, y, lse);
+        fce_warp_stats(st, want_wx, soft);
+        const double lse = fce_lse(p, r, (double)m, st.s);
+        if (lane == 0) fce_row_result(p, r, q, lse, st);
+        if (p.out && p.mode != FCE_MODE_LSE) {
+            const fce_apply<T> k = fce_make_apply(p, r, q, lse, st);
+            typename P::O *orow = p.out + q.a * p.oa + q.b * p.ob;
 #pragma unroll
             for (int j = 0; j < VPT; ++j) {
                 const long long c = lane + 32LL * j;
-                if (c < p.C) orow[c * p.oc] = fce_apply_one(k, p.weight, v[j], c);
+                if (c < p.C) fce_io<typename P::O>::st(orow + c * p.oc, fce_apply_one(p, k, q, v[j], c));
             }
         }
     }
 }
 
 /* ------------------------------------------------------------------ block per row */
-template <typename T, int VPT>
-__device__ void fce_rows_block(const fce_rows_args<T> &p) {
-    __shared__ double sm[66];
-    __shared__ double srow[4];
+template <class P, int VPT>
+__device__ void fce_rows_block(const P &p) {
+    typedef typename P::T T;
+    typedef typename P::S S;
+    __shared__ double sm[4 * 33];
+    __shared__ double srow[FCE_PART];
     const int tid = threadIdx.x;
     const long long nt = blockDim.x;
     const T NINF = fce_num<T>::ninf();
-    const bool want_wx = fce_want_wx(p);
+    const bool want_wx = fce_want_wx(p), soft = p.soft != 0;
     const long long chunk = blockIdx.y;
     long long c0 = 0, c1 = p.C;
     if (p.phase != 0) {
@@ -333,192 +545,205 @@ __device__ void fce_rows_block(const fce_rows_args<T> &p) {
     /* the block that writes the per-row results */
     const bool finisher = (p.phase == 0) || (p.phase == 2 && chunk == 0);
     for (long long r = blockIdx.x; r < p.n_rows; r += gridDim.x) {
-        const long long a = r / p.B, b = r - a * p.B;
-        const T *xr = p.x + a * p.xa + b * p.xb;
-        T *orow = p.out ? p.out + a * p.oa + b * p.ob : 0;
-        long long y = 0;
-        bool ignored = false;
-        if (p.mode == FCE_MODE_CE) {
-            y = fce_target(p, r);
-            ignored = (y == p.ignore_index);
-        }
-        if (ignored) {  /* uniform over the block */
+        const fce_row q = fce_row_of(p, r);
+        const S *xr = p.x + q.a * p.xa + q.b * p.xb;
+        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        if (q.ignored) {  /* uniform over the block */
             if (p.phase == 1) continue;
-            if (tid == 0 && finisher) fce_row_result(p, r, a, b, true, y, 0.0, 0.0, 0.0);
-            if (orow)
-                for (long long c = c0 + tid; c < c1; c += nt) orow[c * p.oc] = (T)0;
+            if (tid == 0 && finisher) fce_row_result(p, r, q, 0.0, st);
+            fce_zero_row(p, q, c0 + tid, c1, nt);
             continue;
         }
-        double lse, wx = 0.0, xy = 0.0;
+        double lse;
         T v[VPT > 0 ? VPT : 1];
         if (p.phase == 2) {
             if (tid == 0) {  /* combine the partials in a fixed order */
-                const double *pp = p.part + r * (long long)p.n_parts * 4;
+                const double *pp = p.part + r * (long long)p.n_parts * FCE_PART;
                 double M = pp[0];
-                for (int j = 1; j < p.n_parts; ++j) M = (pp[4 * j] > M) ? pp[4 * j] : M;
-                double S = 0.0, WX = 0.0;
+                for (int j = 1; j < p.n_parts; ++j) M = (pp[FCE_PART * j] > M) ? pp[FCE_PART * j] : M;
+                double S_ = 0.0, WX = 0.0, WTX = 0.0, WTS = 0.0;
                 for (int j = 0; j < p.n_parts; ++j) {
-                    const double mj = pp[4 * j];
-                    S += (mj == M) ? pp[4 * j + 1] : pp[4 * j + 1] * exp(mj - M);
-                    WX += pp[4 * j + 2];
+                    const double *pj = pp + FCE_PART * j;
+                    S_ += (pj[0] == M) ? pj[1] : pj[1] * exp(pj[0] - M);
+                    WX += pj[2];
+                    WTX += pj[3];
+                    WTS += pj[4];
                 }
-                srow[0] = M + log(S);
-                srow[1] = WX;
-                srow[2] = (p.mode == FCE_MODE_CE) ? pp[4 * (y / p.chunk_len) + 3] : 0.0;
+                srow[0] = M;
+                srow[1] = S_;
+                srow[2] = WX;
+                srow[3] = WTX;
+                srow[4] = WTS;
+                srow[5] = q.owns ? pp[FCE_PART * (q.yl / p.chunk_len) + 5] : 0.0;
             }
             __syncthreads();
-            lse = srow[0];
-            wx = srow[1];
-            xy = srow[2];
+            st.m = srow[0];
+            st.s = srow[1];
+            st.wx = srow[2];
+            st.wtx = srow[3];
+            st.wts = srow[4];
+            st.xy = srow[5];
             __syncthreads();
+            lse = fce_lse(p, r, st.m, st.s);
         } else {
-            if (p.mode == FCE_MODE_CE && tid == 0 && y >= c0 && y < c1)
-                xy = (double)xr[y * p.xc];  /* before the barriers that precede any write */
+            if (q.owns && tid == 0 && q.yl >= c0 && q.yl < c1)  /* before the barriers that precede any write */
+                st.xy = (double)fce_score(p, fce_io<S>::ld(xr + q.yl * p.xc));
             T m = NINF;
-            double s = 0.0, wxt = 0.0;
             if (VPT > 0) {  /* the row stays in registers (phase 0 only) */
 #pragma unroll
                 for (int k = 0; k < (VPT > 0 ? VPT : 1); ++k) {
                     const long long c = tid + nt * k;
-                    v[k] = (c < p.C) ? xr[c * p.xc] : NINF;
+                    v[k] = (c < p.C) ? fce_score(p, fce_io<S>::ld(xr + c * p.xc)) : NINF;
                     m = (v[k] > m) ? v[k] : m;
                 }
-                const T M = fce_block_max(m, sm);
+                m = fce_block_max(m, sm);
+                T mm = m;
 #pragma unroll
                 for (int k = 0; k < (VPT > 0 ? VPT : 1); ++k) {
                     const long long c = tid + nt * k;
-                    if (c < p.C) {
-                        if (v[k] != NINF) s += (double)fce_num<T>::ex(v[k] - M);
-                        if (want_wx) wxt += (p.weight ? p.weight[c] : 1.0) * (double)v[k];
-                    }
+                    if (c < p.C) fce_accumulate(p, q, v[k], c, want_wx, st, mm);
                 }
-                m = M;
-            } else {  /* streaming: online max/sum, 4 loads in flight per thread */
+            } else if (p.cap == 0.0 && !soft) {  /* streaming, 4 loads in flight per thread */
                 long long c = c0 + tid;
                 for (; c + 3 * nt < c1; c += 4 * nt) {
-                    const T x0 = xr[c * p.xc], x1 = xr[(c + nt) * p.xc];
-                    const T x2 = xr[(c + 2 * nt) * p.xc], x3 = xr[(c + 3 * nt) * p.xc];
+                    const T x0 = fce_io<S>::ld(xr + c * p.xc), x1 = fce_io<S>::ld(xr + (c + nt) * p.xc);
+                    const T x2 = fce_io<S>::ld(xr + (c + 2 * nt) * p.xc);
+                    const T x3 = fce_io<S>::ld(xr + (c + 3 * nt) * p.xc);
                     T mx = (x1 > x0) ? x1 : x0;
                     mx = (x2 > mx) ? x2 : mx;
                     mx = (x3 > mx) ? x3 : mx;
                     if (mx > m) {
-                        s *= (double)fce_num<T>::ex(m - mx);
+                        st.s *= (double)fce_num<T>::ex(m - mx);
                         m = mx;
                     }
-                    if (x0 != NINF) s += (double)fce_num<T>::ex(x0 - m);
-                    if (x1 != NINF) s += (double)fce_num<T>::ex(x1 - m);
-                    if (x2 != NINF) s += (double)fce_num<T>::ex(x2 - m);
-                    if (x3 != NINF) s += (double)fce_num<T>::ex(x3 - m);
+                    if (x0 != NINF) st.s += (double)fce_num<T>::ex(x0 - m);
+                    if (x1 != NINF) st.s += (double)fce_num<T>::ex(x1 - m);
+                    if (x2 != NINF) st.s += (double)fce_num<T>::ex(x2 - m);
+                    if (x3 != NINF) st.s += (double)fce_num<T>::ex(x3 - m);
                     if (want_wx) {
                         if (p.weight) {
-                            wxt += p.weight[c] * (double)x0 + p.weight[c + nt] * (double)x1
-                                 + p.weight[c + 2 * nt] * (double)x2 + p.weight[c + 3 * nt] * (double)x3;
+                            st.wx += p.weight[c] * (double)x0 + p.weight[c + nt] * (double)x1
+                                   + p.weight[c + 2 * nt] * (double)x2 + p.weight[c + 3 * nt] * (double)x3;
                         } else {
-                            wxt += ((double)x0 + (double)x1) + ((double)x2 + (double)x3);
+                            st.wx += ((double)x0 + (double)x1) + ((double)x2 + (double)x3);
                         }
                     }
                 }
-                for (; c < c1; c += nt) {
-                    const T xv = xr[c * p.xc];
-                    fce_online1(xv, m, s);
-                    if (want_wx) wxt += (p.weight ? p.weight[c] : 1.0) * (double)xv;
-                }
+                for (; c < c1; c += nt) fce_accumulate(p, q, fce_io<S>::ld(xr + c * p.xc), c, want_wx, st, m);
                 const T M = fce_block_max(m, sm);
-                s = fce_rescale(s, m, M);
+                st.s = fce_rescale(st.s, m, M);
+                m = M;
+            } else {  /* streaming with a softcap or probability targets: one at a time */
+                for (long long c = c0 + tid; c < c1; c += nt)
+                    fce_accumulate(p, q, fce_score(p, fce_io<S>::ld(xr + c * p.xc)), c, want_wx, st, m);
+                const T M = fce_block_max(m, sm);
+                st.s = fce_rescale(st.s, m, M);
                 m = M;
             }
-            fce_block_sum2(s, wxt, sm);
+            fce_block_stats(st, want_wx, soft, sm);
+            st.m = (double)m;
             if (p.phase == 1) {
                 if (tid == 0) {
-                    double *pp = p.part + (r * (long long)p.n_parts + chunk) * 4;
-                    pp[0] = (double)m;
-                    pp[1] = s;
-                    pp[2] = wxt;
-                    pp[3] = xy;  /* meaningful only in the chunk holding y */
+                    double *pp = p.part + (r * (long long)p.n_parts + chunk) * FCE_PART;
+                    pp[0] = st.m;
+                    pp[1] = st.s;
+                    pp[2] = st.wx;
+                    pp[3] = st.wtx;
+                    pp[4] = st.wts;
+                    pp[5] = st.xy;  /* meaningful only in the chunk holding y */
                 }
                 continue;
             }
-            lse = (double)m + log(s);
-            wx = wxt;
+            lse = fce_lse(p, r, st.m, st.s);
         }
-        if (tid == 0 && finisher) fce_row_result(p, r, a, b, false, y, lse, wx, xy);
-        if (orow && p.mode != FCE_MODE_LSE) {
-            const fce_apply<T> k = fce_make_apply(p, r, false, y, lse);
+        if (tid == 0 && finisher) fce_row_result(p, r, q, lse, st);
+        if (p.out && p.mode != FCE_MODE_LSE) {
+            const fce_apply<T> k = fce_make_apply(p, r, q, lse, st);
+            typename P::O *orow = p.out + q.a * p.oa + q.b * p.ob;
             if (VPT > 0 && p.phase == 0) {
 #pragma unroll
                 for (int j = 0; j < (VPT > 0 ? VPT : 1); ++j) {
                     const long long c = tid + nt * j;
-                    if (c < p.C) orow[c * p.oc] = fce_apply_one(k, p.weight, v[j], c);
+                    if (c < p.C) fce_io<typename P::O>::st(orow + c * p.oc, fce_apply_one(p, k, q, v[j], c));
                 }
             } else {
                 for (long long c = c0 + tid; c < c1; c += nt)
-                    orow[c * p.oc] = fce_apply_one(k, p.weight, xr[c * p.xc], c);
+                    fce_io<typename P::O>::st(orow + c * p.oc,
+                                              fce_apply_one(p, k, q, fce_score(p, fce_io<S>::ld(xr + c * p.xc)), c));
             }
         }
     }
 }
 
 /* ------------------------------------------------------------------ thread per row */
-template <typename T>
-__device__ void fce_rows_thread(const fce_rows_args<T> &p) {
+template <class P>
+__device__ void fce_rows_thread(const P &p) {
+    typedef typename P::T T;
+    typedef typename P::S S;
     const long long step = (long long)gridDim.x * blockDim.x;
     const T NINF = fce_num<T>::ninf();
     const bool want_wx = fce_want_wx(p);
     for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < p.n_rows; r += step) {
-        const long long a = r / p.B, b = r - a * p.B;
-        const T *xr = p.x + a * p.xa + b * p.xb;
-        T *orow = p.out ? p.out + a * p.oa + b * p.ob : 0;
-        long long y = 0;
-        bool ignored = false;
-        if (p.mode == FCE_MODE_CE) {
-            y = fce_target(p, r);
-            ignored = (y == p.ignore_index);
-        }
-        if (ignored) {
-            fce_row_result(p, r, a, b, true, y, 0.0, 0.0, 0.0);
-            if (orow)
-                for (long long c = 0; c < p.C; ++c) orow[c * p.oc] = (T)0;
+        const fce_row q = fce_row_of(p, r);
+        const S *xr = p.x + q.a * p.xa + q.b * p.xb;
+        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        if (q.ignored) {
+            fce_row_result(p, r, q, 0.0, st);
+            fce_zero_row(p, q, 0, p.C, 1);
             continue;
         }
-        const double xy = (p.mode == FCE_MODE_CE) ? (double)xr[y * p.xc] : 0.0;
+        if (q.owns) st.xy = (double)fce_score(p, fce_io<S>::ld(xr + q.yl * p.xc));
         T m = NINF;
-        double s = 0.0, wx = 0.0;
-        for (long long c = 0; c < p.C; ++c) {
-            const T xv = xr[c * p.xc];
-            fce_online1(xv, m, s);
-            if (want_wx) wx += (p.weight ? p.weight[c] : 1.0) * (double)xv;
-        }
-        const double lse = (double)m + log(s);
-        fce_row_result(p, r, a, b, false, y, lse, wx, xy);
-        if (orow && p.mode != FCE_MODE_LSE) {
-            const fce_apply<T> k = fce_make_apply(p, r, false, y, lse);
+        for (long long c = 0; c < p.C; ++c)
+            fce_accumulate(p, q, fce_score(p, fce_io<S>::ld(xr + c * p.xc)), c, want_wx, st, m);
+        const double lse = fce_lse(p, r, (double)m, st.s);
+        fce_row_result(p, r, q, lse, st);
+        if (p.out && p.mode != FCE_MODE_LSE) {
+            const fce_apply<T> k = fce_make_apply(p, r, q, lse, st);
+            typename P::O *orow = p.out + q.a * p.oa + q.b * p.ob;
             for (long long c = 0; c < p.C; ++c)
-                orow[c * p.oc] = fce_apply_one(k, p.weight, xr[c * p.xc], c);
+                fce_io<typename P::O>::st(orow + c * p.oc,
+                                          fce_apply_one(p, k, q, fce_score(p, fce_io<S>::ld(xr + c * p.xc)), c));
         }
     }
 }
 
 /* ------------------------------------------------------------------ instantiations */
-#define FCE_WARP(T, SUF, V)                                                                \
-    extern "C" __global__ void __launch_bounds__(256)                                      \
-    fastce_rows_warp##V##_##SUF(FCE_ROWS_PARAMS(T)) {                                      \
-        fce_rows_warp<T, V>(fce_make_args<T>(FCE_ROWS_ARGS));                              \
+#define FCE_P(S, O) fce_rows_args<S, O>
+#define FCE_WARP(S, O, SUF, V)                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                    \
+    fastce_rows_warp##V##_##SUF(FCE_ROWS_PARAMS(S, O, fce_io<S>::T)) {                     \
+        fce_rows_warp<FCE_P(S, O), V>(fce_make_args<S, O>(FCE_ROWS_ARGS));                 \
     }
-#define FCE_BLOCK(T, SUF, V, MAXT)                                                         \
-    extern "C" __global__ void __launch_bounds__(MAXT)                                     \
-    fastce_rows_block##V##_##SUF(FCE_ROWS_PARAMS(T)) {                                     \
-        fce_rows_block<T, V>(fce_make_args<T>(FCE_ROWS_ARGS));                             \
+#define FCE_BLOCK(S, O, SUF, V, MAXT)                                                      \
+    extern "C" __global__ void __launch_bounds__(MAXT, 1)                                  \
+    fastce_rows_block##V##_##SUF(FCE_ROWS_PARAMS(S, O, fce_io<S>::T)) {                    \
+        fce_rows_block<FCE_P(S, O), V>(fce_make_args<S, O>(FCE_ROWS_ARGS));                \
     }
-#define FCE_THREAD(T, SUF)                                                                 \
-    extern "C" __global__ void __launch_bounds__(256)                                      \
-    fastce_rows_thread_##SUF(FCE_ROWS_PARAMS(T)) {                                         \
-        fce_rows_thread<T>(fce_make_args<T>(FCE_ROWS_ARGS));                               \
+#define FCE_THREAD(S, O, SUF)                                                              \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                    \
+    fastce_rows_thread_##SUF(FCE_ROWS_PARAMS(S, O, fce_io<S>::T)) {                        \
+        fce_rows_thread<FCE_P(S, O)>(fce_make_args<S, O>(FCE_ROWS_ARGS));                  \
     }
-#define FCE_ALL(T, SUF)                                                                    \
-    FCE_WARP(T, SUF, 1) FCE_WARP(T, SUF, 2) FCE_WARP(T, SUF, 4) FCE_WARP(T, SUF, 8)        \
-    FCE_WARP(T, SUF, 16) FCE_WARP(T, SUF, 32)                                              \
-    FCE_BLOCK(T, SUF, 0, 1024) FCE_BLOCK(T, SUF, 8, 512) FCE_BLOCK(T, SUF, 16, 512)        \
-    FCE_THREAD(T, SUF)
+#define FCE_ALL(S, O, SUF)                                                                 \
+    FCE_WARP(S, O, SUF, 1) FCE_WARP(S, O, SUF, 2) FCE_WARP(S, O, SUF, 4)                   \
+    FCE_WARP(S, O, SUF, 8) FCE_WARP(S, O, SUF, 16) FCE_WARP(S, O, SUF, 32)                 \
+    FCE_BLOCK(S, O, SUF, 0, 512) FCE_BLOCK(S, O, SUF, 8, 512)                             \
+    FCE_BLOCK(S, O, SUF, 16, 512) FCE_THREAD(S, O, SUF)
 
-FCE_ALL(float, f32)
-FCE_ALL(double, f64)
+/* FCE_ROWS_SET (a compile option) picks one dtype family, so that a process compiles
+ * only the kernels it uses (NVRTC at first use); without it, everything is compiled. */
+#if !defined(FCE_ROWS_SET) || FCE_ROWS_SET == 1
+FCE_ALL(float, float, f32)
+#endif
+#if !defined(FCE_ROWS_SET) || FCE_ROWS_SET == 2
+FCE_ALL(double, double, f64)
+#endif
+#if !defined(FCE_ROWS_SET) || FCE_ROWS_SET == 3
+FCE_ALL(fce_f16, fce_f16, f16)
+FCE_ALL(fce_f16, float, f16f32)
+#endif
+#if !defined(FCE_ROWS_SET) || FCE_ROWS_SET == 4
+FCE_ALL(fce_bf16, fce_bf16, bf16)
+FCE_ALL(fce_bf16, float, bf16f32)
+#endif

@@ -93,6 +93,8 @@ inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask, int width = 32) {
 
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+inline float __uint_as_float(unsigned int i) { float f; memcpy(&f, &i, 4); return f; }
+inline unsigned int __float_as_uint(float f) { unsigned int i; memcpy(&i, &f, 4); return i; }
 
 namespace emu {
 /* Run one block: every thread as a fiber; returns false (g.error set) on a deadlock. */
