@@ -34,7 +34,13 @@ does not return.
 
 Rows longer than ``_BLOCK`` are cut into chunks; the work items and their order depend on
 shapes and strides only, so results are bitwise identical for any ``n_threads``.
+
+CuPy arrays go to the GPU twin, ``fastce/cuda/_bce.py`` (kernel ``fastce/cuda/bce.cu``):
+same semantics, options and errors, CuPy results (scalar losses as 0-d arrays). Mixing
+CuPy and NumPy arrays in one call is a TypeError naming them (``_gpu_ops``).
 """
+import sys
+
 import numpy as np
 
 from . import _kernels
@@ -49,12 +55,28 @@ __all__ = [
 _BLOCK = 8192  # elements per work item (a fixed constant: never derived from n_threads)
 
 
-def _reject_cupy(*arrays):
-    import sys
+def _gpu_ops(**arrays):
+    """The GPU path (``fastce.cuda._bce.BceOps`` on CuPy) when any argument is a CuPy
+    array, else None; a TypeError naming the arguments when CuPy and NumPy arrays are
+    mixed (``fastce.cuda.is_cupy_call``). Never imports CuPy."""
     if "cupy" not in sys.modules:
-        return
-    if any(type(a).__module__.split(".")[0] == "cupy" for a in arrays):
-        raise TypeError("binary_cross_entropy_with_logits has no CuPy path yet: pass NumPy arrays")
+        return None
+    from . import cuda
+    if not cuda.is_cupy_call(*arrays.values(), names=list(arrays)):
+        return None
+    from .cuda import _bce
+    return _bce.cupy_ops()
+
+
+def _new_call(logits, target, weight, pos_weight, reduction, n_threads, inplace=False, out=None,
+              grad_output=None):
+    """A validated call on the path the arrays live on: ``_BCECall`` (NumPy) or its GPU
+    twin ``fastce.cuda._bce.BceCall`` (CuPy), which share ``set_output``, ``run`` and
+    ``check_inplace``."""
+    gpu = _gpu_ops(logits=logits, target=target, weight=weight, pos_weight=pos_weight, out=out,
+                   grad_output=grad_output)
+    make = _BCECall if gpu is None else gpu.call
+    return make(logits, target, weight, pos_weight, reduction, n_threads, inplace=inplace, out=out)
 
 
 def _reshape_view(a, shape):
@@ -90,7 +112,6 @@ class _BCECall:
 
     def __init__(self, logits, target, weight, pos_weight, reduction, n_threads, inplace=False,
                  out=None):
-        _reject_cupy(logits, target, weight, pos_weight, out)
         self.reduction = V.check_reduction(reduction)
         self.n_threads = V.resolve_threads(n_threads)
         if inplace:
@@ -102,6 +123,8 @@ class _BCECall:
         self.inputs = {"target": target, "weight": weight, "pos_weight": pos_weight}
         self.x = x
         self.set_output(out, inplace)
+
+    check_inplace = staticmethod(V.check_inplace)
 
     def set_output(self, out, inplace):
         if inplace:
@@ -285,7 +308,7 @@ _FORMULA = """With ``lw = 1 + (pw - 1) * y``, elementwise::
 
 def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
                                      reduction="mean", n_threads=None):
-    call = _BCECall(logits, target, weight, pos_weight, reduction, n_threads)
+    call = _new_call(logits, target, weight, pos_weight, reduction, n_threads)
     return call.run(want_loss=True)[0]
 
 
@@ -303,7 +326,7 @@ binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy between logi
     Returns
     -------
     loss : NumPy scalar of the logits' dtype for 'mean'/'sum'; ndarray of the logits' shape
-        and dtype for 'none'
+        and dtype for 'none' (CuPy inputs: CuPy arrays, a 0-d one for 'mean'/'sum')
 
     Examples
     --------
@@ -319,8 +342,8 @@ binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy between logi
 def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
                                                reduction="mean", grad_output=1.0, out=None,
                                                inplace=False, n_threads=None):
-    call = _BCECall(logits, target, weight, pos_weight, reduction, n_threads, inplace=inplace,
-                    out=out)
+    call = _new_call(logits, target, weight, pos_weight, reduction, n_threads, inplace=inplace,
+                     out=out, grad_output=grad_output)
     return call.run(want_loss=True, want_grad=True, grad_output=grad_output)
 
 
@@ -373,9 +396,10 @@ class BCEWithLogitsLoss:
     """
 
     def __init__(self, weight=None, pos_weight=None, reduction="mean", n_threads=None):
-        _reject_cupy(weight, pos_weight)
-        V.as_broadcast_operand(weight, "weight", None, None)
-        V.as_broadcast_operand(pos_weight, "pos_weight", None, None)
+        gpu = _gpu_ops(weight=weight, pos_weight=pos_weight)
+        check = V.as_broadcast_operand if gpu is None else gpu.as_operand
+        check(weight, "weight", None, None)
+        check(pos_weight, "pos_weight", None, None)
         self.weight = weight
         self.pos_weight = pos_weight
         self.reduction = V.check_reduction(reduction)
@@ -384,7 +408,7 @@ class BCEWithLogitsLoss:
 
     def __call__(self, logits, target):
         """The loss of ``logits`` against ``target`` (see the class docstring)."""
-        call = _BCECall(logits, target, self.weight, self.pos_weight, self.reduction, self.n_threads)
+        call = _new_call(logits, target, self.weight, self.pos_weight, self.reduction, self.n_threads)
         loss, _ = call.run(want_loss=True)
         self._saved = (logits, call)
         return loss
@@ -413,7 +437,7 @@ class BCEWithLogitsLoss:
             raise RuntimeError("backward() called before the loss was computed: call the criterion first")
         logits, call = self._saved
         if inplace:
-            V.check_inplace(logits, out)
+            call.check_inplace(logits, out)
         call.set_output(out, inplace)
         _, grad = call.run(want_loss=False, want_grad=True, grad_output=grad_output)
         if inplace:
