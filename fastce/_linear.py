@@ -39,11 +39,15 @@ with SciPy vs 5.1-5.2 s without; V=128256 25.5-26.5 s vs 28.8-29.4 s.
 Every chunk reads and writes all of ``d_weight`` (V x H) once, so chunks of few rows
 (much fewer than ~H) make the weight gradient memory-bound: prefer the default budget or
 larger chunks over tiny ones.
+
+CuPy inputs: ``_linear_call`` hands the call to ``fastce.cuda._linear.GpuLinearCall``, a
+subclass of ``_LinearCall`` that replaces its backend hooks (arrays, cross-entropy,
+products, loss total) and runs the same sweeps (``loss``, ``loss_and_grads``) on the GPU.
 """
 import numpy as np
 
 from . import _validation as V
-from ._api import cross_entropy, cross_entropy_with_grad
+from ._api import _cuda_dispatch, cross_entropy, cross_entropy_with_grad
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
@@ -84,58 +88,93 @@ def _acc_weight_grad(d_weight, g, h, scratch, first):
         if not np.shares_memory(r, c):  # f2py had to copy: keep the result all the same
             c[...] = r
         return
+    _acc_blocks(np, d_weight, g, h, scratch)
+
+
+def _acc_blocks(xp, d_weight, g, h, scratch):
+    """``d_weight += g.T @ h`` through ``scratch``, a reused block of ``d_weight`` rows."""
     n_classes = d_weight.shape[0]
     rows = scratch.shape[0]
     for s in range(0, n_classes, rows):
         e = min(n_classes, s + rows)
         tmp = scratch[:e - s]
-        np.matmul(g[:, s:e].T, h, out=tmp)
+        xp.matmul(g[:, s:e].T, h, out=tmp)
         d_weight[s:e] += tmp
 
 
 class _LinearCall:
-    """One validated linear + cross-entropy call."""
+    """One validated linear + cross-entropy call, and its chunked sweeps (``loss``,
+    ``loss_and_grads``).
 
-    def __init__(self, hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
-                 z_loss, chunk_size, memory_budget, n_threads):
+    Written against ``xp`` (NumPy here); ``fastce.cuda._linear`` subclasses it for CuPy
+    arrays, replacing the *backend hooks* below and keeping the sweeps.
+    """
+
+    xp = np
+
+    def __init__(self, hidden, weight, target, *, bias=None, ignore_index=-100,
+                 reduction="mean", label_smoothing=0.0, z_loss=0.0, chunk_size=None,
+                 memory_budget=None, n_threads=None):
         self.reduction = V.check_reduction(reduction)
         self.eps = V.check_label_smoothing(label_smoothing)
         self.z = V.check_z_loss(z_loss)
         ignore_index = V.check_ignore_index(ignore_index)
         self.n_threads = V.resolve_threads(n_threads)
-        self.hidden, self.weight, self.bias = V.as_linear_operands(hidden, weight, bias)
+        self.hidden, self.weight, self.bias = self._operands(hidden, weight, bias)
         self.dtype = self.hidden.dtype
         self.n_rows, self.n_features = self.hidden.shape
         self.n_classes = self.weight.shape[0]
-        self.t = V.as_linear_target(target, self.n_rows, self.n_classes, ignore_index)
+        self.t = self._target(target, ignore_index)
         self.chunk = V.linear_chunk_rows(chunk_size, memory_budget, self.n_classes,
                                          self.dtype.itemsize)
-        valid = self.t >= 0
-        self.n_valid = int(np.count_nonzero(valid))
         # rows to compute: a slice when none is ignored, else their indices
-        self.rows = None if self.n_valid == self.n_rows else np.flatnonzero(valid)
+        self.n_valid, self.rows = self._valid_rows()
 
-    def chunks(self):
-        """``(rows, h_chunk, t_chunk)``: rows a slice or an index array into [0, N)."""
-        for s in range(0, self.n_valid, self.chunk):
-            e = min(self.n_valid, s + self.chunk)
-            rows = slice(s, e) if self.rows is None else self.rows[s:e]
-            h = self.hidden[rows]  # a view for a slice, a (m, H) copy for indices
-            if not h.flags.c_contiguous:
-                h = np.ascontiguousarray(h)
-            yield rows, h, self.t[rows]
+    # ------------------------------------------------------------------ backend hooks
+    def _operands(self, hidden, weight, bias):
+        return V.as_linear_operands(hidden, weight, bias)
 
-    def buffer(self):
-        """The reused ``(chunk, V)`` logits buffer (no rows when nothing is computed)."""
-        return np.empty((min(self.chunk, self.n_valid), self.n_classes), dtype=self.dtype)
+    def _target(self, target, ignore_index):
+        return V.as_linear_target(target, self.n_rows, self.n_classes, ignore_index)
 
-    def logits(self, buf, h):
-        """The chunk's logits ``h @ weight.T + bias`` into the first rows of ``buf``."""
-        out = buf[:h.shape[0]]
-        np.matmul(h, self.weight.T, out=out)
-        if self.bias is not None:
-            np.add(out, self.bias, out=out)
-        return out
+    def _valid_rows(self):
+        """``(number of rows not ignored, their indices or None when that is all rows)``."""
+        valid = self.t >= 0
+        n_valid = int(np.count_nonzero(valid))
+        return n_valid, None if n_valid == self.n_rows else np.flatnonzero(valid)
+
+    def _ce(self, logits, t, reduction, **grad_kw):
+        """fastce's cross-entropy of one chunk (``_with_grad`` when ``grad_kw`` is given)."""
+        fn = cross_entropy_with_grad if grad_kw else cross_entropy
+        return fn(logits, t, ignore_index=-1, reduction=reduction, label_smoothing=self.eps,
+                  z_loss=self.z, n_threads=self.n_threads, **grad_kw)
+
+    def _total(self, total=None, part=None):
+        """The running float64 loss total: 0 without arguments, else ``total + part``."""
+        return 0.0 if total is None else total + float(part)
+
+    def _grad_scale(self, grad_output):
+        """``(per-row upstream gradients (N,) for 'none' else None, the chunks' scalar
+        grad_output for 'mean'/'sum')``."""
+        if self.reduction == "none" and np.ndim(grad_output) == 0:
+            g0, _ = V.as_grad_output(grad_output, "sum", ())  # the same for every row
+            return np.full(self.n_rows, g0), None
+        g0, g_rows = V.as_grad_output(grad_output, self.reduction, (self.n_rows,))
+        return g_rows, self._mean_scale(g0)
+
+    def _hidden_grad(self, d_hidden, rows, g, scratch):
+        """``d_hidden[rows] = g @ weight``, computed as its transpose ``weight.T @ g.T``: the
+        same GEMM, but OpenBLAS runs this orientation (long K = V, short M = m) 1.5-2.5x
+        faster."""
+        m = g.shape[0]
+        dh_t = scratch[:m * self.n_features].reshape(self.n_features, m)
+        np.matmul(self.weight.T, g.T, out=dh_t)
+        d_hidden[rows] = dh_t.T
+
+    def _weight_accumulator(self, d_weight):
+        """``acc(g, h, first)``: ``d_weight (+)= g.T @ h``."""
+        scratch = self._acc_scratch() if _scipy_gemm(self.dtype) is None else None
+        return lambda g, h, first: _acc_weight_grad(d_weight, g, h, scratch, first)
 
     def finish(self, total, loss_rows):
         """The reduced loss: a NumPy scalar of the input dtype, or the per-row array."""
@@ -147,79 +186,114 @@ class _LinearCall:
             # no class weights: the cross-entropy and z-terms share the divisor
             return self.dtype.type(np.float64(total) / np.float64(self.n_valid))
 
+    # ------------------------------------------------------------------ shared pieces
+    def _mean_scale(self, g0):
+        """The chunks' grad_output for 'mean'/'sum': ``g0`` over the GLOBAL normaliser."""
+        if self.reduction == "mean":
+            return g0 / self.n_valid if self.n_valid else 0.0  # nothing to scale when all ignored
+        return g0
+
+    def _acc_scratch(self):
+        """The reused block for ``_acc_blocks`` (None with a single chunk: no accumulation)."""
+        if self.n_valid <= self.chunk:
+            return None
+        itemsize = self.dtype.itemsize
+        block = max(1, min(self.n_classes, _ACC_BLOCK_BYTES // (self.n_features * itemsize or 1)))
+        return self.xp.empty((block, self.n_features), dtype=self.dtype)
+
+    def chunks(self):
+        """``(rows, h_chunk, t_chunk)``: rows a slice or an index array into [0, N)."""
+        for s in range(0, self.n_valid, self.chunk):
+            e = min(self.n_valid, s + self.chunk)
+            rows = slice(s, e) if self.rows is None else self.rows[s:e]
+            h = self.hidden[rows]  # a view for a slice, a (m, H) copy for indices
+            if not h.flags.c_contiguous:
+                h = self.xp.ascontiguousarray(h)
+            yield rows, h, self.t[rows]
+
+    def buffer(self):
+        """The reused ``(chunk, V)`` logits buffer (no rows when nothing is computed)."""
+        return self.xp.empty((min(self.chunk, self.n_valid), self.n_classes), dtype=self.dtype)
+
+    def logits(self, buf, h):
+        """The chunk's logits ``h @ weight.T + bias`` into the first rows of ``buf``."""
+        out = buf[:h.shape[0]]
+        self.xp.matmul(h, self.weight.T, out=out)
+        if self.bias is not None:
+            self.xp.add(out, self.bias, out=out)
+        return out
+
+    # ------------------------------------------------------------------ the sweeps
+    def loss(self):
+        """The loss, chunk by chunk (``linear_cross_entropy``)."""
+        none = self.reduction == "none"
+        loss_rows = self.xp.zeros(self.n_rows, dtype=self.dtype) if none else None
+        total = self._total()
+        buf = self.buffer()
+        for rows, h, t in self.chunks():
+            part = self._ce(self.logits(buf, h), t, "none" if none else "sum")
+            if none:
+                loss_rows[rows] = part
+            else:
+                total = self._total(total, part)
+        return self.finish(total, loss_rows)
+
+    def loss_and_grads(self, grad_output):
+        """``(loss, d_hidden, d_weight, d_bias)`` (``linear_cross_entropy_with_grad``)."""
+        xp, dt = self.xp, self.dtype
+        none = self.reduction == "none"
+        g_rows, scale = self._grad_scale(grad_output)
+        d_hidden = xp.zeros((self.n_rows, self.n_features), dtype=dt)
+        d_weight = xp.zeros((self.n_classes, self.n_features), dtype=dt)
+        d_bias64 = xp.zeros(self.n_classes) if self.bias is not None else None
+        col_sum = xp.empty(self.n_classes) if self.bias is not None else None
+        acc = self._weight_accumulator(d_weight)
+        loss_rows = xp.zeros(self.n_rows, dtype=dt) if none else None
+        total = self._total()
+        buf = self.buffer()
+        dh_scratch = xp.empty(buf.shape[0] * self.n_features, dtype=dt)
+        for k, (rows, h, t) in enumerate(self.chunks()):
+            g = self.logits(buf, h)
+            part, _ = self._ce(g, t, "none" if none else "sum", inplace=True,
+                               grad_output=g_rows[rows] if none else scale)
+            # g now holds d loss / d logits
+            if none:
+                loss_rows[rows] = part
+            else:
+                total = self._total(total, part)
+            self._hidden_grad(d_hidden, rows, g, dh_scratch)
+            acc(g, h, k == 0)
+            if d_bias64 is not None:
+                xp.sum(g, axis=0, dtype=np.float64, out=col_sum)
+                d_bias64 += col_sum
+        d_bias = d_bias64.astype(dt) if d_bias64 is not None else None
+        return self.finish(total, loss_rows), d_hidden, d_weight, d_bias
+
+
+def _linear_call(hidden, weight, target, grad_output=None, **options):
+    """The call object: the CPU one, or the GPU path's when an array is a CuPy array."""
+    gpu = _cuda_dispatch("linear_call", hidden, weight, target, options.get("bias"), grad_output)
+    return (gpu or _LinearCall)(hidden, weight, target, **options)
+
 
 def linear_cross_entropy(hidden, weight, target, *, bias=None, ignore_index=-100,
                          reduction="mean", label_smoothing=0.0, z_loss=0.0, chunk_size=None,
                          memory_budget=None, n_threads=None):
-    call = _LinearCall(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
-                       z_loss, chunk_size, memory_budget, n_threads)
-    none = call.reduction == "none"
-    loss_rows = np.zeros(call.n_rows, dtype=call.dtype) if none else None
-    total = 0.0
-    buf = call.buffer()
-    for rows, h, t in call.chunks():
-        logits = call.logits(buf, h)
-        part = cross_entropy(logits, t, ignore_index=-1, reduction="none" if none else "sum",
-                             label_smoothing=call.eps, z_loss=call.z, n_threads=call.n_threads)
-        if none:
-            loss_rows[rows] = part
-        else:
-            total += float(part)
-    return call.finish(total, loss_rows)
+    return _linear_call(hidden, weight, target, bias=bias, ignore_index=ignore_index,
+                        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                        chunk_size=chunk_size, memory_budget=memory_budget,
+                        n_threads=n_threads).loss()
 
 
 def linear_cross_entropy_with_grad(hidden, weight, target, *, bias=None, ignore_index=-100,
                                    reduction="mean", label_smoothing=0.0, z_loss=0.0,
                                    chunk_size=None, memory_budget=None, grad_output=1.0,
                                    n_threads=None):
-    call = _LinearCall(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
-                       z_loss, chunk_size, memory_budget, n_threads)
-    none = call.reduction == "none"
-    if none and np.ndim(grad_output) == 0:  # a scalar: the same upstream gradient for every row
-        g0, _ = V.as_grad_output(grad_output, "sum", ())
-        g_rows = np.full(call.n_rows, g0)
-    else:
-        g0, g_rows = V.as_grad_output(grad_output, call.reduction, (call.n_rows,))
-    if call.reduction == "mean":
-        scale = g0 / call.n_valid if call.n_valid else 0.0  # nothing to scale when all ignored
-    else:
-        scale = g0
-    dt = call.dtype
-    d_hidden = np.zeros((call.n_rows, call.n_features), dtype=dt)
-    d_weight = np.zeros((call.n_classes, call.n_features), dtype=dt)
-    d_bias64 = np.zeros(call.n_classes) if call.bias is not None else None
-    col_sum = np.empty(call.n_classes) if call.bias is not None else None
-    scratch = None
-    if call.n_valid > call.chunk and _scipy_gemm(dt) is None:
-        block = max(1, min(call.n_classes, _ACC_BLOCK_BYTES // (call.n_features * dt.itemsize or 1)))
-        scratch = np.empty((block, call.n_features), dtype=dt)
-    loss_rows = np.zeros(call.n_rows, dtype=dt) if none else None
-    total = 0.0
-    buf = call.buffer()
-    dh_scratch = np.empty(buf.shape[0] * call.n_features, dtype=dt)
-    for k, (rows, h, t) in enumerate(call.chunks()):
-        g = call.logits(buf, h)
-        part, _ = cross_entropy_with_grad(
-            g, t, ignore_index=-1, reduction="none" if none else "sum",
-            label_smoothing=call.eps, z_loss=call.z,
-            grad_output=g_rows[rows] if none else scale,
-            inplace=True, n_threads=call.n_threads)  # g now holds d loss / d logits
-        if none:
-            loss_rows[rows] = part
-        else:
-            total += float(part)
-        # d_hidden[rows] = g @ weight, computed as its transpose weight.T @ g.T: the same
-        # GEMM, but OpenBLAS runs this orientation (long K = V, short M = m) 1.5-2.5x faster
-        m = g.shape[0]
-        dh_t = dh_scratch[:m * call.n_features].reshape(call.n_features, m)
-        np.matmul(call.weight.T, g.T, out=dh_t)
-        d_hidden[rows] = dh_t.T
-        _acc_weight_grad(d_weight, g, h, scratch, first=k == 0)
-        if d_bias64 is not None:
-            np.add.reduce(g, axis=0, dtype=np.float64, out=col_sum)
-            d_bias64 += col_sum
-    d_bias = d_bias64.astype(dt) if d_bias64 is not None else None
-    return call.finish(total, loss_rows), d_hidden, d_weight, d_bias
+    return _linear_call(hidden, weight, target, grad_output, bias=bias,
+                        ignore_index=ignore_index, reduction=reduction,
+                        label_smoothing=label_smoothing, z_loss=z_loss, chunk_size=chunk_size,
+                        memory_budget=memory_budget,
+                        n_threads=n_threads).loss_and_grads(grad_output)
 
 
 _PARAMS = """Parameters
@@ -259,7 +333,9 @@ _PARAMS = """Parameters
     n_threads : int, optional
         Threads of fastce's cross-entropy kernels; default :func:`fastce.get_num_threads`.
         The matrix products run in NumPy's BLAS, with the BLAS's own threads
-        (``threadpoolctl`` limits them)."""
+        (``threadpoolctl`` limits them). Ignored for CuPy arrays, which run on the GPU
+        (cuBLAS products, fastce's CUDA cross-entropy; 'mean'/'sum' losses as 0-d CuPy
+        arrays)."""
 
 _METHOD = """
     ``hidden @ weight.T + bias`` is computed in chunks of rows into one reused

@@ -409,27 +409,35 @@ def check_inplace_inputs(logits, inputs):
 LINEAR_DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of the reused (chunk, V) logits buffer
 
 
-def _linear_array(x, name):
-    if _is_cupy(x):
-        raise TypeError(f"{name} is a CuPy array: linear_cross_entropy has no CuPy path yet; "
-                        f"pass NumPy arrays")
-    return as_float_array(x, name)
+def _linear_array(x, name, asarray=None):
+    """``x`` as a float32/float64 array: a NumPy one, or through ``asarray(x, name)`` (the
+    GPU path's conversion, which refuses NumPy arrays among CuPy ones)."""
+    if asarray is None:
+        if _is_cupy(x):
+            raise TypeError(f"{name} is a CuPy array but another argument is not: mix of CuPy "
+                            f"and NumPy")
+        return as_float_array(x, name)
+    arr = asarray(x, name)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    return arr
 
 
-def _blas_layout(a):
+def _blas_layout(a, xp=np):
     """``a`` itself when BLAS can read it without a copy (C- or Fortran-contiguous), else a
     C-contiguous copy (made once, so that no per-chunk matmul copies it again)."""
     if a.flags.c_contiguous or a.flags.f_contiguous:
         return a
-    return np.ascontiguousarray(a)
+    return xp.ascontiguousarray(a)
 
 
-def as_linear_operands(hidden, weight, bias):
+def as_linear_operands(hidden, weight, bias, asarray=None, xp=np):
     """``(hidden (N, H), weight (V, H), bias (V,) or None)`` of a fused linear +
     cross-entropy, checked for shape and a common float dtype; ``weight`` (and ``bias``)
-    copied to a contiguous layout only when they have none."""
-    h = _linear_array(hidden, "hidden")
-    w = _linear_array(weight, "weight")
+    copied to a contiguous layout only when they have none.  ``asarray``/``xp``: the
+    array conversion and module of the GPU path (default: NumPy)."""
+    h = _linear_array(hidden, "hidden", asarray)
+    w = _linear_array(weight, "weight", asarray)
     if h.ndim != 2:
         raise ValueError(f"hidden must have shape (N, H) (N rows of H features), got shape {h.shape}")
     if w.ndim != 2:
@@ -445,27 +453,31 @@ def as_linear_operands(hidden, weight, bias):
         raise ValueError(f"weight must have at least one row (class), got shape {w.shape}")
     b = None
     if bias is not None:
-        b = _linear_array(bias, "bias")
+        b = _linear_array(bias, "bias", asarray)
         if b.dtype != h.dtype:
             raise TypeError(f"bias must have the dtype of hidden and weight ({h.dtype}), got {b.dtype}")
         if b.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},) (one per class, weight has "
                              f"shape {w.shape}), got {b.shape}")
-    return h, _blas_layout(w), b
+    return h, _blas_layout(w, xp), b
 
 
-def as_linear_target(target, n_rows, n_classes, ignore_index):
-    """Class indices of shape ``(N,)``: flat int64, -1 marking ignored rows."""
-    if _is_cupy(target):
-        raise TypeError("target is a CuPy array: linear_cross_entropy has no CuPy path yet; "
-                        "pass NumPy arrays")
-    t = np.asarray(target)
+def check_linear_target(t, n_rows):
+    """Dtype and shape of a linear cross-entropy's target array (NumPy or CuPy)."""
     if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
         raise ArgumentTypeError(f"target must hold class indices (an integer dtype) of shape "
                                 f"({n_rows},), got dtype {t.dtype}")
     if t.shape != (n_rows,):
         raise ArgumentValueError(f"target must have shape ({n_rows},) (one class index per row "
                                  f"of hidden), got {t.shape}")
+    return t
+
+
+def as_linear_target(target, n_rows, n_classes, ignore_index):
+    """Class indices of shape ``(N,)``: flat int64, -1 marking ignored rows."""
+    if _is_cupy(target):
+        raise TypeError("target is a CuPy array but another argument is not: mix of CuPy and NumPy")
+    t = check_linear_target(np.asarray(target), n_rows)
     return as_hard_target(t, (n_rows, n_classes), n_classes, ignore_index)
 
 

@@ -10,6 +10,10 @@
  *                           one block: sum of the per-row float64 losses in a fixed
  *                           order, divided by the normaliser for 'mean', rounded once
  *                           to the logits' dtype.
+ *   fastce_nll_backward_{f32,f64}
+ *                           a thread per row: the one non-zero entry of nll_loss's
+ *                           gradient, grad[i, y_i] = -w[y_i] * g_i / denom, scattered
+ *                           into an output the host has zero-filled.
  *
  * Single-block reductions are deterministic (fixed thread-to-element assignment,
  * fixed shuffle/shared-memory tree) and touch O(N) or O(C) data only.
@@ -148,4 +152,45 @@ fastce_finalize_f32(const double *row_loss, long long n, double denom, int mean,
 extern "C" __global__ void __launch_bounds__(1024)
 fastce_finalize_f64(const double *row_loss, long long n, double denom, int mean, double *out) {
     fce_finalize<double>(row_loss, n, denom, mean, out);
+}
+
+/* ------------------------------------------------------------------ nll scatter (backward) */
+/* out[a, y_r, b] = (T)(-(w[y_r] * g_r)), g_r = (gout ? gout[r * gout_s] * gscale : gscale) / denom,
+ * for every row r = a * B + b not ignored; other entries are left as they are (zero).
+ * Rounded once, from double, like the CPU path's assignment of the float64 product.
+ * Launch: any 1-D grid (grid-stride loop over rows). */
+template <typename T>
+__device__ void fce_nll_backward(T *out, long long n_rows, long long B, long long oa, long long ob,
+                                 long long oc, const void *target, int target_is64,
+                                 long long ignore_index, const double *weight, const double *gout,
+                                 long long gout_s, double gscale, double denom) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < n_rows; r += step) {
+        const long long y = target_is64 ? ((const long long *)target)[r]
+                                        : (long long)((const int *)target)[r];
+        if (y == ignore_index) continue;
+        const long long a = r / B, b = r - a * B;
+        const double wy = weight ? weight[y] : 1.0;
+        const double g = (gout ? gout[r * gout_s] * gscale : gscale) / denom;
+        out[a * oa + b * ob + y * oc] = (T)(-(wy * g));
+    }
+}
+
+#ifndef FCE_NLL_BWD_PARAMS
+#define FCE_NLL_BWD_PARAMS(T)                                                                   \
+    T *out, long long n_rows, long long B, long long oa, long long ob, long long oc,            \
+    const void *target, int target_is64, long long ignore_index, const double *weight,          \
+    const double *gout, long long gout_s, double gscale, double denom
+
+#endif
+
+extern "C" __global__ void __launch_bounds__(256)
+fastce_nll_backward_f32(FCE_NLL_BWD_PARAMS(float)) {
+    fce_nll_backward<float>(out, n_rows, B, oa, ob, oc, target, target_is64, ignore_index, weight,
+                            gout, gout_s, gscale, denom);
+}
+extern "C" __global__ void __launch_bounds__(256)
+fastce_nll_backward_f64(FCE_NLL_BWD_PARAMS(double)) {
+    fce_nll_backward<double>(out, n_rows, B, oa, ob, oc, target, target_is64, ignore_index,
+                             weight, gout, gout_s, gscale, denom);
 }
