@@ -15,6 +15,7 @@ Shapes are picked so that every kernel shape of fastce/cuda/rows.cu runs (thread
 row, warp per row for every VPT, cached and streaming blocks, chunked rows).
 """
 import numpy as np
+import pytest
 
 from conftest import IGNORE_INDEX, assert_close, make_logits, make_target, make_weight
 
@@ -273,8 +274,6 @@ def check_deterministic(h, dtype):
         assert h.host(a[1]).tobytes() == h.host(b[1]).tobytes()
 
 
-__all__ = [n for n in dir() if n.startswith("check_")] + ["ROW_SHAPES", "LONG_SHAPES", "DTYPES",
-                                                           "IGNORE_INDEX", "layout_on", "tol"]
 
 
 # ------------------------------------------------------------------ LLM options, probabilities, half
@@ -349,6 +348,11 @@ def check_zloss_identity(h, reference, dtype):
     kept = y != IGNORE_INDEX
     assert_close(withz[kept], plain[kept] + z * lse[kept] ** 2, what="z-loss term", **tol(dtype))
     assert np.all(withz[~kept] == 0)
+
+
+SHARD_OPTIONS = [dict(weight=False, eps=0.0, z=0.0, cap=None, reduction="mean"),
+                 dict(weight=True, eps=0.1, z=1e-3, cap=None, reduction="sum"),
+                 dict(weight=True, eps=0.2, z=1e-3, cap=10.0, reduction="none")]
 
 
 def check_shards(h, reference, shape, dtype, *, n_shards, weight, eps, z, cap, reduction):
@@ -492,3 +496,42 @@ def check_half_conversions(h, hdtype):
         want = g32.astype(hdtype).view(np.uint16)
     assert np.array_equal(h.host(g)[:, 0].view(np.uint16), want), \
         "float32 -> half store of exact ties and overflow"
+
+
+class OptionTests:
+    """Option tests that run unchanged on the emulator and on a GPU: a test module
+    subclasses this (``class TestOptions(K.OptionTests)``) and provides the ``h`` fixture.
+    The per-kernel-shape tests stay in the modules (their shape lists differ)."""
+
+    @pytest.mark.parametrize("z,cap", [(0.0, None), (1e-2, None), (0.0, 5.0), (1e-3, 30.0)])
+    @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+    @pytest.mark.parametrize("weight,eps", [(False, 0.0), (True, 0.2)])
+    def test_llm_options_forms(self, h, reference, z, cap, reduction, weight, eps):
+        check_llm_options(h, reference, (10, 37), np.float64, "C", z=z, cap=cap, eps=eps,
+                          weight=weight, reduction=reduction)
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+    def test_zloss_identity(self, h, reference, dtype):
+        check_zloss_identity(h, reference, dtype)
+
+    @pytest.mark.parametrize("shape,n_shards", [((8, 37), 3), ((3, 2500), 2), ((2, 40000), 4)],
+                             ids=str)
+    @pytest.mark.parametrize("opts", SHARD_OPTIONS, ids=["plain", "weight-smooth-z", "all-none"])
+    def test_vocabulary_shards(self, h, reference, shape, n_shards, opts):
+        check_shards(h, reference, shape, np.float64, n_shards=n_shards, **opts)
+
+    @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+    @pytest.mark.parametrize("weight,eps", [(False, 0.0), (True, 0.0), (True, 0.25)])
+    def test_soft_targets_forms(self, h, reference, reduction, weight, eps):
+        check_soft_targets(h, reference, (11, 23), np.float64, "C", weight=weight, eps=eps,
+                           reduction=reduction)
+
+    def test_soft_targets_kdim(self, h, reference):
+        x = make_logits((3, 7, 2, 5), np.float64, seed=27)
+        p = np.random.default_rng(27).random(x.shape)
+        p /= p.sum(axis=1, keepdims=True)
+        check_against_cpu(h, x, p, label_smoothing=0.1, reduction="none")
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+    def test_one_hot_equals_indices(self, h, reference, dtype):
+        check_one_hot_equals_indices(h, reference, dtype)

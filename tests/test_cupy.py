@@ -152,6 +152,15 @@ def _gpu_half_dtypes():
     return out
 
 
+class TestOptions(K.OptionTests):
+    """The shared option tests (forms, identities, shards) on this harness."""
+
+
+@pytest.mark.parametrize("opts", K.SHARD_OPTIONS, ids=["plain", "weight-smooth-z", "all-none"])
+def test_vocabulary_shards_llm_size(h, reference, opts):
+    K.check_shards(h, reference, (64, 128256), np.float64, n_shards=4, **opts)
+
+
 @pytest.mark.parametrize("shape,layout", OPTION_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
 def test_llm_options_every_kernel(h, reference, shape, layout, dtype):
@@ -159,46 +168,11 @@ def test_llm_options_every_kernel(h, reference, shape, layout, dtype):
                         weight=True, reduction="mean")
 
 
-@pytest.mark.parametrize("z,cap", [(0.0, None), (1e-2, None), (0.0, 5.0), (1e-3, 30.0)])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("weight,eps", [(False, 0.0), (True, 0.2)])
-def test_llm_options_forms(h, reference, z, cap, reduction, weight, eps):
-    K.check_llm_options(h, reference, (10, 37), np.float64, "C", z=z, cap=cap, eps=eps,
-                        weight=weight, reduction=reduction)
-
-
-@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
-def test_zloss_identity(h, reference, dtype):
-    K.check_zloss_identity(h, reference, dtype)
-
-
-@pytest.mark.parametrize("shape,n_shards", [((8, 37), 3), ((3, 2500), 2), ((2, 40000), 4),
-                                            ((64, 128256), 4)], ids=str)
-@pytest.mark.parametrize("opts", [dict(weight=False, eps=0.0, z=0.0, cap=None, reduction="mean"),
-                                  dict(weight=True, eps=0.1, z=1e-3, cap=None, reduction="sum"),
-                                  dict(weight=True, eps=0.2, z=1e-3, cap=10.0, reduction="none")],
-                         ids=["plain", "weight-smooth-z", "all-none"])
-def test_vocabulary_shards(h, reference, shape, n_shards, opts):
-    K.check_shards(h, reference, shape, np.float64, n_shards=n_shards, **opts)
-
-
 @pytest.mark.parametrize("shape,layout", OPTION_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
 def test_soft_targets_every_kernel(h, reference, shape, layout, dtype):
     K.check_soft_targets(h, reference, shape, dtype, layout, weight=True, eps=0.1,
                          reduction="mean", z=1e-3, cap=20.0)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("weight,eps", [(False, 0.0), (True, 0.0), (True, 0.25)])
-def test_soft_targets_forms(h, reference, reduction, weight, eps):
-    K.check_soft_targets(h, reference, (11, 23), np.float64, "C", weight=weight, eps=eps,
-                         reduction=reduction)
-
-
-@pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
-def test_one_hot_equals_indices(h, reference, dtype):
-    K.check_one_hot_equals_indices(h, reference, dtype)
 
 
 @pytest.mark.parametrize("shape,layout", [((40, 6), "F"), ((7, 5), "C"), ((9, 300), "sliced"),
