@@ -365,3 +365,60 @@ def test_half_kernels_are_compiled_apart():
     assert A.compile_options("fastce_target_scan") == ()
     assert A.rows_suffix(np.float16, np.float32) == "f16f32"
     assert A.rows_suffix(np.float16) == "f16"
+
+
+# ------------------------------------------------------------------ the public API, end to end
+class DevArray(np.ndarray):
+    """Stand-in for ``cupy.ndarray``: a NumPy subclass, so the emulator backend runs it."""
+
+
+@pytest.fixture
+def fake_gpu(emu_dll, monkeypatch):
+    """``fastce.*`` on DevArray inputs goes down the GPU path onto the emulator: a stand-in
+    ``cupy`` module whose ndarray is DevArray, and the emulator as the CuPy backend."""
+    import sys
+    import types
+
+    import cuda_emu
+    mod = types.ModuleType("cupy")
+    mod.ndarray = DevArray
+    monkeypatch.setitem(sys.modules, "cupy", mod)
+    backend = cuda_emu.EmuBackend(emu_dll, order=0, sm_count=4)
+    monkeypatch.setattr(A, "_BACKEND", backend)
+    return lambda a: np.array(a).view(DevArray), backend
+
+
+def test_public_api_dispatch_end_to_end(fake_gpu):
+    """The public functions and criteria hand every option to the GPU path and return
+    what the CPU path returns (each function's own matrix is elsewhere)."""
+    import fastce
+    dev, backend = fake_gpu
+    x = make_logits((9, 40), np.float64, seed=30)
+    y = make_target(9, 40, ignore="some", seed=30)
+    kw = dict(label_smoothing=0.1, z_loss=1e-3, softcap=20.0)
+    t = K.tol(np.float64)
+    got = fastce.cross_entropy_with_grad(dev(x), dev(y), return_lse=True, **kw)
+    want = fastce.cross_entropy_with_grad(x, y, return_lse=True, **kw)
+    for a, b, name in zip(got, want, ("loss", "grad", "lse")):
+        K.assert_close(np.asarray(a), b, what=f"public {name}", scale_atol=name == "grad", **t)
+    assert any(k.startswith("fastce_rows_") for k, *_ in backend.launches), "not run by the kernels"
+    crit, ref = fastce.CrossEntropyLoss(**kw), fastce.CrossEntropyLoss(**kw)
+    K.assert_close(np.asarray(crit(dev(x), dev(y))), ref(x, y), what="criterion loss", **t)
+    K.assert_close(np.asarray(crit.backward()), ref.backward(), what="criterion grad",
+                   scale_atol=True, **t)
+    p = np.abs(x) / np.abs(x).sum(axis=1, keepdims=True)
+    K.assert_close(np.asarray(fastce.cross_entropy(dev(x), dev(p))), fastce.cross_entropy(x, p),
+                   what="public probabilities", **t)
+    lp = fastce.log_softmax(x)
+    K.assert_close(np.asarray(fastce.nll_loss_backward(dev(lp), dev(y))),
+                   fastce.nll_loss_backward(lp, y), what="public nll_loss_backward", **t)
+    bt = (x > 0).astype(np.float64)
+    K.assert_close(np.asarray(fastce.binary_cross_entropy_with_logits(dev(x), dev(bt))),
+                   fastce.binary_cross_entropy_with_logits(x, bt), what="public BCE", **t)
+    hid, w = make_logits((9, 8), np.float64, seed=31), make_logits((40, 8), np.float64, seed=32)
+    K.assert_close(np.asarray(fastce.linear_cross_entropy(dev(hid), dev(w), dev(y))),
+                   fastce.linear_cross_entropy(hid, w, y), what="public linear CE", **t)
+    with pytest.raises(TypeError, match="mix of CuPy and NumPy"):
+        fastce.cross_entropy(dev(x), y)
+    with pytest.raises(TypeError, match="mix of CuPy and NumPy"):
+        fastce.cross_entropy(dev(x), dev(y), lse=np.zeros(9))

@@ -896,7 +896,7 @@ def is_cupy_call(*arrays, names=None):
     gpu = [i for i, a in enumerate(arrays) if isinstance(a, nd)]
     if not gpu:
         return False
-    cpu = [i for i, a in enumerate(arrays) if isinstance(a, np.ndarray)]
+    cpu = [i for i, a in enumerate(arrays) if isinstance(a, np.ndarray) and not isinstance(a, nd)]
     if cpu:
         nm = list(names) if names is not None else [f"arg{i}" for i in range(len(arrays))]
         g = ", ".join(nm[i] for i in gpu)
