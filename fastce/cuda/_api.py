@@ -20,8 +20,9 @@ CuPy is imported lazily, by ``CupyBackend`` only.
 
 Host synchronisation: cross-entropy and nll_loss read 4 numbers back from the device
 per call (the class-index check, so that a bad target raises ``IndexError`` before any
-output is written, like the CPU path, and the 'mean' normaliser).  Everything else is
-asynchronous on CuPy's current stream.  Scalar losses come back as 0-d CuPy arrays.
+output is written, like the CPU path, and the normalisers); a weighted vocabulary shard
+reads one more (its weight sum).  Everything else is asynchronous on CuPy's current
+stream.  Scalar losses come back as 0-d CuPy arrays.
 """
 import numbers
 import os

@@ -238,11 +238,11 @@ __device__ __forceinline__ fce_row fce_row_of(const P &p, long long r) {
     return q;
 }
 
-/* sum w_c x_c is needed for a smoothed loss (hard or soft targets); sum w t x, sum w t
- * for probability targets. */
+/* sum w_c x_c is needed for a smoothed loss only (hard or soft targets); the gradient
+ * needs it in neither case. */
 template <class P>
 __device__ __forceinline__ bool fce_want_wx(const P &p) {
-    return p.mode == FCE_MODE_CE && p.eps != 0.0 && (p.row_loss != 0 || p.row_out != 0 || p.soft != 0);
+    return p.mode == FCE_MODE_CE && p.eps != 0.0 && (p.row_loss != 0 || p.row_out != 0);
 }
 
 /* The score at (row, class) as the kernels see it: loaded, converted, capped. */
