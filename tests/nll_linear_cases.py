@@ -10,7 +10,6 @@ must match the CPU bit for bit (same float64 products, rounded once) except unde
 'mean', whose normaliser the GPU scan sums in another order (a few ulp); the linear
 cross-entropy within GEMM rounding.
 """
-import inspect
 
 import numpy as np
 import pytest
@@ -24,12 +23,6 @@ from cuda_cases import tol, what
 LINEAR_TOL = {np.dtype(np.float32): dict(loss=dict(rtol=2e-6, atol=1e-7), grad=dict(rtol=1e-4, atol=2e-6)),
               np.dtype(np.float64): dict(loss=dict(rtol=1e-11, atol=1e-12),
                                          grad=dict(rtol=1e-10, atol=1e-12))}
-
-
-def gpu_supports(option):
-    """Whether the GPU cross-entropy (``Ops``) takes ``option`` (the linear CE passes it on)."""
-    from fastce.cuda._api import Ops
-    return option in inspect.signature(Ops.cross_entropy_with_grad).parameters
 
 
 # ------------------------------------------------------------------ nll_loss_backward
@@ -220,15 +213,8 @@ def check_linear(h, reference, *, n, hdim, v, dtype, bias, ignore, reduction, la
 
 
 def check_linear_z_loss(h, reference, dtype):
-    """z_loss goes to the GPU cross-entropy when it takes it; else NotImplementedError."""
+    """z_loss passes through to the GPU cross-entropy: same results as the CPU path."""
     hid, w, b, t = make_linear_inputs(9, 8, 40, dtype, ignore="some")
-    dev = [h.dev(a) for a in (hid, w, b, t)]
-    if not gpu_supports("z_loss"):
-        with pytest.raises(NotImplementedError, match="z_loss"):
-            h.ops.linear_cross_entropy_with_grad(dev[0], dev[1], dev[3], bias=dev[2], z_loss=1e-3)
-        with pytest.raises(NotImplementedError, match="z_loss"):
-            h.ops.linear_cross_entropy(dev[0], dev[1], dev[3], z_loss=1e-3)
-        return
     got, fwd = linear_results(h, hid, w, b, t, z_loss=1e-3, chunk_size=4)
     cpu = fastce.linear_cross_entropy_with_grad(hid, w, t, bias=b, z_loss=1e-3, chunk_size=4)
     tl = LINEAR_TOL[np.dtype(dtype)]

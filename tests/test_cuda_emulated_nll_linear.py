@@ -115,20 +115,6 @@ def test_linear_blocked_accumulation(h, reference, monkeypatch):
                     reduction="mean", chunk_size=6)
 
 
-def test_linear_refuses_options_the_gpu_cross_entropy_lacks(emu_dll):  # noqa: F811
-    """z_loss goes through only where Ops.cross_entropy(_with_grad) takes it."""
-    class NoZLoss(EmuOps):
-        def cross_entropy(self, logits, target, **kw):
-            return super().cross_entropy(logits, target, **kw)
-
-    hid, w, b, t = _linear_inputs()
-    ops = NoZLoss(Harness(emu_dll).backend)
-    with pytest.raises(NotImplementedError, match="linear_cross_entropy: z_loss is not supported "
-                                                  "by fastce's GPU path yet"):
-        ops.linear_cross_entropy(hid, w, t, z_loss=1e-3)
-    ops.linear_cross_entropy(hid, w, t, z_loss=0.0)  # not set: nothing to refuse
-
-
 def _linear_inputs():
     return NL.make_linear_inputs(6, 4, 9, np.float32, ignore="some")
 

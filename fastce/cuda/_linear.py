@@ -21,7 +21,6 @@ Host synchronisation: one target scan for the call, plus (when some rows are ign
 ``flatnonzero`` for the indices of the others, plus one scan per chunk inside
 ``Ops.cross_entropy*``.
 """
-import inspect
 
 import numpy as np
 
@@ -54,14 +53,6 @@ class GpuLinearCall(_LinearCall):
         self.xp = ops.xp
         super().__init__(hidden, weight, target, **options)
         self.ce_options = {"z_loss": self.z} if self.z else {}
-        missing = [k for k in self.ce_options
-                   if any(k not in inspect.signature(fn).parameters
-                          for fn in (ops.cross_entropy, ops.cross_entropy_with_grad))]
-        if missing:
-            raise NotImplementedError(
-                f"linear_cross_entropy: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                f"not supported by fastce's GPU path yet (CuPy inputs); use NumPy inputs for the "
-                f"CPU path")
 
     # ------------------------------------------------------------------ backend hooks
     def _operands(self, hidden, weight, bias):
