@@ -1,14 +1,17 @@
-"""fastce's public functions on NumPy arrays.
+"""fastce's public functions of the softmax and cross-entropy families.
 
-Each function validates its arguments (``_validation``), presents the data to the
-kernels in their canonical ``(A, C, B)`` layout, runs one row sweep (``_kernels``) and
-reduces the per-row results in a fixed order.  Semantics follow PyTorch
-(``torch.nn.functional``); the formulas are in the docstrings and in design.md.
+The cross-entropy family (``cross_entropy``, ``_with_grad``, ``_backward``, ``nll_loss``,
+``nll_loss_backward`` and the criterion) is a thin layer of signatures and docstrings
+over one compiled contract, ``_kernels.ce_call`` (fastce/_contract.pxi): the argument
+checks, the row sweep and the fixed-order reduction in one C call.  CuPy arrays leave it
+through one route, ``_gpu_route``.  Semantics follow PyTorch (``torch.nn.functional``);
+the formulas are in the docstrings and in docs/design.md.
 """
 import numpy as np
 
 from . import _kernels
 from . import _validation as V
+from ._dispatch import gpu_twin as _cuda_dispatch
 
 __all__ = [
     "logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
@@ -20,15 +23,51 @@ _THREADS_DOC = """n_threads : int, optional
         bitwise identical for any value."""
 
 
-def _cuda_dispatch(name, *arrays):
-    """The CuPy twin of ``name`` when any argument is a CuPy array, else None."""
-    import sys
-    if "cupy" not in sys.modules:
-        return None
+_ce_call = _kernels.ce_call
+
+
+def _gpu_route(kind, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+               softcap, logit_scale, num_items, lse, return_lse, class_start, num_classes,
+               grad_output, out, inplace, grad_dtype, n_threads, logits_name="logits"):
+    """The one route of the cross-entropy family to the GPU path: ``_kernels.ce_call``
+    hands a call over when its first array is a CuPy array (arguments as ``ce_call``'s)."""
     from . import cuda
-    if cuda.is_cupy_call(*arrays):
-        return getattr(cuda, name)
-    return None
+    cuda.is_cupy_call(logits, target, weight, lse, out, grad_output,  # mixing is a TypeError
+                      names=(logits_name, "target", "weight", "lse", "out", "grad_output"))
+    if kind >= 3:  # nll_loss, nll_loss_backward
+        opts = dict(weight=weight, ignore_index=ignore_index, reduction=reduction)
+        if kind == 3:
+            return cuda.nll_loss(logits, target, **opts)
+        return cuda.nll_loss_backward(logits, target, grad_output, out=out, **opts)
+    opts = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                logit_scale=logit_scale, num_items=num_items, lse=lse, class_start=class_start,
+                num_classes=num_classes, n_threads=n_threads)
+    if kind == 0:
+        return cuda.cross_entropy(logits, target, return_lse=return_lse, **opts)
+    grad_opts = dict(out=out, inplace=inplace, grad_dtype=grad_dtype)
+    if kind == 1:
+        return cuda.cross_entropy_with_grad(logits, target, return_lse=return_lse,
+                                            grad_output=grad_output, **grad_opts, **opts)
+    return cuda.cross_entropy_backward(logits, target, grad_output, **grad_opts, **opts)
+
+
+_kernels.set_gpu_route(_gpu_route)
+
+
+def _repr(obj, options):
+    """``Name(arg=value, ...)`` with the arguments that differ from their defaults."""
+    defaults = type(obj).__init__.__kwdefaults__ or {}
+    code = type(obj).__init__
+    names = code.__code__.co_varnames[1:code.__code__.co_argcount]
+    defaults = dict(zip(names, code.__defaults__ or ()), **defaults)
+    shown = []
+    for k, v in options.items():
+        d = defaults.get(k)
+        if v is d or (not isinstance(v, np.ndarray) and not isinstance(d, np.ndarray) and v == d):
+            continue
+        shown.append(f"{k}={v!r}")
+    return f"{type(obj).__name__}({', '.join(shown)})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,140 +180,6 @@ def _softmax_impl(name, x, axis, out, n_threads, log_space):
 # ---------------------------------------------------------------------------------------
 # cross-entropy
 # ---------------------------------------------------------------------------------------
-class _CECall:
-    """One validated cross-entropy call: canonical views and per-row parameters."""
-
-    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
-                 n_threads, inplace=False, out=None, allow_soft=True, z_loss=0.0, lse=None,
-                 class_start=0, num_classes=None, grad_dtype=None, softcap=None,
-                 logits_name="logits"):
-        self.reduction = V.check_reduction(reduction)
-        self.softcap = V.check_softcap(softcap)
-        self.eps = V.check_label_smoothing(label_smoothing)
-        self.z = V.check_z_loss(z_loss)
-        ignore_index = V.check_ignore_index(ignore_index)
-        self.n_threads = V.resolve_threads(n_threads)
-        if inplace:
-            V.check_inplace(logits, out)
-        x = V.as_float_array(logits, logits_name, allow_half=True)
-        if x.ndim == 0:
-            raise ValueError(f"{logits_name} must have shape (C,), (N, C) or (N, C, d1, ..., dk), "
-                             f"got a 0-d array")
-        self.cdtype = V.compute_dtype(x.dtype)  # reductions; float32 for half logits
-        self.grad_dtype = V.check_grad_dtype(grad_dtype, x.dtype)
-        if inplace and self.grad_dtype != x.dtype:
-            raise ValueError(f"inplace=True writes the gradient into the logits: grad_dtype must be "
-                             f"{x.dtype}, got {self.grad_dtype}")
-        self.axis = 0 if x.ndim == 1 else 1
-        self.n_classes = x.shape[self.axis]
-        if self.n_classes == 0:
-            raise ValueError(f"{logits_name} must have at least one class, got shape {x.shape}")
-        self.x = x
-        self.target_shape = V.expected_target_shape(x.shape)
-        self.class_start, self.total_classes = V.check_shard(class_start, num_classes, self.n_classes)
-        sharded = self.total_classes != self.n_classes
-        if allow_soft and V.is_probability_target(target, x.shape):
-            if sharded:
-                raise ValueError("probability targets cannot be split over vocabulary shards "
-                                 "(class_start/num_classes); pass class indices")
-            self.soft = V.as_soft_target(target, x.shape, x.dtype, ignore_index)
-            self.t = None
-        else:
-            self.soft = None
-            self.t = V.as_hard_target(target, x.shape, self.total_classes, ignore_index, logits_name)
-        self.wt, self.wd = V.as_weight(weight, self.total_classes, self.cdtype)
-        if self.wt is not None and sharded:
-            self.wt = np.ascontiguousarray(self.wt[self.class_start:self.class_start + self.n_classes])
-        self.lse = V.as_lse(lse, self.target_shape)
-        if sharded and self.lse is None:
-            raise ValueError("a vocabulary shard (class_start/num_classes) needs lse=: the "
-                             "log-sum-exp over all classes, e.g. np.logaddexp.reduce of every "
-                             "shard's fastce.logsumexp")
-        if out is not None:
-            V.check_out(out, x.shape, self.grad_dtype, {logits_name: x, "target": target, "weight": weight})
-        self.out = out
-        self.inplace = inplace
-
-    @property
-    def rows(self):
-        return int(np.prod(self.target_shape, dtype=np.int64))
-
-    def valid_rows(self):
-        if self.soft is not None:
-            return float(self.rows)
-        return float(np.count_nonzero(self.t >= 0))
-
-    def mean_normaliser(self):
-        """torch's 'mean' divisor: summed target weights (row count for probabilities)."""
-        if self.soft is not None or self.wd is None:
-            return self.valid_rows()
-        return float(self.wd[self.t[self.t >= 0]].sum())
-
-    def sweep(self, want_loss, grad_output=None, want_grad=False, want_lse=False):
-        """Run the row sweep; returns (per-row loss, z-term and lse or None, grad or None)."""
-        rows = self.rows
-        loss = np.empty(rows) if want_loss else None
-        zl = np.empty(rows) if want_loss and self.z else None
-        compute_lse = self.lse is None or self.soft is not None  # soft rows re-read targets anyway
-        lse = np.empty(rows) if compute_lse and want_lse else self.lse
-        grad = copy_to = None
-        scale0 = zscale0 = 0.0
-        scale_rows = None
-        if want_grad:
-            g0, scale_rows = V.as_grad_output(grad_output, self.reduction, self.target_shape)
-            if self.reduction == "mean":
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    scale0 = float(np.float64(g0) / np.float64(self.mean_normaliser()))
-                    zscale0 = float(np.float64(g0) / np.float64(self.valid_rows()))
-            elif self.reduction == "sum":
-                scale0 = zscale0 = g0
-            if self.inplace:
-                grad = self.x
-            elif self.out is not None:
-                grad = self.out
-            else:
-                grad = np.empty_like(self.x, dtype=self.grad_dtype)  # the logits' layout, so
-                # column sweeps write in place
-        if rows:
-            grad3 = None
-            if grad is not None:
-                grad3, copy_to = V.writable_rows3(grad, self.axis)
-            x3 = V.as_rows3(self.x, self.axis)
-            W = float(self.wt.sum(dtype=np.float64)) if self.wt is not None else float(self.n_classes)
-            if self.soft is not None:
-                _kernels.ce_soft_rows(x3, V.as_rows3(self.soft, self.axis), self.wt, W, self.eps,
-                                      loss, lse if want_lse else None, grad3, scale_rows, scale0,
-                                      self.n_threads, self.z, zl, self.softcap)
-            else:
-                Wtot = float(self.wd.sum()) if self.wd is not None else float(self.total_classes)
-                _kernels.ce_rows(x3, self.t, self.wt, self.wd, W, self.eps, loss, lse, compute_lse,
-                                 grad3, scale_rows, scale0, self.n_threads, self.z, zl, zscale0,
-                                 self.class_start, self.total_classes, Wtot, self.softcap)
-            if copy_to is not None:
-                np.copyto(copy_to, grad3.reshape(copy_to.shape))
-        return (loss, zl), lse, grad
-
-    def reduce(self, parts):
-        """Per-row (loss, z-term) -> the reduced loss in the logits' dtype."""
-        loss_rows, z_rows = parts
-        dtype = self.cdtype
-        if self.reduction == "none":
-            total_rows = loss_rows if z_rows is None else loss_rows + z_rows
-            return total_rows.reshape(self.target_shape).astype(dtype)
-        total = np.float64(loss_rows.sum())  # NumPy's pairwise sum: a fixed order
-        ztotal = np.float64(z_rows.sum()) if z_rows is not None else None
-        if self.reduction == "sum":
-            return dtype.type(total if ztotal is None else total + ztotal)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = total / np.float64(self.mean_normaliser())
-            if ztotal is not None:  # the z-term is averaged over rows, unweighted (as Liger)
-                mean = mean + ztotal / np.float64(self.valid_rows())
-            return dtype.type(mean)
-
-    def lse_out(self, lse):
-        return lse.reshape(self.target_shape)
-
-
 _CE_PARAMS = """Parameters
     ----------
     logits : array_like of float32, float64, float16 or bfloat16
@@ -303,10 +208,18 @@ _CE_PARAMS = """Parameters
     softcap : float > 0, optional
         ``c``: the logits become ``c * tanh(x / c)`` before everything else (Gemma 2's
         logit softcapping), inside the row sweep; the gradient chains through it.
+    logit_scale : float, default 1.0
+        ``s``: the logits become ``s * x`` first, before the softcap (flash-attn's and
+        Cohere's logit scale, a temperature ``1 / s``); the gradient chains through it.
     z_loss : float >= 0, default 0
         ``z``: adds ``z * lse_i**2`` to every row not ignored (PaLM's z-loss, Liger's
         ``lse_square_scale``); under 'mean' this term is averaged over those rows,
         unweighted, while the cross-entropy term keeps torch's normaliser.
+    num_items : float > 0, optional
+        With ``reduction='mean'`` only: divide the summed loss (both terms) by
+        ``num_items`` instead of the summed target weights; the gradient is scaled the
+        same way. The external normaliser of gradient accumulation over micro-batches or
+        ranks (transformers' ``num_items_in_batch``, Unsloth's ``n_items``).
     lse : array_like, optional
         Each row's log-sum-exp over all classes (target's shape, e.g. from a previous
         call's ``return_lse`` or from combining vocabulary shards): reused instead of
@@ -321,8 +234,9 @@ _CE_PARAMS = """Parameters
         the unsharded loss and the slices concatenate to its gradient."""
 
 _GRAD_PARAMS = """grad_output : float or ndarray, default 1.0
-        Upstream gradient: a scalar for 'mean'/'sum', one value per row (target's
-        shape) for 'none'.
+        Upstream gradient, broadcast like NumPy: a scalar for any reduction (under
+        'none' it scales every row), or for 'none' an array that broadcasts to the
+        target's shape.
     out : ndarray, optional
         Receives the gradient (logits' shape and dtype, any strides, no overlap with
         the inputs).
@@ -335,25 +249,15 @@ _GRAD_PARAMS = """grad_output : float or ndarray, default 1.0
         logits."""
 
 _LSE_RETURN = """lse : ndarray of float64, target's shape (only with ``return_lse=True``)
-        Each row's log-sum-exp (nan for ignored rows)."""
+        Each row's log-sum-exp, ignored rows included (only their loss is masked)."""
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None, return_lse=False, class_start=0,
-                  num_classes=None, n_threads=None):
-    twin = _cuda_dispatch("cross_entropy", logits, target, weight, lse)
-    if twin:
-        return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, lse=lse,
-                    return_lse=return_lse, class_start=class_start, num_classes=num_classes,
-                    n_threads=n_threads)
-    call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                   z_loss=z_loss, lse=lse, class_start=class_start, num_classes=num_classes,
-                   softcap=softcap)
-    loss, lse_rows, _ = call.sweep(want_loss=True, want_lse=return_lse)
-    if return_lse:
-        return call.reduce(loss), call.lse_out(lse_rows)
-    return call.reduce(loss)
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None,
+                  lse=None, return_lse=False, class_start=0, num_classes=None, n_threads=None):
+    return _ce_call(0, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                    softcap, logit_scale, num_items, lse, return_lse, class_start, num_classes,
+                    1.0, None, False, None, n_threads)
 
 
 cross_entropy.__doc__ = f"""Cross-entropy of logits against targets, as ``torch.nn.functional.cross_entropy``.
@@ -373,24 +277,13 @@ cross_entropy.__doc__ = f"""Cross-entropy of logits against targets, as ``torch.
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None, return_lse=False,
-                            class_start=0, num_classes=None, grad_output=1.0, out=None,
-                            inplace=False, grad_dtype=None, n_threads=None):
-    twin = _cuda_dispatch("cross_entropy_with_grad", logits, target, weight, lse, out)
-    if twin:
-        return twin(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, lse=lse,
-                    return_lse=return_lse, class_start=class_start, num_classes=num_classes,
-                    grad_output=grad_output, out=out, inplace=inplace, grad_dtype=grad_dtype,
-                    n_threads=n_threads)
-    call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                   inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
-                   num_classes=num_classes, grad_dtype=grad_dtype, softcap=softcap)
-    loss, lse_rows, grad = call.sweep(want_loss=True, grad_output=grad_output, want_grad=True,
-                                      want_lse=return_lse)
-    if return_lse:
-        return call.reduce(loss), grad, call.lse_out(lse_rows)
-    return call.reduce(loss), grad
+                            label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0,
+                            num_items=None, lse=None, return_lse=False, class_start=0,
+                            num_classes=None, grad_output=1.0, out=None, inplace=False,
+                            grad_dtype=None, n_threads=None):
+    return _ce_call(1, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                    softcap, logit_scale, num_items, lse, return_lse, class_start, num_classes,
+                    grad_output, out, inplace, grad_dtype, n_threads)
 
 
 cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t. the logits in one sweep.
@@ -413,20 +306,13 @@ cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t.
 
 
 def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
-                           reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None,
-                           class_start=0, num_classes=None, out=None, inplace=False,
-                           grad_dtype=None, n_threads=None):
-    twin = _cuda_dispatch("cross_entropy_backward", logits, target, weight, lse, out)
-    if twin:
-        return twin(logits, target, grad_output, weight=weight, ignore_index=ignore_index,
-                    reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                    softcap=softcap, lse=lse, class_start=class_start, num_classes=num_classes,
-                    out=out, inplace=inplace, grad_dtype=grad_dtype, n_threads=n_threads)
-    call = _CECall(logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                   inplace=inplace, out=out, z_loss=z_loss, lse=lse, class_start=class_start,
-                   num_classes=num_classes, grad_dtype=grad_dtype, softcap=softcap)
-    _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True)
-    return grad
+                           reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                           logit_scale=1.0, num_items=None, lse=None, class_start=0,
+                           num_classes=None, out=None, inplace=False, grad_dtype=None,
+                           n_threads=None):
+    return _ce_call(2, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                    softcap, logit_scale, num_items, lse, False, class_start, num_classes,
+                    grad_output, out, inplace, grad_dtype, n_threads)
 
 
 cross_entropy_backward.__doc__ = f"""Gradient of :func:`cross_entropy` w.r.t. the logits.
@@ -454,7 +340,7 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
 
     Parameters
     ----------
-    log_probs : array_like of float32 or float64
+    log_probs : array_like of float32, float64, float16 or bfloat16
         Shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``, usually a log-softmax.
     target : array_like of int
         Class indices, shape ``()``, ``(N,)`` or ``(N, d1, ..., dk)``.
@@ -465,23 +351,15 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
 
     Returns
     -------
-    loss : NumPy scalar (log_probs' dtype) for 'mean'/'sum'; ndarray of target's shape for 'none'
+    loss : NumPy scalar (float32 for float32 and half inputs, else float64) for
+        'mean'/'sum'; ndarray of target's shape for 'none'
     """
-    twin = _cuda_dispatch("nll_loss", log_probs, target, weight)
-    if twin:
-        return twin(log_probs, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
-    call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, n_threads,
-                   allow_soft=False, logits_name="log_probs")
-    rows, cls, pos = _nll_picks(call)
-    lp3 = V.as_rows3(call.x, call.axis)
-    w = call.wd[cls] if call.wd is not None else 1.0
-    loss = np.zeros(call.rows)
-    loss[rows] = -w * lp3[rows // pos, cls, rows % pos].astype(np.float64)
-    return call.reduce((loss, None))
+    return _ce_call(3, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0,
+                    None, None, False, 0, None, 1.0, None, False, None, n_threads, "log_probs")
 
 
 def nll_loss_backward(log_probs, target, grad_output=1.0, *, weight=None, ignore_index=-100,
-                      reduction="mean", out=None):
+                      reduction="mean", out=None, n_threads=None):
     """Gradient of :func:`nll_loss` w.r.t. ``log_probs``.
 
     Zero everywhere except ``-g_i * w[y_i]`` at each row's target (``g_i`` the upstream
@@ -492,41 +370,21 @@ def nll_loss_backward(log_probs, target, grad_output=1.0, *, weight=None, ignore
     log_probs, target, weight, ignore_index, reduction
         As :func:`nll_loss`.
     grad_output : float or ndarray, default 1.0
-        Scalar for 'mean'/'sum', one value per row for 'none'.
+        A scalar (any reduction), or for 'none' an array that broadcasts to the
+        target's shape.
     out : ndarray, optional
         Receives the gradient (log_probs' shape and dtype, any strides).
+    n_threads : int, optional
+        Accepted for a uniform signature; the scatter runs on one thread.
 
     Returns
     -------
     ndarray
         The gradient, log_probs' shape and dtype.
     """
-    twin = _cuda_dispatch("nll_loss_backward", log_probs, target, weight, out)
-    if twin:
-        return twin(log_probs, target, grad_output, weight=weight, ignore_index=ignore_index,
-                    reduction=reduction, out=out)
-    call = _CECall(log_probs, target, weight, ignore_index, reduction, 0.0, None, out=out,
-                   allow_soft=False, logits_name="log_probs")
-    g0, g_rows = V.as_grad_output(grad_output, call.reduction, call.target_shape)
-    if call.reduction == "mean":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g0 = float(np.float64(g0) / np.float64(call.mean_normaliser()))
-    grad = out if out is not None else np.empty(call.x.shape, dtype=call.x.dtype)
-    rows, cls, pos = _nll_picks(call)
-    w = call.wd[cls] if call.wd is not None else 1.0
-    g = g_rows[rows] if g_rows is not None else g0
-    grad3, copy_to = V.writable_rows3(grad, call.axis)  # a view of grad, or a temporary
-    grad3[...] = 0
-    grad3[rows // pos, cls, rows % pos] = -w * g
-    if copy_to is not None:
-        np.copyto(copy_to, grad3.reshape(copy_to.shape))
-    return grad
-
-
-def _nll_picks(call):
-    """Flat indices of the rows not ignored, their classes, and the trailing size B."""
-    valid = call.t >= 0
-    return np.flatnonzero(valid), call.t[valid], V.rows3_shape(call.x.shape, call.axis)[2]
+    return _ce_call(4, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0,
+                    None, None, False, 0, None, grad_output, out, False, None, n_threads,
+                    "log_probs")
 
 
 # ---------------------------------------------------------------------------------------
@@ -538,11 +396,12 @@ class CrossEntropyLoss:
     ``loss = crit(logits, target)`` computes the loss in one read of the logits and keeps
     only O(N) state (the per-row log-sum-exp); ``crit.backward()`` then writes the
     gradient in one more sweep, without recomputing the log-sum-exp.  The logits must not
-    change between the two calls (``backward`` reads them again).
+    change between the two calls (``backward`` reads them again).  NumPy and CuPy arrays
+    alike: both calls go through :func:`cross_entropy` and :func:`cross_entropy_backward`.
 
     Parameters
     ----------
-    weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+    weight, ignore_index, reduction, label_smoothing, z_loss, softcap, logit_scale, num_items
         As :func:`cross_entropy`.
     n_threads : int, optional
         Threads per call; default :func:`fastce.get_num_threads`.
@@ -555,32 +414,31 @@ class CrossEntropyLoss:
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 z_loss=0.0, softcap=None, n_threads=None):
+                 z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None, n_threads=None):
         self.weight = weight
-        self.ignore_index = V.check_ignore_index(ignore_index)
-        self.reduction = V.check_reduction(reduction)
-        self.label_smoothing = V.check_label_smoothing(label_smoothing)
-        self.z_loss = V.check_z_loss(z_loss)
-        self.softcap = V.check_softcap(softcap)
-        self.n_threads = None if n_threads is None else V.check_n_threads(n_threads)
+        self.ignore_index = _kernels.check_ignore_index(ignore_index)
+        self.reduction = _kernels.check_reduction(reduction)
+        self.label_smoothing = _kernels.check_label_smoothing(label_smoothing)
+        self.z_loss = _kernels.check_z_loss(z_loss)
+        self.softcap = softcap if softcap is None else _kernels.check_softcap(softcap)
+        self.logit_scale = _kernels.check_logit_scale(logit_scale)
+        self.num_items = _kernels.check_num_items(num_items, reduction)
+        self.n_threads = None if n_threads is None else _kernels.check_n_threads(n_threads)
         self._saved = None
 
+    def _options(self):
+        return dict(weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                    label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+                    softcap=self.softcap, logit_scale=self.logit_scale, num_items=self.num_items,
+                    n_threads=self.n_threads)
+
+    def __repr__(self):
+        return _repr(self, self._options())
+
     def __call__(self, logits, target):
-        twin = _cuda_dispatch("cross_entropy", logits, target, self.weight)
-        if twin:
-            loss, lse = twin(logits, target, weight=self.weight, ignore_index=self.ignore_index,
-                             reduction=self.reduction, label_smoothing=self.label_smoothing,
-                             z_loss=self.z_loss, softcap=self.softcap or None, return_lse=True,
-                             n_threads=self.n_threads)
-            self._saved = ("cuda", logits, target, lse)  # backward reuses the lse
-            return loss
-        call = _CECall(logits, target, self.weight, self.ignore_index, self.reduction,
-                       self.label_smoothing, self.n_threads, z_loss=self.z_loss,
-                       softcap=self.softcap or None)
-        loss, lse, _ = call.sweep(want_loss=True, want_lse=True)
-        call.lse = lse  # backward reuses it instead of recomputing
-        self._saved = ("cpu", logits, call)
-        return call.reduce(loss)
+        loss, lse = cross_entropy(logits, target, return_lse=True, **self._options())
+        self._saved = (logits, target, lse)  # backward reuses the lse
+        return loss
 
     forward = __call__
 
@@ -590,7 +448,8 @@ class CrossEntropyLoss:
         Parameters
         ----------
         grad_output : float or ndarray, default 1.0
-            Scalar for 'mean'/'sum', one value per row for 'none'.
+            A scalar (any reduction), or for 'none' an array that broadcasts to the
+            per-row loss.
         out : ndarray, optional
             Receives the gradient.
         inplace : bool, default False
@@ -603,24 +462,9 @@ class CrossEntropyLoss:
         """
         if self._saved is None:
             raise RuntimeError("backward() called before the loss was computed: call the criterion first")
-        if self._saved[0] == "cuda":
-            _, logits, target, lse = self._saved
-            from . import cuda
-            grad = cuda.cross_entropy_backward(
-                logits, target, grad_output, weight=self.weight, ignore_index=self.ignore_index,
-                reduction=self.reduction, label_smoothing=self.label_smoothing,
-                z_loss=self.z_loss, softcap=self.softcap or None, lse=lse, out=out,
-                inplace=inplace, n_threads=self.n_threads)
-            if inplace:
-                self._saved = None  # the logits are gone
-            return grad
-        _, logits, call = self._saved
-        if inplace:
-            V.check_inplace(logits, out)
-        elif out is not None:
-            V.check_out(out, call.x.shape, call.x.dtype, {"logits": call.x, "weight": self.weight})
-        call.out, call.inplace = out, inplace
-        _, _, grad = call.sweep(want_loss=False, grad_output=grad_output, want_grad=True)
+        logits, target, lse = self._saved
+        grad = cross_entropy_backward(logits, target, grad_output, lse=lse, out=out,
+                                      inplace=inplace, **self._options())
         if inplace:
             self._saved = None  # the logits are gone
         return grad

@@ -39,12 +39,12 @@ CuPy arrays go to the GPU twin, ``fastce/cuda/_bce.py`` (kernel ``fastce/cuda/bc
 same semantics, options and errors, CuPy results (scalar losses as 0-d arrays). Mixing
 CuPy and NumPy arrays in one call is a TypeError naming them (``_gpu_ops``).
 """
-import sys
 
 import numpy as np
 
 from . import _kernels
 from . import _validation as V
+from ._dispatch import gpu_twin
 
 __all__ = [
     "binary_cross_entropy_with_logits",
@@ -57,15 +57,9 @@ _BLOCK = 8192  # elements per work item (a fixed constant: never derived from n_
 
 def _gpu_ops(**arrays):
     """The GPU path (``fastce.cuda._bce.BceOps`` on CuPy) when any argument is a CuPy
-    array, else None; a TypeError naming the arguments when CuPy and NumPy arrays are
-    mixed (``fastce.cuda.is_cupy_call``). Never imports CuPy."""
-    if "cupy" not in sys.modules:
-        return None
-    from . import cuda
-    if not cuda.is_cupy_call(*arrays.values(), names=list(arrays)):
-        return None
-    from .cuda import _bce
-    return _bce.cupy_ops()
+    array, else None (``fastce._dispatch.gpu_twin``)."""
+    ops = gpu_twin("bce_ops", *arrays.values(), names=list(arrays))
+    return None if ops is None else ops()
 
 
 def _new_call(logits, target, weight, pos_weight, reduction, n_threads, inplace=False, out=None,
@@ -126,11 +120,12 @@ class _BCECall:
 
     check_inplace = staticmethod(V.check_inplace)
 
-    def set_output(self, out, inplace):
+    def set_output(self, out, inplace, more_inputs=None):
+        inputs = dict(self.inputs, **(more_inputs or {}))
         if inplace:
-            V.check_inplace_inputs(self.x, self.inputs)
+            V.check_inplace_inputs(self.x, inputs)
         elif out is not None:
-            V.check_out(out, self.x.shape, self.x.dtype, {"logits": self.x, **self.inputs})
+            V.check_out(out, self.x.shape, self.x.dtype, {"logits": self.x, **inputs})
         self.out, self.inplace = out, inplace
 
     def _empty(self):
@@ -146,13 +141,12 @@ class _BCECall:
         grad = ge = loss_elem = None
         gscale = 0.0
         if want_grad:
+            self.set_output(self.out, self.inplace, {"grad_output": grad_output})
             g0, ge = V.as_elementwise_grad_output(grad_output, self.reduction, x.shape, x.dtype)
             if self.reduction == "mean":
                 gscale = g0 / numel if numel else float("nan")
-            elif self.reduction == "sum":
-                gscale = g0
-            else:
-                gscale = 1.0
+            else:  # 'sum', or 'none' with a scalar (it scales every element)
+                gscale = 1.0 if ge is not None else g0
             grad = x if self.inplace else self.out if self.out is not None else self._empty()
         if want_loss and self.reduction == "none":
             loss_elem = self._empty()

@@ -10,7 +10,6 @@ from . import _kernels
 __all__ = ["get_isa", "set_isa", "supported_isas", "get_num_threads", "set_num_threads", "show_config"]
 
 _ISA_NAMES = ("scalar", "avx2", "avx512", "neon")
-_num_threads = None  # None: follow OpenMP's default (OMP_NUM_THREADS, threadpoolctl)
 
 
 def supported_isas():
@@ -70,18 +69,22 @@ def get_num_threads():
     """Number of threads the next call will use when ``n_threads`` is not given.
 
     The default is OpenMP's: all cores, lowered by ``OMP_NUM_THREADS`` or by a
-    ``threadpoolctl`` limit in force; :func:`set_num_threads` overrides it.
+    ``threadpoolctl`` limit in force; :func:`set_num_threads` overrides it.  A call
+    never runs more threads than the machine has processors, nor more than its work
+    can use (small inputs run on one thread, without an OpenMP region).
     """
-    if _num_threads is not None:
-        return _num_threads
-    return max(1, int(_kernels.omp_max_threads()))
+    return _kernels.default_threads()
 
 
 def set_num_threads(n):
-    """Set the default thread count for fastce calls (``None`` restores OpenMP's default)."""
-    global _num_threads
-    from ._validation import check_n_threads
-    _num_threads = None if n is None else check_n_threads(n, name="n")
+    """Set the default thread count for fastce calls.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads per call, ``1 <= n <= 2**20``; ``None`` restores OpenMP's default.
+    """
+    _kernels.set_default_threads(n)
 
 
 def _config_dict():

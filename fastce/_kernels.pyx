@@ -24,10 +24,10 @@ No argument checking here: ``fastce/_validation.py`` has done it.  Every pointer
 stride below is trusted.
 """
 from cython.parallel cimport parallel, prange
-from libc.math cimport INFINITY, NAN, log
+from libc.math cimport INFINITY, NAN, fabs, log
 from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 import numpy as np
@@ -241,19 +241,24 @@ DEF IGNORED = -1      # target == ignore_index (marked so by the Python layer)
 
 cdef struct Sweep:
     # what: per-row targets and outputs
-    const int64_t *target       # (rows,) class or IGNORED; NULL for the softmax family
+    const char *tgt             # (rows,) class indices as given (int32 or int64, byte stride
+    int64_t tstride             # tstride), validated by scan_targets; NULL: softmax family
+    bint t32
+    int64_t ignore_index        # rows whose target equals it are IGNORED ...
+    bint has_ignore             # ... unless ignore_index lies outside int64
     bint soft                   # probability targets instead (rows mode only), geometry `t`
-    const double *wd            # (C,) float64 class weights, or NULL
+    const double *wd            # (Ctot,) float64 class weights, or NULL ...
+    const float *wdf            # ... or the same in float32 (weights given as float32)
     const void *wt              # (C,) the same in the data dtype, or NULL
     double W                    # sum of this array's class weights (C when unweighted)
     double Wtot                 # sum over all classes (== W unless the vocabulary is sharded)
     int64_t cstart, Ctot        # vocabulary shard: global index of class 0, total classes
     double eps                  # label smoothing
     double z                    # z-loss coefficient: z * lse**2 per row not ignored
-    double *zl                  # (rows,) the z-term out (the caller normalises it apart), or NULL
+    double zfold                # the row value is ce + zfold * z * lse**2 (see fce_row docs)
     double zscale0              # gradient scale of the z-term ('mean' divides it differently)
     double *loss                # (rows,) out, or NULL
-    double *lse                 # (rows,) out when compute_lse, else in; or NULL
+    double *lse                 # (rows,) out when compute_lse (ignored rows too), else in; or NULL
     bint compute_lse
     int out_kind
     const double *scale         # (rows,) per-row gradient scale, or NULL -> scale0
@@ -270,35 +275,50 @@ cdef struct Sweep:
     bint x_strided, o_strided   # rows whose class stride is not 1
     int xh, oh, th              # HALF_* storage of x, the output, soft targets
     double softcap              # logits become softcap * tanh(x / softcap); 0 = off
+    double logit_scale          # logits become logit_scale * x first; 1 = off
+    bint transform              # softcap or logit_scale: rows go through scratch
     bint direct_out             # the output has the input's strides (columns write in place)
 
 
-cdef int half_kind(object dtype):
-    if dtype == np.float16:
+cdef int half_kind(cnp.ndarray arr):
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE:
+        return HALF_NONE
+    if t == NPY_HALF_T:
         return HALF_F16
-    if dtype.name == "bfloat16":
+    if arr.dtype.name == "bfloat16":
         return HALF_BF16
     return HALF_NONE
 
 
+cdef RowGeom geom_any(cnp.ndarray arr):
+    """The geometry of a canonical (A, C, B) array, or of a (C,) / (N, C) one as is."""
+    cdef RowGeom g
+    if cnp.PyArray_NDIM(arr) == 3:
+        return geom_of(arr)
+    geom_rows(&g, arr)
+    return g
+
+
 cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target, int64_t lanes):
-    cdef int64_t item = x.itemsize
-    s.x = geom_of(x)
+    cdef int64_t item = cnp.PyArray_ITEMSIZE(x)
+    s.x = geom_any(x)
     s.soft = soft_target is not None
     if s.soft:
-        s.t = geom_of(soft_target)
-    s.o = geom_of(out) if out is not None else s.x
+        s.t = geom_any(soft_target)
+    s.o = geom_any(out) if out is not None else s.x
     s.C = s.x.C
     s.rows = s.x.A * s.x.B
     s.lanes = lanes
     s.x_strided = s.x.sc != 1
     s.o_strided = out is not None and s.o.sc != 1
     s.direct_out = s.o.sa == s.x.sa and s.o.sb == s.x.sb and s.o.sc == s.x.sc
-    s.xh = half_kind(x.dtype)
-    s.oh = half_kind(out.dtype) if out is not None else HALF_NONE
-    s.th = half_kind(soft_target.dtype) if s.soft else HALF_NONE
+    s.xh = half_kind(x)
+    s.oh = half_kind(out) if out is not None else HALF_NONE
+    s.th = half_kind(soft_target) if s.soft else HALF_NONE
     s.mode = MODE_ROWS
-    if s.soft or s.xh or s.oh or s.softcap != 0.0:
+    s.transform = s.softcap != 0.0 or s.logit_scale != 1.0
+    if s.soft or s.xh or s.oh or s.transform:
         return
     if s.x_strided and s.x.B >= lanes and s.x.sb == item:
         s.mode, s.lanes_on_b = MODE_COLS, True
@@ -326,21 +346,55 @@ cdef inline double stats_lse(double mx, double sm) noexcept nogil:
     return mx + log(sm)
 
 
+cdef inline int64_t raw_target(const Sweep *s, int64_t r) noexcept nogil:
+    cdef const char *p = s.tgt + r * s.tstride
+    return (<const int *> p)[0] if s.t32 else (<const int64_t *> p)[0]
+
+
 cdef inline int64_t target_of(const Sweep *s, int64_t r) noexcept nogil:
-    return s.target[r] if s.target != NULL else NO_TARGET
+    cdef int64_t y
+    if s.tgt == NULL:
+        return NO_TARGET
+    y = raw_target(s, r)
+    return IGNORED if s.has_ignore and y == s.ignore_index else y
+
+
+cdef inline double weight_of(const Sweep *s, int64_t y) noexcept nogil:
+    if s.wd != NULL:
+        return s.wd[y]
+    if s.wdf != NULL:
+        return s.wdf[y]
+    return 1.0
+
+
+cdef int64_t scan_targets(const Sweep *s, double *valid, double *wsum) noexcept nogil:
+    """The class-index check and the 'mean' normalisers in one pass over the targets,
+    before anything is written: the first row whose target is neither a class of
+    [0, Ctot) nor ignore_index (-1 if none); the rows not ignored; their summed weights."""
+    cdef int64_t r, y
+    cdef double n = 0.0, w = 0.0, comp = 0.0, v, t
+    for r in range(s.rows):
+        y = raw_target(s, r)
+        if s.has_ignore and y == s.ignore_index:
+            continue
+        if y < 0 or y >= s.Ctot:
+            return r
+        n += 1.0
+        v = weight_of(s, y)  # Neumaier's compensated sum: the weight total to ~1 ulp
+        t = w + v
+        comp += (w - t) + v if fabs(w) >= fabs(v) else (v - t) + w
+        w = t
+    valid[0], wsum[0] = n, w + comp
+    return -1
 
 
 cdef inline bint wants_wx(const Sweep *s) noexcept nogil:
-    return s.target != NULL and s.eps != 0.0 and s.loss != NULL
+    return s.tgt != NULL and s.eps != 0.0 and s.loss != NULL
 
 
 cdef inline void ignore_row(const Sweep *s, int64_t r) noexcept nogil:
     if s.loss != NULL:
         s.loss[r] = 0.0
-    if s.zl != NULL:
-        s.zl[r] = 0.0
-    if s.compute_lse and s.lse != NULL:
-        s.lse[r] = NAN
 
 
 cdef inline int64_t owned_class(const Sweep *s, int64_t y) noexcept nogil:
@@ -365,14 +419,14 @@ cdef inline void finish_row(const Sweep *s, int64_t r, int64_t y, double lse, do
     if y == NO_TARGET:
         coef[0], coef[1], coef[2] = 1.0, 0.0, 0.0
         return
-    wy = s.wd[y] if s.wd != NULL else 1.0
+    wy = weight_of(s, y)
     if s.loss != NULL:
         loss = (1.0 - s.eps) * wy * (lse - xy) if owns else 0.0
         if s.eps != 0.0:  # skipped at eps == 0: 0 * inf would turn masked rows into nan
             loss = loss + s.eps / s.Ctot * (s.W * lse - wx)
+        if s.z != 0.0 and owns:  # folded in with the weight of its own normaliser
+            loss = loss + s.zfold * s.z * lse * lse
         s.loss[r] = loss
-        if s.zl != NULL:
-            s.zl[r] = s.z * lse * lse if owns else 0.0
     # d loss / d x_c = g [((1-eps) w_y + eps Wtot / Ctot) p_c - (eps / Ctot) w_c
     #                     - (1-eps) w_y [c == y]] + gz 2 z lse p_c
     g = s.scale[r] if s.scale != NULL else s.scale0
@@ -403,6 +457,13 @@ cdef inline void k_out(const Sweep *s, const floating *x, floating *out, int64_t
         KT.f32.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const float *> s.wt)
     else:
         KT.f64.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const double *> s.wt)
+
+
+cdef inline void k_scale(floating *x, int64_t n, double a) noexcept nogil:
+    if floating is float:
+        KT.f32.row_scale(x, n, a, 0.0, NULL)
+    else:
+        KT.f64.row_scale(x, n, a, 0.0, NULL)
 
 
 cdef inline void k_softcap(const floating *x, floating *out, int64_t n, double cap) noexcept nogil:
@@ -495,9 +556,19 @@ cdef void run_sweep(Sweep *s, int n_threads, floating *dummy) noexcept nogil:
 cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
     cdef int64_t r
     cdef floating *scratch
+    cdef bint need_scratch = s.x_strided or s.o_strided or s.soft or s.xh or s.oh or s.transform
+    if n_threads == 1:  # no parallel region for work too small to split
+        scratch = <floating *> malloc(3 * s.C * sizeof(floating)) if need_scratch else NULL
+        for r in range(s.rows):
+            if s.soft:
+                one_soft_row(s, r, scratch)
+            else:
+                one_row(s, r, scratch, dummy)
+        free(scratch)
+        return
     with parallel(num_threads=n_threads):
         scratch = NULL
-        if s.x_strided or s.o_strided or s.soft or s.xh or s.oh or s.softcap != 0.0:
+        if need_scratch:
             scratch = <floating *> malloc(3 * s.C * sizeof(floating))
         for r in prange(s.rows, schedule='static'):
             if s.soft:
@@ -533,9 +604,7 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
     if s.lse != NULL:
         s.lse[r] = lse
     if s.loss != NULL:
-        s.loss[r] = T1 * lse - wtx
-        if s.zl != NULL:
-            s.zl[r] = s.z * lse * lse
+        s.loss[r] = T1 * lse - wtx + (s.zfold * s.z * lse * lse if s.z != 0.0 else 0.0)
     if s.out_kind == OUT_NONE:
         return
     # d l / d x_c = g [(T1 + 2 z lse) p_c - w_c ((1 - eps) t_c + eps / C)]
@@ -562,6 +631,11 @@ cdef inline const floating *load_x(const Sweep *s, int64_t r, floating *scratch)
     if s.x_strided and not s.xh:
         copy_strided(row, s.x.sc, scratch, 1, s.C)
         row = scratch
+    if s.logit_scale != 1.0:
+        if row != scratch:
+            memcpy(scratch, row, s.C * sizeof(floating))
+        k_scale(scratch, s.C, s.logit_scale)
+        row = scratch
     if s.softcap != 0.0:
         k_softcap(row, scratch, s.C, s.softcap)
         row = scratch
@@ -571,7 +645,7 @@ cdef inline const floating *load_x(const Sweep *s, int64_t r, floating *scratch)
 cdef inline floating *out_buffer(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
     """Where row r's output is computed: the output row itself, or scratch when it must be
     scattered, converted or chained afterwards (after the x row and any target row)."""
-    if s.softcap != 0.0:
+    if s.transform:
         return scratch + (2 if s.soft else 1) * s.C
     if s.o_strided or s.oh:
         return scratch
@@ -579,10 +653,13 @@ cdef inline floating *out_buffer(const Sweep *s, int64_t r, floating *scratch) n
 
 
 cdef inline void store_out(const Sweep *s, int64_t r, floating *dst, const floating *xrow) noexcept nogil:
-    """Finish row r's output computed in dst: softcap's chain rule, then store it."""
+    """Finish row r's output computed in dst: the chain rule of softcap and logit_scale,
+    then store it."""
     cdef floating *orow = <floating *> row_addr(&s.o, r)
     if s.softcap != 0.0:
         k_softcap_grad(xrow, dst, s.C, s.softcap)  # d/dx = d/dxc * (1 - (xc / c)**2)
+    if s.logit_scale != 1.0:
+        k_scale(dst, s.C, s.logit_scale)
     if floating is float:
         if s.oh:
             store_row(s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
@@ -602,6 +679,9 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     cdef double coef[3]
     if y == IGNORED:
         ignore_row(s, r)
+        if s.compute_lse and s.lse != NULL:  # only the loss is masked
+            k_stats(load_x(s, r, scratch), s.C, NULL, 0, &st)
+            s.lse[r] = stats_lse(st.max, st.sum)
         if s.out_kind != OUT_NONE:
             if s.oh:
                 zero_half(row_addr(&s.o, r), s.o.sc, s.C)
@@ -688,14 +768,16 @@ cdef inline void split_finish(const Sweep *s, int64_t r, const fce_stats *parts,
     cdef int64_t yl = owned_class(s, y)
     cdef fce_stats st
     cdef double lse
-    if y == IGNORED:
-        ignore_row(s, r)
-        return
     st.wx = 0.0
     if s.compute_lse or wants_wx(s):
         st = parts[r * s.per]
         for k in range(1, s.per):
             st = fce_stats_merge(st, parts[r * s.per + k])
+    if y == IGNORED:
+        ignore_row(s, r)
+        if s.compute_lse and s.lse != NULL:  # only the loss is masked
+            s.lse[r] = stats_lse(st.max, st.sum)
+        return
     lse = stats_lse(st.max, st.sum) if s.compute_lse else s.lse[r]
     finish_row(s, r, y, lse, (<const floating *> row_addr(&s.x, r))[yl] if yl >= 0 else 0.0,
                st.wx, coef)
@@ -723,6 +805,12 @@ cdef void sweep_cols(const Sweep *s, int n_threads, floating *dummy) noexcept no
     cdef int64_t k
     cdef floating *scratch
     cdef bint need_scratch = s.mode == MODE_COLS_T or (s.out_kind != OUT_NONE and not s.direct_out)
+    if n_threads == 1:  # no parallel region for work too small to split
+        scratch = <floating *> malloc(s.C * s.lanes * sizeof(floating)) if need_scratch else NULL
+        for k in range(s.nblocks):
+            one_block(s, k, scratch)
+        free(scratch)
+        return
     with parallel(num_threads=n_threads):
         scratch = NULL
         if need_scratch:
@@ -781,6 +869,8 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
         y = ys[l]
         if y == IGNORED:
             ignore_row(s, r)
+            if s.compute_lse and s.lse != NULL:  # only the loss is masked
+                s.lse[r] = -INFINITY if sm[l] == 0.0 and mx[l] == -INFINITY else mx[l] + logsm[l]
             lse[l], a[l], beta[l], gamma[l] = 0.0, 0.0, 0.0, 0.0
             continue
         if not s.compute_lse:
@@ -834,14 +924,15 @@ cdef inline void *data_or_null(object arr):
 
 cdef void dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads,
                    cnp.ndarray soft_target=None):
-    # Waking threads costs more than small inputs take; results do not depend on the count.
-    n_threads = max(1, min(n_threads, (x.shape[0] * x.shape[1] * x.shape[2]) // MIN_WORK_PER_THREAD))
-    if x.dtype != np.float64:  # float32, or float16 / bfloat16 computed in float32
+    """Plan and run one sweep over x: (A, C, B), or (C,) / (N, C) as is."""
+    if cnp.PyArray_TYPE(x) != cnp.NPY_DOUBLE:  # float32, or float16 / bfloat16 in float32
         plan(s, x, out, soft_target, KT.f32.lanes)
+        n_threads = clamp_threads(n_threads, s.rows * s.C)
         with nogil:
             run_sweep(s, n_threads, <float *> NULL)
     else:
         plan(s, x, out, soft_target, KT.f64.lanes)
+        n_threads = clamp_threads(n_threads, s.rows * s.C)
         with nogil:
             run_sweep(s, n_threads, <double *> NULL)
 
@@ -851,6 +942,7 @@ def lse_rows(cnp.ndarray x, cnp.ndarray lse, int n_threads):
     cdef Sweep s
     memset(&s, 0, sizeof(s))
     s.Ctot = x.shape[1]
+    s.logit_scale = 1.0
     s.lse = <double *> cnp.PyArray_DATA(lse)
     s.compute_lse = True
     s.out_kind = OUT_NONE
@@ -862,69 +954,10 @@ def softmax_rows(cnp.ndarray x, cnp.ndarray out, bint log_space, int n_threads):
     cdef Sweep s
     memset(&s, 0, sizeof(s))
     s.Ctot = x.shape[1]
+    s.logit_scale = 1.0
     s.compute_lse = True
     s.out_kind = OUT_LOG if log_space else OUT_EXP
     dispatch(&s, x, out, n_threads)
-
-
-def ce_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, object weight_d, double W,
-            double eps, object loss, object lse, bint compute_lse, object grad,
-            object scale_rows, double scale0, int n_threads, double z=0.0, object zl=None,
-            double zscale0=0.0, int64_t class_start=0, int64_t num_classes=-1, double Wtot=-1.0,
-            double softcap=0.0):
-    """The cross-entropy sweep (class-index targets).
-
-    x: (A, C, B) logits.  target: (A*B,) int64 global class indices, -1 for ignored rows.
-    weight_t: (C,) weights of x's classes in x's dtype, or None; weight_d: (num_classes,)
-    float64 weights of all classes, or None.  W / Wtot: their sums.  loss, lse, zl: (A*B,)
-    float64 or None; lse is read instead of computed when compute_lse is False.  grad:
-    (A, C, B) output of x's dtype (may be x itself) or None, rows scaled by scale_rows[r]
-    ((A*B,) float64) or scale0 (zscale0 for the z-term).  class_start/num_classes
-    describe a vocabulary shard (default: x holds all classes).
-    """
-    cdef Sweep s
-    memset(&s, 0, sizeof(s))
-    s.target = <const int64_t *> cnp.PyArray_DATA(target)
-    s.wt = data_or_null(weight_t)
-    s.wd = <const double *> data_or_null(weight_d)
-    s.W = W
-    s.Wtot = Wtot if Wtot >= 0 else W
-    s.cstart = class_start
-    s.Ctot = num_classes if num_classes > 0 else x.shape[1]
-    s.z = z
-    s.zl = <double *> data_or_null(zl)
-    s.zscale0 = zscale0
-    s.softcap = softcap
-    s.eps = eps
-    s.loss = <double *> data_or_null(loss)
-    s.lse = <double *> data_or_null(lse)
-    s.compute_lse = compute_lse
-    s.out_kind = OUT_EXP if grad is not None else OUT_NONE
-    s.scale = <const double *> data_or_null(scale_rows)
-    s.scale0 = scale0
-    dispatch(&s, x, grad, n_threads)
-
-
-def ce_soft_rows(cnp.ndarray x, cnp.ndarray target, object weight_t, double W, double eps,
-                 object loss, object lse, object grad, object scale_rows, double scale0,
-                 int n_threads, double z=0.0, object zl=None, double softcap=0.0):
-    """The cross-entropy sweep with probability targets: target is (A, C, B) like x."""
-    cdef Sweep s
-    memset(&s, 0, sizeof(s))
-    s.wt = data_or_null(weight_t)
-    s.W = W
-    s.Ctot = x.shape[1]
-    s.z = z
-    s.zl = <double *> data_or_null(zl)
-    s.softcap = softcap
-    s.eps = eps
-    s.loss = <double *> data_or_null(loss)
-    s.lse = <double *> data_or_null(lse)
-    s.compute_lse = True
-    s.out_kind = OUT_EXP if grad is not None else OUT_NONE
-    s.scale = <const double *> data_or_null(scale_rows)
-    s.scale0 = scale0
-    dispatch(&s, x, grad, n_threads, target)
 
 
 # ---------------------------------------------------------------------------------------
@@ -968,4 +1001,5 @@ cdef object _elementwise(x, int which):
     return out
 
 
+include "_contract.pxi"  # the cross-entropy family's contract
 include "_bce.pxi"  # binary cross-entropy with logits

@@ -59,7 +59,7 @@ __all__ = ["REFERENCE_SHAPES", "QUICK_SHAPES", "main", "run_benchmarks", "format
            "numpy_cross_entropy", "numpy_cross_entropy_with_grad", "numpy_logsumexp",
            "numpy_log_softmax", "numpy_softmax", "numpy_nll_loss"]
 
-#: The reference shapes of ``design.md`` section 4, as (rows N, classes C).
+#: The reference shapes of ``docs/design.md`` §5, as (rows N, classes C).
 REFERENCE_SHAPES = [(65536, 10), (8192, 1000), (4096, 32000), (512, 128256), (1, 262144)]
 #: Small shapes for ``--quick``: the same spread of class counts, a few MB each.
 QUICK_SHAPES = [(4096, 10), (256, 1000), (32, 32000), (4, 128256), (1, 65536)]

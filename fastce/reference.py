@@ -1,7 +1,7 @@
 """The slow twin: float64 NumPy implementations of fastce's public functions.
 
 Every function here has the signature of its fast counterpart minus the ``out``,
-``n_threads`` and ``inplace`` arguments, follows the formulas of ``design.md`` section 1
+``n_threads`` and ``inplace`` arguments, follows the formulas of ``docs/design.md`` §1
 literally, computes in float64 and returns float64 (NumPy scalars for 'mean'/'sum').
 The test suite uses it as the oracle, and checks it against ``torch`` in turn.
 This module must stay pure NumPy: it never imports fastce's compiled core.

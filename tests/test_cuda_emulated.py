@@ -385,6 +385,18 @@ def fake_gpu(emu_dll, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", mod)
     backend = cuda_emu.EmuBackend(emu_dll, order=0, sm_count=4)
     monkeypatch.setattr(A, "_BACKEND", backend)
+    # the emulator computes in NumPy; results come back as device arrays, as CuPy's do
+    from fastce import cuda
+
+    def on_device(fn):
+        def call(*args, **kwargs):
+            res = fn(*args, **kwargs)
+            dev = (lambda v: v.view(DevArray) if isinstance(v, np.ndarray) else v)
+            return tuple(map(dev, res)) if isinstance(res, tuple) else dev(res)
+        return call
+
+    for name in ("cross_entropy", "cross_entropy_with_grad", "cross_entropy_backward"):
+        monkeypatch.setattr(cuda, name, on_device(getattr(cuda, name)))
     return lambda a: np.array(a).view(DevArray), backend
 
 

@@ -109,7 +109,7 @@ def test_linear_cublas_gemm_path(h, reference, monkeypatch):
 
 def test_linear_blocked_accumulation(h, reference, monkeypatch):
     """Without cuBLAS's gemm: one reused block of d_weight rows (7 here: 60 = 8 * 7 + 4)."""
-    import fastce._linear as L
+    import fastce._linear_call as L
     monkeypatch.setattr(L, "_ACC_BLOCK_BYTES", 7 * 8 * 8)
     NL.check_linear(h, reference, n=20, hdim=8, v=60, dtype=np.float64, bias=True, ignore="none",
                     reduction="mean", chunk_size=6)
@@ -170,7 +170,10 @@ def test_same_bits_for_both_thread_orders(emu_dll):  # noqa: F811
 def test_public_functions_dispatch_to_the_gpu_twins(h, monkeypatch):
     """fastce.nll_loss_backward / linear_cross_entropy* hand CuPy calls to fastce.cuda with
     every argument (here: _cuda_dispatch answers with the emulated twins)."""
-    from fastce import _api, cuda
+    import sys
+    import types
+
+    from fastce import cuda
     import fastce._linear as L
     for name in ("nll_loss_backward", "linear_call", "linear_cross_entropy",
                  "linear_cross_entropy_with_grad"):
@@ -183,22 +186,30 @@ def test_public_functions_dispatch_to_the_gpu_twins(h, monkeypatch):
         seen.append(name)
         return twins[name]
 
-    monkeypatch.setattr(_api, "_cuda_dispatch", dispatch)
+    # nll_loss_backward: the contract hands arrays of a (stand-in) cupy.ndarray to fastce.cuda
+    class DevArray(np.ndarray):
+        pass
+
+    fake = types.ModuleType("cupy")
+    fake.ndarray = DevArray
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(cuda, "nll_loss_backward", h.ops.nll_loss_backward)
     monkeypatch.setattr(L, "_cuda_dispatch", dispatch)
     lp = make_logits((6, 5), np.float64)
     y = make_target(6, 5, ignore="some")
-    kw = dict(weight=np.linspace(1, 2, 5), reduction="none", ignore_index=-100)
+    kw = dict(weight=np.linspace(1, 2, 5).view(DevArray), reduction="none", ignore_index=-100)
     launches = len(h.backend.launches)
-    g = fastce.nll_loss_backward(lp, y, np.arange(6.0), **kw)
+    g = fastce.nll_loss_backward(lp.view(DevArray), y.view(DevArray), np.arange(6.0).view(DevArray), **kw)
     assert len(h.backend.launches) > launches, "ran on the emulated GPU path"
     monkeypatch.undo()
+    kw["weight"] = np.asarray(kw["weight"])
     np.testing.assert_array_equal(g, fastce.nll_loss_backward(lp, y, np.arange(6.0), **kw))
     monkeypatch.setattr(L, "_cuda_dispatch", dispatch)
     hid, w, b, t = _linear_inputs()
     kw = dict(bias=b, reduction="sum", label_smoothing=0.2, chunk_size=2)
     got = fastce.linear_cross_entropy_with_grad(hid, w, t, grad_output=3.0, **kw)
     fwd = fastce.linear_cross_entropy(hid, w, t, **kw)
-    assert seen == ["nll_loss_backward", "linear_call", "linear_call"]
+    assert seen == ["linear_call", "linear_call"]  # nll_loss_backward went through the contract
     assert isinstance(fwd, np.ndarray) and fwd.shape == (), "a 0-d array: the GPU path's result"
     monkeypatch.undo()
     cpu = fastce.linear_cross_entropy_with_grad(hid, w, t, grad_output=3.0, **kw)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import fastce
-import fastce._linear as L
+import fastce._linear_call as L  # the chunked sweeps and their knobs
 from conftest import assert_close
 from fastce import _validation as FV
 from fastce.bench import peak_extra_tracemalloc

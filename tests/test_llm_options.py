@@ -1,7 +1,7 @@
 """LLM-training options of the cross-entropy functions: z_loss, softcap, return_lse / lse=
 reuse, vocabulary shards (class_start / num_classes), grad_dtype and half-precision logits.
 
-The oracle is torch autograd in float64 on the composed formula (design.md section 1)::
+The oracle is torch autograd in float64 on the composed formula (docs/design.md §1)::
 
     x'   = c * tanh(x / c)                       (softcap c; x' = x without it)
     loss = F.cross_entropy(x', t, weight, ignore_index, label_smoothing, reduction) + Z
@@ -107,7 +107,7 @@ def make_inputs(dtype, shape, *, kind="index", weight=None, ignore="none", reduc
 def torch_llm_loss(torch, x, t, g=1.0, *, weight=None, ignore_index=IGNORE_INDEX,
                    reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None):
     """The composed loss (module docstring) in float64: (loss, autograd gradient, per-row
-    lse of the capped logits with nan for ignored rows), as NumPy."""
+    lse of the capped logits, ignored rows included), as NumPy."""
     F = torch.nn.functional
     with torch_one_thread(torch):
         xt = torch.tensor(np.asarray(x).astype(np.float64), requires_grad=True)
@@ -127,8 +127,8 @@ def torch_llm_loss(torch, x, t, g=1.0, *, weight=None, ignore_index=IGNORE_INDEX
         else:
             loss = ce + z_rows.sum() / valid.sum()
         loss.backward(torch.as_tensor(np.asarray(g, dtype=np.float64)).reshape(loss.shape))
-        lse_rows = torch.where(valid, lse, torch.full_like(lse, float("nan")))
-        return loss.detach().numpy(), xt.grad.numpy(), lse_rows.detach().numpy()
+        # every row's lse, ignored rows included: only their loss is masked
+        return loss.detach().numpy(), xt.grad.numpy(), lse.detach().numpy()
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,8 +164,8 @@ def check_loss(loss, want, dtype, reduction, tshape, what):
 
 
 def check_lse(lse, want, shape, dtype, what):
-    """return_lse: float64, the target's shape, nan exactly on ignored rows; as accurate as
-    the dtype the logits are computed in."""
+    """return_lse: float64, the target's shape, every row's lse (ignored rows too: only
+    their loss is masked); as accurate as the dtype the logits are computed in."""
     assert isinstance(lse, np.ndarray) and lse.dtype == np.float64 and lse.shape == target_shape(shape), \
         f"{what}: lse {type(lse).__name__} {getattr(lse, 'dtype', '')} {np.shape(lse)}"
     np.testing.assert_array_equal(np.isnan(lse), np.isnan(want), err_msg=f"nan rows of lse, {what}")
@@ -283,7 +283,7 @@ def test_z_loss_is_additive_and_unweighted(torch):
 # ----------------------------------------------------------------------------- return_lse / lse
 @pytest.mark.parametrize("dtype", DTYPES + HALF_DTYPES, ids=dtype_id)
 def test_return_lse_and_reuse(dtype, isa):
-    """return_lse gives float64 per-row lse (target's shape, nan on ignored rows), the lse
+    """return_lse gives float64 per-row lse (target's shape, ignored rows included), the lse
     of the capped logits under softcap; backward(lse=...) equals backward without it,
     also when the lse comes as a Fortran-order copy or a list."""
     for shape, softcap in (((8, 13), None), ((8, 40), 5.0), ((3, 9, 4), 2.0), ((9,), None)):
@@ -296,7 +296,7 @@ def test_return_lse_and_reuse(dtype, isa):
         xc = softcap * np.tanh(x64 / softcap) if softcap else x64
         m = xc.max(axis=class_axis(shape), keepdims=True)
         want = np.log(np.exp(xc - m).sum(axis=class_axis(shape))) + m.squeeze(class_axis(shape))
-        want = np.where(np.asarray(t) == IGNORE_INDEX, np.nan, want)
+        assert not np.isnan(lse).any(), f"ignored rows get their lse too: {what}"
         assert lse.dtype == np.float64 and lse.shape == target_shape(shape), what
         np.testing.assert_array_equal(np.isnan(lse), np.isnan(want), err_msg=what)
         tol = 1e-12 if dtype == np.float64 else 1e-6

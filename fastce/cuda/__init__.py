@@ -22,6 +22,7 @@ from ._api import (  # noqa: F401
     softmax,
 )
 from ._bce import (  # noqa: F401
+    cupy_ops as bce_ops,
     binary_cross_entropy_with_logits,
     binary_cross_entropy_with_logits_with_grad,
 )
@@ -33,5 +34,5 @@ __all__ = [
     "logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
     "cross_entropy_backward", "nll_loss", "nll_loss_backward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
-    "linear_cross_entropy", "linear_cross_entropy_with_grad", "linear_call",
+    "linear_cross_entropy", "linear_cross_entropy_with_grad", "linear_call", "bce_ops",
 ]

@@ -98,7 +98,7 @@ ROWS_SIGNATURE = (
     ("target", "ptr"), ("target_is64", "i32"), ("ignore_index", "i64"),
     ("soft", "ptr"), ("ta", "i64"), ("tb", "i64"), ("tc", "i64"), ("weight", "ptr"),
     ("weight_y", "ptr"), ("W", "f64"), ("eps", "f64"), ("cstart", "i64"), ("Ctot", "f64"),
-    ("Wtot", "f64"), ("z", "f64"), ("zrow", "f64"), ("cap", "f64"), ("gout", "ptr"),
+    ("Wtot", "f64"), ("z", "f64"), ("zrow", "f64"), ("cap", "f64"), ("scale", "f64"), ("gout", "ptr"),
     ("gout_s", "i64"), ("gscale", "f64"), ("gzscale", "f64"), ("part", "ptr"), ("n_parts", "i32"),
     ("chunk_len", "i64"), ("mode", "i32"), ("phase", "i32"),
 )
@@ -446,7 +446,7 @@ class Ops:
         out=None, oa=0, ob=0, oc=0, row_out=None, ra=0, rb=0, row_loss=None, lse_out=None,
         lse_in=None, target=None, target_is64=0, ignore_index=0, soft=None, ta=0, tb=0, tc=0,
         weight=None, weight_y=None, W=0.0, eps=0.0, cstart=0, Ctot=0.0, Wtot=0.0, z=0.0,
-        zrow=0.0, cap=0.0, gout=None, gout_s=0, gscale=1.0, gzscale=1.0)
+        zrow=0.0, cap=0.0, scale=1.0, gout=None, gout_s=0, gscale=1.0, gzscale=1.0)
 
     def _rows(self, x, n_rows, C, B, xs, *, mode, os_=(0, 0, 0), rs=(0, 0), ts=(0, 0, 0),
               **kw):
@@ -546,7 +546,8 @@ class Ops:
     # ------------------------------------------------------------------ cross-entropy
     def _ce_setup(self, logits, target, weight, ignore_index, reduction, label_smoothing,
                   n_threads, inplace=False, out=None, name="logits", z_loss=0.0, softcap=None,
-                  lse=None, class_start=0, num_classes=None, grad_dtype=None, allow_soft=True):
+                  lse=None, class_start=0, num_classes=None, grad_dtype=None, allow_soft=True,
+                  logit_scale=1.0, num_items=None):
         """Validate one cross-entropy/nll call; returns a dict of what the sweep needs.
 
         Order of checks as the CPU path (fastce._api._CECall)."""
@@ -554,6 +555,8 @@ class Ops:
         cap = V.check_softcap(softcap)
         eps = V.check_label_smoothing(label_smoothing)
         z = V.check_z_loss(z_loss)
+        scale = V.check_logit_scale(logit_scale)
+        items = V.check_num_items(num_items, reduction)
         ignore_index = V.check_ignore_index(ignore_index)
         _check_threads(n_threads)
         if inplace:
@@ -607,7 +610,8 @@ class Ops:
                                      f"memory with logits; pass a separate {input_name} (or use out=)")
         return dict(x=x, axis=axis, C=C, t=t, soft=soft, target_shape=target_shape, w=w,
                     w_all=w_all, reduction=reduction, eps=eps, ignore_index=ignore_index,
-                    inplace=inplace, out=out, z=z, cap=cap, lse_in=lse_in, cstart=cstart,
+                    inplace=inplace, out=out, z=z, cap=cap, scale=scale, items=items,
+                    lse_in=lse_in, cstart=cstart,
                     ctot=ctot, grad_dtype=grad_dtype, cdtype=V.compute_dtype(x.dtype))
 
     def _is_soft(self, target, logits_shape):
@@ -702,6 +706,8 @@ class Ops:
             norm, valid, wtot = self._scan(call)
             if call["tflat"] is None:  # probabilities: 'mean' divides by the row count
                 norm = valid = float(int(np.prod(call["target_shape"], dtype=np.int64)))
+        if call.get("items") is not None:  # the caller's 'mean' divisor, for both terms
+            norm = valid = call["items"]
         call["norm"], call["valid"], call["Wtot"] = norm, valid, wtot
         if call["ctot"] == call["C"]:
             call["W"] = wtot
@@ -727,14 +733,19 @@ class Ops:
         if g is not None:
             if g.dtype == np.bool_ or g.dtype.kind not in "iuf":
                 raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
-        if reduction == "none":
-            gshape = () if g is None else g.shape
-            if gshape != tuple(shape):
+        if reduction == "none" and g is not None and g.ndim:  # broadcast like NumPy
+            try:
+                ok = np.broadcast_shapes(g.shape, tuple(shape)) == tuple(shape)
+            except ValueError:
+                ok = False
+            if not ok:
                 raise ValueError(f"grad_output must have the shape of the per-row loss {tuple(shape)} "
-                                 f"for reduction='none', got {gshape}")
-            if g is None:
-                return None, 0, value, value
+                                 f"for reduction='none', got {g.shape}")
+            g = self.xp.broadcast_to(g, tuple(shape))
             return self.xp.ascontiguousarray(g, dtype=np.float64).reshape(-1), 1, 1.0, 1.0
+        if reduction == "none":  # a scalar scales every row
+            value = value if g is None else float(g)
+            return None, 0, value, value
         if g is not None and g.ndim != 0:
             raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
         one = np.float64(1.0)
@@ -796,7 +807,7 @@ class Ops:
                        target=call["tflat"], ignore_index=call["ignore_k"], soft=soft, ts=ts,
                        weight=call["w"], weight_y=call["w_all"], W=call["W"], eps=call["eps"],
                        cstart=call["cstart"], Ctot=float(call["ctot"]), Wtot=call["Wtot"], z=z,
-                       zrow=zrow, cap=call["cap"], gout=gout, gout_s=gout_s, gscale=gscale,
+                       zrow=zrow, cap=call["cap"], scale=call.get("scale", 1.0), gout=gout, gout_s=gout_s, gscale=gscale,
                        gzscale=gzscale)
             if copy_to is not None:
                 copy_to[...] = dest
@@ -809,24 +820,25 @@ class Ops:
         return loss, grad, lse_rows
 
     def cross_entropy(self, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                      label_smoothing=0.0, z_loss=0.0, softcap=None, lse=None, return_lse=False,
-                      class_start=0, num_classes=None, n_threads=None):
+                      label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0,
+                      num_items=None, lse=None, return_lse=False, class_start=0,
+                      num_classes=None, n_threads=None):
         call = self._prepare(self._ce_setup(
             logits, target, weight, ignore_index, reduction, label_smoothing, n_threads,
             z_loss=z_loss, softcap=softcap, lse=lse, class_start=class_start,
-            num_classes=num_classes))
+            num_classes=num_classes, logit_scale=logit_scale, num_items=num_items))
         loss, _, lse_rows = self._ce_sweep(call, want_loss=True, want_lse=bool(return_lse))
         return (loss, lse_rows) if return_lse else loss
 
     def cross_entropy_with_grad(self, logits, target, *, weight=None, ignore_index=-100,
                                 reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                                lse=None, return_lse=False, class_start=0, num_classes=None,
-                                grad_output=1.0, out=None, inplace=False, grad_dtype=None,
-                                n_threads=None):
+                                logit_scale=1.0, num_items=None, lse=None, return_lse=False,
+                                class_start=0, num_classes=None, grad_output=1.0, out=None,
+                                inplace=False, grad_dtype=None, n_threads=None):
         call = self._ce_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
                               n_threads, inplace=inplace, out=out, z_loss=z_loss, softcap=softcap,
                               lse=lse, class_start=class_start, num_classes=num_classes,
-                              grad_dtype=grad_dtype)
+                              grad_dtype=grad_dtype, logit_scale=logit_scale, num_items=num_items)
         self._grad_scales(grad_output, dict(call, norm=1.0, valid=1.0))  # argument errors first
         call = self._prepare(call)
         loss, grad, lse_rows = self._ce_sweep(call, want_loss=True, grad_output=grad_output,
@@ -835,13 +847,13 @@ class Ops:
 
     def cross_entropy_backward(self, logits, target, grad_output=1.0, *, weight=None,
                                ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                               z_loss=0.0, softcap=None, lse=None, class_start=0,
-                               num_classes=None, out=None, inplace=False, grad_dtype=None,
-                               n_threads=None):
+                               z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None,
+                               lse=None, class_start=0, num_classes=None, out=None,
+                               inplace=False, grad_dtype=None, n_threads=None):
         call = self._ce_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
                               n_threads, inplace=inplace, out=out, z_loss=z_loss, softcap=softcap,
                               lse=lse, class_start=class_start, num_classes=num_classes,
-                              grad_dtype=grad_dtype)
+                              grad_dtype=grad_dtype, logit_scale=logit_scale, num_items=num_items)
         self._grad_scales(grad_output, dict(call, norm=1.0, valid=1.0))
         call = self._prepare(call)
         return self._ce_sweep(call, want_loss=False, grad_output=grad_output, want_grad=True)[1]

@@ -158,6 +158,10 @@ class BceOps:
             return (g0, None) if g is None else (float(g), None)  # 'none' of 0-d logits
         g = self.o._asarray(grad_output, "grad_output")
         V.as_elementwise_grad_output(self._meta(g), reduction, shape, g.dtype)
+        if g.ndim == 0 and reduction == "none":  # a scalar scales every element
+            return float(g), None
+        if g.ndim and g.shape != tuple(shape):  # broadcast like NumPy: a stride-0 view
+            g = self.xp.broadcast_to(g, tuple(shape))
         return 1.0, g.astype(dtype, copy=False)
 
     def check_out(self, out, x, inputs):
@@ -270,11 +274,12 @@ class BceCall:
     def check_inplace(self, logits, out):
         self.ops.check_inplace(logits, out)
 
-    def set_output(self, out, inplace):
+    def set_output(self, out, inplace, more_inputs=None):
+        inputs = dict(self.inputs, **(more_inputs or {}))
         if inplace:
-            self.ops.check_inplace_inputs(self.x, self.inputs)
+            self.ops.check_inplace_inputs(self.x, inputs)
         elif out is not None:
-            self.ops.check_out(out, self.x, self.inputs)
+            self.ops.check_out(out, self.x, inputs)
         self.out, self.inplace = out, inplace
 
     def _empty(self):
@@ -290,6 +295,7 @@ class BceCall:
         grad = ge = le = part = None
         gscale = 1.0
         if want_grad:
+            self.set_output(self.out, self.inplace, {"grad_output": grad_output})
             gscale, ge = ops.grad_output(grad_output, red, x.shape, x.dtype)
             if red == "mean":
                 gscale = gscale / numel if numel else float("nan")

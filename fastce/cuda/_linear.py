@@ -25,7 +25,7 @@ Host synchronisation: one target scan for the call, plus (when some rows are ign
 import numpy as np
 
 from .. import _validation as V
-from .._linear import _LinearCall, _acc_blocks
+from .._linear_call import _LinearCall, _acc_blocks
 from ._api import Ops, cupy_backend
 from ._nll import UNSCALED
 
@@ -46,7 +46,7 @@ def _cublas_gemm(xp):
 
 
 class GpuLinearCall(_LinearCall):
-    """``fastce._linear._LinearCall`` on an ``Ops`` backend's arrays."""
+    """``fastce._linear_call._LinearCall`` on an ``Ops`` backend's arrays."""
 
     def __init__(self, ops, hidden, weight, target, **options):
         self.ops = ops

@@ -38,7 +38,7 @@
  *    element is read and written by the same thread, all reads of a row's statistics
  *    happen before the barrier that precedes the first write, and x[y] is read before it.
  *
- * Cross-entropy per row (design.md section 1), row scale g (z-term scale gz), eps the
+ * Cross-entropy per row (docs/design.md §1), row scale g (z-term scale gz), eps the
  * label smoothing, Ctot/Wtot the class count and weight sum of the whole vocabulary,
  * W and sum_c over this array's classes (a vocabulary shard, or all of them):
  *   hard target y:  loss = (1-eps) w_y (lse - x_y) [y in this shard]
@@ -48,6 +48,7 @@
  *   probabilities:  t'_c = (1-eps) t_c + eps/C,  T1 = sum_c w_c t'_c
  *                   loss = T1 lse - sum_c w_c t'_c x_c + z lse^2
  *                   g_c  = (g T1 + gz 2 z lse) p_c - g w_c t'_c
+ *   logit_scale s:  x_c -> s x_c first (before the softcap); g_c *= s (in the coefficients).
  *   softcap c:      x_c -> c tanh(x_c / c) first; g_c *= 1 - (x_c / c)^2 (capped x_c).
  * The z-term enters row_loss as zrow * z lse^2 (zrow turns torch's 'mean' normaliser into
  * the z-term's own, the count of rows not ignored).
@@ -143,7 +144,7 @@ template <typename S_, typename O_> struct fce_rows_args {
     T *row_out;                 /* OUT per-row result in T (lse, 'none' loss) or 0      */
     long long ra, rb;           /*     at row_out[a * ra + b * rb]                      */
     double *row_loss;           /* OUT per-row loss in float64 (for 'mean'/'sum') or 0  */
-    double *lse_out;            /* OUT per-row lse in float64 (nan: ignored row) or 0   */
+    double *lse_out;            /* OUT per-row lse in float64 (ignored rows too) or 0   */
     const double *lse_in;       /* IN  per-row lse to use instead of the row's own, or 0 */
     const void *target;         /* IN  (n_rows,) contiguous int32 or int64, or 0        */
     int target_is64;
@@ -158,6 +159,7 @@ template <typename S_, typename O_> struct fce_rows_args {
     double Ctot, Wtot;          /*     class count and weight sum of the vocabulary     */
     double z, zrow;             /*     z-loss, and the z-term's factor in row_loss      */
     double cap;                 /*     softcap, or 0                                    */
+    double scale;               /*     logit_scale (1: off), applied before the softcap */
     const double *gout;         /* IN  grad_output, gout[r * gout_s] (gout_s 0: scalar) */
     long long gout_s;
     double gscale, gzscale;     /*     row scales g = gscale * gout, gz = gzscale * gout */
@@ -176,7 +178,7 @@ template <typename S_, typename O_> struct fce_rows_args {
     const double *lse_in, const void *target, int target_is64, long long ignore_index,  \
     const S *soft, long long ta, long long tb, long long tc, const double *weight,      \
     const double *weight_y, double W, double eps, long long cstart, double Ctot,        \
-    double Wtot, double z, double zrow, double cap, const double *gout,                 \
+    double Wtot, double z, double zrow, double cap, double scale, const double *gout,   \
     long long gout_s, double gscale, double gzscale, double *part, int n_parts,         \
     long long chunk_len, int mode, int phase
 
@@ -192,6 +194,7 @@ __device__ __forceinline__ fce_rows_args<S, O> fce_make_args(
     p.soft = soft; p.ta = ta; p.tb = tb; p.tc = tc;
     p.weight = weight; p.weight_y = weight_y; p.W = W; p.eps = eps;
     p.cstart = cstart; p.Ctot = Ctot; p.Wtot = Wtot; p.z = z; p.zrow = zrow; p.cap = cap;
+    p.scale = scale;
     p.gout = gout; p.gout_s = gout_s; p.gscale = gscale; p.gzscale = gzscale;
     p.part = part; p.n_parts = n_parts; p.chunk_len = chunk_len;
     p.mode = mode; p.phase = phase;
@@ -201,7 +204,8 @@ __device__ __forceinline__ fce_rows_args<S, O> fce_make_args(
 #define FCE_ROWS_ARGS                                                                    \
     x, n_rows, C, B, xa, xb, xc, out, oa, ob, oc, row_out, ra, rb, row_loss, lse_out,    \
     lse_in, target, target_is64, ignore_index, soft, ta, tb, tc, weight, weight_y, W,    \
-    eps, cstart, Ctot, Wtot, z, zrow, cap, gout, gout_s, gscale, gzscale, part, n_parts, \
+    eps, cstart, Ctot, Wtot, z, zrow, cap, scale, gout, gout_s, gscale, gzscale, part,   \
+    n_parts,                                                                             \
     chunk_len, mode, phase
 
 /* ------------------------------------------------------------------ per-row helpers */
@@ -245,12 +249,12 @@ __device__ __forceinline__ bool fce_want_wx(const P &p) {
     return p.mode == FCE_MODE_CE && p.eps != 0.0 && (p.row_loss != 0 || p.row_out != 0);
 }
 
-/* The score at (row, class) as the kernels see it: loaded, converted, capped. */
+/* The score at (row, class) as the kernels see it: loaded, converted, scaled, capped. */
 template <class P>
-__device__ __forceinline__ typename P::T fce_score(const P &p, const typename P::T v) {
+__device__ __forceinline__ typename P::T fce_score(const P &p, typename P::T v) {
     typedef typename P::T T;
-    if (p.cap == 0.0) return v;
-    return (T)p.cap * fce_num<T>::th(v * (T)(1.0 / p.cap));
+    if (p.cap == 0.0) return (p.scale == 1.0) ? v : v * (T)p.scale;
+    return (T)p.cap * fce_num<T>::th(v * (T)(p.scale / p.cap));  /* c tanh(s x / c) */
 }
 
 /* Add one score v (class c) to a thread's running statistics (online max). */
@@ -290,7 +294,7 @@ template <class P>
 __device__ void fce_row_result(const P &p, long long r, const fce_row &q, double lse,
                                const fce_stat &st) {
     typedef typename P::T T;
-    if (p.lse_out) p.lse_out[r] = q.ignored ? fce_dnan() : lse;
+    if (p.lse_out) p.lse_out[r] = lse;  /* ignored rows too: only their loss is masked */
     if (p.mode == FCE_MODE_LSE) {
         p.row_out[q.a * p.ra + q.b * p.rb] = (T)lse;
         return;
@@ -363,6 +367,12 @@ __device__ __forceinline__ fce_apply<typename P::T> fce_make_apply(const P &p, l
         }
         if (p.z != 0.0) ca += gz * 2.0 * p.z * lse;
         k.ca = (T)ca;
+        if (p.scale != 1.0) {  /* d(s x)/dx = s: every coefficient is linear in it */
+            k.ca = (T)(ca * p.scale);
+            k.cb = (T)((double)k.cb * p.scale);
+            k.cd = (T)((double)k.cd * p.scale);
+            k.cy = (T)((double)k.cy * p.scale);
+        }
     }
     return k;
 }
@@ -489,7 +499,7 @@ __device__ void fce_rows_warp(const P &p) {
         const fce_row q = fce_row_of(p, r);
         const S *xr = p.x + q.a * p.xa + q.b * p.xb;
         fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-        if (q.ignored) {
+        if (q.ignored && !p.lse_out) {  /* an ignored row's lse is still wanted */
             if (lane == 0) fce_row_result(p, r, q, 0.0, st);
             fce_zero_row(p, q, lane, p.C, 32);
             continue;
@@ -548,7 +558,7 @@ __device__ void fce_rows_block(const P &p) {
         const fce_row q = fce_row_of(p, r);
         const S *xr = p.x + q.a * p.xa + q.b * p.xb;
         fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-        if (q.ignored) {  /* uniform over the block */
+        if (q.ignored && !p.lse_out) {  /* uniform over the block; lse still wanted */
             if (p.phase == 1) continue;
             if (tid == 0 && finisher) fce_row_result(p, r, q, 0.0, st);
             fce_zero_row(p, q, c0 + tid, c1, nt);
@@ -603,7 +613,7 @@ __device__ void fce_rows_block(const P &p) {
                     const long long c = tid + nt * k;
                     if (c < p.C) fce_accumulate(p, q, v[k], c, want_wx, st, mm);
                 }
-            } else if (p.cap == 0.0 && !soft) {  /* streaming, 4 loads in flight per thread */
+            } else if (p.cap == 0.0 && p.scale == 1.0 && !soft) {  /* streaming, 4 loads in flight */
                 long long c = c0 + tid;
                 for (; c + 3 * nt < c1; c += 4 * nt) {
                     const T x0 = fce_io<S>::ld(xr + c * p.xc), x1 = fce_io<S>::ld(xr + (c + nt) * p.xc);
@@ -633,7 +643,7 @@ __device__ void fce_rows_block(const P &p) {
                 const T M = fce_block_max(m, sm);
                 st.s = fce_rescale(st.s, m, M);
                 m = M;
-            } else {  /* streaming with a softcap or probability targets: one at a time */
+            } else {  /* streaming with a transform or probability targets: one at a time */
                 for (long long c = c0 + tid; c < c1; c += nt)
                     fce_accumulate(p, q, fce_score(p, fce_io<S>::ld(xr + c * p.xc)), c, want_wx, st, m);
                 const T M = fce_block_max(m, sm);
@@ -687,7 +697,7 @@ __device__ void fce_rows_thread(const P &p) {
         const fce_row q = fce_row_of(p, r);
         const S *xr = p.x + q.a * p.xa + q.b * p.xb;
         fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-        if (q.ignored) {
+        if (q.ignored && !p.lse_out) {  /* an ignored row's lse is still wanted */
             fce_row_result(p, r, q, 0.0, st);
             fce_zero_row(p, q, 0, p.C, 1);
             continue;
