@@ -10,7 +10,7 @@ stream synchronisation, so the times are wall-clock per call, launch overhead in
     torch             torch.nn.functional.cross_entropy on the same memory (DLPack);
                       fwd+bwd through autograd
 
-Reference shapes (float32), design.md section 4:
+Reference shapes (float32), docs/design.md §5:
 (65536, 10), (8192, 1000), (4096, 32000), (512, 128256), (1, 262144).
 
     pytest bench/test_bench_cuda.py --benchmark-group-by=param:shape,param:op
