@@ -8,6 +8,7 @@ the kernel table is picked at import time from the CPU's features.
 OpenMP is probed the way scikit-learn does it: compile and link a tiny program with the
 compiler's OpenMP flag.  Without it the build still succeeds, serial, and says so loudly.
 """
+import atexit
 import os
 import shutil
 import subprocess
@@ -81,6 +82,28 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def _build_dirs():
+    """Where the intermediate files go: ``(build_base, egg_base, cython_dir)``.
+
+    A wheel build (``pip install .``, ``pip wheel .``, and the metadata hooks pip calls
+    first) works in a temporary directory, removed at exit, so that installing leaves the
+    clone as it was: no ``build/``, ``fastce.egg-info/`` or generated ``_kernels.c``.  An
+    in-place or editable build (``build_ext --inplace``, ``pip install -e .``) keeps them
+    under ``build/`` (gitignored) for incremental rebuilds.
+    """
+    in_place = any(a in ("develop", "editable_wheel", "--inplace", "-i") for a in sys.argv[1:])
+    if in_place:
+        return None, None, os.path.join("build", "cython")
+    tmp = tempfile.mkdtemp(prefix="fastce-build-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return os.path.join(tmp, "build"), tmp, os.path.join(tmp, "cython")
+
+
+BUILD_BASE, EGG_BASE, CYTHON_DIR = _build_dirs()
+OPTIONS = {}
+if BUILD_BASE is not None:
+    OPTIONS = {"build": {"build_base": BUILD_BASE}, "egg_info": {"egg_base": EGG_BASE}}
+
 extensions = [
     Extension(
         "fastce._kernels",
@@ -104,6 +127,7 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
+        build_dir=CYTHON_DIR,  # the generated _kernels.c stays out of the package directory
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,
@@ -113,4 +137,5 @@ setup(
         },
     ),
     cmdclass={"build_ext": BuildExt},
+    options=OPTIONS,
 )
