@@ -64,6 +64,15 @@ def openmp_flags():
     return flags, flags
 
 
+CYTHON_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+}
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         cflags, lflags = openmp_flags()
@@ -75,6 +84,13 @@ class BuildExt(build_ext):
                 stacklevel=1,
             )
             print("fastce: building WITHOUT OpenMP (serial)", file=sys.stderr)
+        # Cythonize here, not at setup() level: the generated C goes to the build
+        # directory (a temporary one for a wheel), never into fastce/ beside the .pyx.
+        self.extensions[:] = cythonize(
+            self.extensions,
+            build_dir=os.path.join(self.build_temp, "cython"),
+            compiler_directives=CYTHON_DIRECTIVES,
+        )
         for ext in self.extensions:
             ext.extra_compile_args += cflags
             ext.extra_link_args += lflags
@@ -83,23 +99,24 @@ class BuildExt(build_ext):
 
 
 def _build_dirs():
-    """Where the intermediate files go: ``(build_base, egg_base, cython_dir)``.
+    """Where the intermediate files go: ``(build_base, egg_base)``, None for the defaults.
 
     A wheel build (``pip install .``, ``pip wheel .``, and the metadata hooks pip calls
     first) works in a temporary directory, removed at exit, so that installing leaves the
     clone as it was: no ``build/``, ``fastce.egg-info/`` or generated ``_kernels.c``.  An
     in-place or editable build (``build_ext --inplace``, ``pip install -e .``) keeps them
-    under ``build/`` (gitignored) for incremental rebuilds.
+    under ``build/`` (gitignored) for incremental rebuilds; the generated C is in
+    ``build/temp.*/cython/``.
     """
     in_place = any(a in ("develop", "editable_wheel", "--inplace", "-i") for a in sys.argv[1:])
     if in_place:
-        return None, None, os.path.join("build", "cython")
+        return None, None
     tmp = tempfile.mkdtemp(prefix="fastce-build-")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    return os.path.join(tmp, "build"), tmp, os.path.join(tmp, "cython")
+    return os.path.join(tmp, "build"), tmp
 
 
-BUILD_BASE, EGG_BASE, CYTHON_DIR = _build_dirs()
+BUILD_BASE, EGG_BASE = _build_dirs()
 OPTIONS = {}
 if BUILD_BASE is not None:
     OPTIONS = {"build": {"build_base": BUILD_BASE}, "egg_info": {"egg_base": EGG_BASE}}
@@ -125,17 +142,7 @@ extensions = [
 ]
 
 setup(
-    ext_modules=cythonize(
-        extensions,
-        build_dir=CYTHON_DIR,  # the generated _kernels.c stays out of the package directory
-        compiler_directives={
-            "language_level": 3,
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "initializedcheck": False,
-        },
-    ),
+    ext_modules=extensions,
     cmdclass={"build_ext": BuildExt},
     options=OPTIONS,
 )
