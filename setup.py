@@ -86,11 +86,11 @@ class BuildExt(build_ext):
             print("fastce: building WITHOUT OpenMP (serial)", file=sys.stderr)
         # Cythonize here, not at setup() level: the generated C goes to the build
         # directory (a temporary one for a wheel), never into fastce/ beside the .pyx.
-        self.extensions[:] = cythonize(
-            self.extensions,
-            build_dir=os.path.join(self.build_temp, "cython"),
-            compiler_directives=CYTHON_DIRECTIVES,
-        )
+        # (Only the sources are taken over: setuptools keeps state on its own objects.)
+        for ext, done in zip(self.extensions, cythonize(
+                self.extensions, build_dir=os.path.join(self.build_temp, "cython"),
+                compiler_directives=CYTHON_DIRECTIVES)):
+            ext.sources = done.sources
         for ext in self.extensions:
             ext.extra_compile_args += cflags
             ext.extra_link_args += lflags
