@@ -260,7 +260,11 @@ def test_bench_suite_is_importable():
     assert len(files) >= 3
     tests = []
     for f in files:
-        mod = _load(f, "_fastce_" + f.stem)
+        try:
+            mod = _load(f, "_fastce_" + f.stem)
+        except pytest.skip.Exception:  # a module-level importorskip (CuPy): that file only
+            assert f.name == "test_bench_cuda.py", f
+            continue
         tests += [n for n in dir(mod) if n.startswith("test_")]
     for name in ("test_logsumexp", "test_log_softmax", "test_softmax", "test_ce_fwd", "test_ce_fwdbwd",
                  "test_nll_loss", "test_floor_read", "test_floor_copy", "test_mb_fwd", "test_mb_fwdbwd",
