@@ -51,3 +51,9 @@ def test_installed_metadata_has_the_version():
     except importlib.metadata.PackageNotFoundError:
         require_in_ci("fastce is not installed (an in-place build on PYTHONPATH): no metadata to check")
     assert installed == fastce.__version__
+
+
+def test_api_reference_documents_every_public_name():
+    api = (ROOT / "docs" / "api.rst").read_text()
+    documented = set(re.findall(r"^\.\. auto(?:function|class|exception):: fastce\.(\w+)$", api, flags=re.M))
+    assert documented == set(fastce.__all__), (set(fastce.__all__) ^ documented)
