@@ -41,27 +41,39 @@ OMP_PROBE = textwrap.dedent(
 
 
 def openmp_flags():
-    """Return (compile_args, link_args) enabling OpenMP, or ([], []) if unavailable."""
+    """Return (compile_args, link_args) enabling OpenMP, or ([], []) if unavailable.
+
+    gcc and LLVM clang take ``-fopenmp``; Apple's clang needs ``-Xpreprocessor -fopenmp``
+    and ``-lomp`` from a separately installed libomp (Homebrew's, as the macOS wheels use;
+    its include and lib directories come in through CPPFLAGS/CFLAGS and LDFLAGS, which the
+    probe passes on as the real build does).
+    """
     if os.environ.get("FASTCE_DISABLE_OPENMP"):
         return [], []
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     cc = os.environ.get("CC", cc).split()[0]
     if shutil.which(cc) is None:
         cc = "cc"
-    flags = ["-fopenmp"]
+    env_c = [*os.environ.get("CPPFLAGS", "").split(), *os.environ.get("CFLAGS", "").split()]
+    env_l = os.environ.get("LDFLAGS", "").split()
+    candidates = [(["-fopenmp"], ["-fopenmp"])]
+    if sys.platform == "darwin":
+        candidates.append((["-Xpreprocessor", "-fopenmp"], ["-lomp"]))
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         exe = os.path.join(tmp, "probe")
         with open(src, "w") as f:
             f.write(OMP_PROBE)
-        try:
-            subprocess.run([cc, *flags, src, "-o", exe], check=True, capture_output=True)
-            out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            out = ""
-    if out.strip() != "1":
-        return [], []
-    return flags, flags
+        for cflags, lflags in candidates:
+            try:
+                subprocess.run([cc, *env_c, *cflags, src, "-o", exe, *env_l, *lflags], check=True,
+                               capture_output=True)
+                out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+            except (OSError, subprocess.CalledProcessError):
+                continue
+            if out.strip() == "1":
+                return cflags, lflags
+    return [], []
 
 
 CYTHON_DIRECTIVES = {
