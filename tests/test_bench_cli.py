@@ -337,7 +337,10 @@ def test_load_monitor_sees_other_processes():
     child.wait()
     time.sleep(0.05)
     mon.stop()
-    assert 0.3 < mon.others_cores * mon.wall_s < 2.0, mon.as_dict()
+    # the child spun ~0.6 s of wall time (less CPU time if the machine is busy); the
+    # whole machine cannot have given others more than all its CPUs for the interval
+    cpu_s = mon.others_cores * mon.wall_s
+    assert 0.2 < cpu_s <= bench._usable_cpus() * mon.wall_s + 0.05, mon.as_dict()
 
 
 def test_command_label_of_the_console_script(capsys, monkeypatch):
