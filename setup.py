@@ -8,6 +8,7 @@ the kernel table is picked at import time from the CPU's features.
 OpenMP is probed the way scikit-learn does it: compile and link a tiny program with the
 compiler's OpenMP flag.  Without it the build still succeeds, serial, and says so loudly.
 """
+import atexit
 import os
 import shutil
 import subprocess
@@ -40,27 +41,48 @@ OMP_PROBE = textwrap.dedent(
 
 
 def openmp_flags():
-    """Return (compile_args, link_args) enabling OpenMP, or ([], []) if unavailable."""
+    """Return (compile_args, link_args) enabling OpenMP, or ([], []) if unavailable.
+
+    gcc and LLVM clang take ``-fopenmp``; Apple's clang needs ``-Xpreprocessor -fopenmp``
+    and ``-lomp`` from a separately installed libomp (Homebrew's, as the macOS wheels use;
+    its include and lib directories come in through CPPFLAGS/CFLAGS and LDFLAGS, which the
+    probe passes on as the real build does).
+    """
     if os.environ.get("FASTCE_DISABLE_OPENMP"):
         return [], []
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     cc = os.environ.get("CC", cc).split()[0]
     if shutil.which(cc) is None:
         cc = "cc"
-    flags = ["-fopenmp"]
+    env_c = [*os.environ.get("CPPFLAGS", "").split(), *os.environ.get("CFLAGS", "").split()]
+    env_l = os.environ.get("LDFLAGS", "").split()
+    candidates = [(["-fopenmp"], ["-fopenmp"])]
+    if sys.platform == "darwin":
+        candidates.append((["-Xpreprocessor", "-fopenmp"], ["-lomp"]))
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         exe = os.path.join(tmp, "probe")
         with open(src, "w") as f:
             f.write(OMP_PROBE)
-        try:
-            subprocess.run([cc, *flags, src, "-o", exe], check=True, capture_output=True)
-            out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            out = ""
-    if out.strip() != "1":
-        return [], []
-    return flags, flags
+        for cflags, lflags in candidates:
+            try:
+                subprocess.run([cc, *env_c, *cflags, src, "-o", exe, *env_l, *lflags], check=True,
+                               capture_output=True)
+                out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+            except (OSError, subprocess.CalledProcessError):
+                continue
+            if out.strip() == "1":
+                return cflags, lflags
+    return [], []
+
+
+CYTHON_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+}
 
 
 class BuildExt(build_ext):
@@ -74,12 +96,42 @@ class BuildExt(build_ext):
                 stacklevel=1,
             )
             print("fastce: building WITHOUT OpenMP (serial)", file=sys.stderr)
+        # Cythonize here, not at setup() level: the generated C goes to the build
+        # directory (a temporary one for a wheel), never into fastce/ beside the .pyx.
+        # (Only the sources are taken over: setuptools keeps state on its own objects.)
+        for ext, done in zip(self.extensions, cythonize(
+                self.extensions, build_dir=os.path.join(self.build_temp, "cython"),
+                compiler_directives=CYTHON_DIRECTIVES)):
+            ext.sources = done.sources
         for ext in self.extensions:
             ext.extra_compile_args += cflags
             ext.extra_link_args += lflags
             ext.define_macros.append(("FASTCE_HAVE_OPENMP", "1" if cflags else "0"))
         super().build_extensions()
 
+
+def _build_dirs():
+    """Where the intermediate files go: ``(build_base, egg_base)``, None for the defaults.
+
+    A wheel build (``pip install .``, ``pip wheel .``, and the metadata hooks pip calls
+    first) works in a temporary directory, removed at exit, so that installing leaves the
+    clone as it was: no ``build/``, ``fastce.egg-info/`` or generated ``_kernels.c``.  An
+    in-place or editable build (``build_ext --inplace``, ``pip install -e .``) keeps them
+    under ``build/`` (gitignored) for incremental rebuilds; the generated C is in
+    ``build/temp.*/cython/``.
+    """
+    in_place = any(a in ("develop", "editable_wheel", "--inplace", "-i") for a in sys.argv[1:])
+    if in_place:
+        return None, None
+    tmp = tempfile.mkdtemp(prefix="fastce-build-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return os.path.join(tmp, "build"), tmp
+
+
+BUILD_BASE, EGG_BASE = _build_dirs()
+OPTIONS = {}
+if BUILD_BASE is not None:
+    OPTIONS = {"build": {"build_base": BUILD_BASE}, "egg_info": {"egg_base": EGG_BASE}}
 
 extensions = [
     Extension(
@@ -102,15 +154,7 @@ extensions = [
 ]
 
 setup(
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives={
-            "language_level": 3,
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "initializedcheck": False,
-        },
-    ),
+    ext_modules=extensions,
     cmdclass={"build_ext": BuildExt},
+    options=OPTIONS,
 )

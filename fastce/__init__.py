@@ -6,6 +6,27 @@ backward, backward) and NLL with PyTorch's semantics, computed by SIMD kernels
 """
 __version__ = "0.1.0"
 
+# The compiled core first: in a source tree that was never built, "from ._api import ..."
+# would otherwise fail with Python's misleading "partially initialized module ... circular
+# import" message.
+try:
+    from . import _kernels  # noqa: E402, F401
+except ImportError as _exc:
+    import importlib.machinery as _machinery
+    import os as _os
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    if any(f.startswith("_kernels.") and f.endswith(tuple(_machinery.EXTENSION_SUFFIXES))
+           for f in _os.listdir(_here)):
+        raise  # the module is built but does not load (a missing libgomp, say): say that
+    raise ImportError(
+        f"fastce is not built in {_here}: the compiled module fastce._kernels is missing. "
+        "This is fastce's source tree, imported because it is first on sys.path (Python "
+        "run from the repository root, or python -m/-c there). Either install fastce "
+        "(pip install .) and run Python from another directory, or build it in place "
+        "(pip install -e .)."
+    ) from None
+
 from ._api import (  # noqa: E402
     CrossEntropyLoss,
     cross_entropy,

@@ -42,6 +42,7 @@ Examples
 import argparse
 import datetime as _dt
 import gc
+import itertools
 import json
 import math
 import os
@@ -55,7 +56,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["REFERENCE_SHAPES", "QUICK_SHAPES", "main", "run_benchmarks", "format_tables", "make_inputs",
+__all__ = ["REFERENCE_SHAPES", "QUICK_SHAPES", "MINIBATCH_SHAPES", "main", "bench_minibatch",
+           "load_warning", "run_benchmarks", "format_tables", "make_inputs",
            "numpy_cross_entropy", "numpy_cross_entropy_with_grad", "numpy_logsumexp",
            "numpy_log_softmax", "numpy_softmax", "numpy_nll_loss"]
 
@@ -859,6 +861,175 @@ def _derive(rec):
 
 
 # --------------------------------------------------------------------------------------
+# Minibatch shapes: the per-call overhead, in microseconds
+# --------------------------------------------------------------------------------------
+#: Shapes of a training step's minibatch (N, C): the fixed cost of a call dominates.
+MINIBATCH_SHAPES = [(1, 2), (32, 10), (128, 10), (256, 100), (64, 1000)]
+MINI_CELLS = ("fastce_fwd", "torch_fwd", "fastce_fb", "torch_fb", "ufunc")
+MINI_COLUMNS = ["shape", "dtype", "threads", "fastce fwd us", "torch fwd us", "torch/fastce fwd",
+                "fastce fwd+bwd us", "torch fwd+bwd us", "torch/fastce fwd+bwd", "np.add us",
+                "fwd/np.add", "fwd+bwd/np.add"]
+
+
+def _autorange(fn, min_s):
+    """Like :meth:`timeit.Timer.autorange`: loop length whose run takes >= ``min_s``."""
+    number = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in itertools.repeat(None, number):
+            fn()
+        t = time.perf_counter() - t0
+        if t >= min_s or number >= 1 << 24:
+            return number, t
+        number *= max(2, min(10, int(math.ceil(min_s / max(t, 1e-9)))))
+
+
+def _time_loops(cells, samples, min_s, pause):
+    """Per-call medians in microseconds: ``samples`` loops of each cell, interleaved.
+
+    Each sample is one timeit-style loop (``number`` back-to-back calls, the garbage
+    collector off), so that a microsecond call is not swamped by the timer; the cells
+    take turns sample by sample, with a pause when the thread runtime changes.
+    """
+    switch = _Switcher(pause)
+    plan = {}
+    for key, fn in cells.items():
+        switch(key)
+        fn()  # warm-up
+        plan[key] = _autorange(fn, min_s)[0]
+    per_call = {k: [] for k in cells}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(samples):
+            for key, fn in cells.items():
+                switch(key)
+                number = plan[key]
+                t0 = time.perf_counter()
+                for _ in itertools.repeat(None, number):
+                    fn()
+                per_call[key].append((time.perf_counter() - t0) / number * 1e6)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {k: {"median_us": statistics.median(v), "min_us": min(v), "number": plan[k],
+                "samples_us": v} for k, v in per_call.items()}
+
+
+def bench_minibatch(shapes=None, threads=(1,), *, torch=None, F=None, samples=11, min_s=0.01,
+                    pause=0.03, progress=None, seed=0):
+    """Time the minibatch shapes: fastce and torch, forward and forward + backward.
+
+    Parameters
+    ----------
+    shapes : list of (int, int), optional
+        Default :data:`MINIBATCH_SHAPES`.
+    threads : sequence of int
+        Thread counts (fastce ``n_threads``; ``torch.set_num_threads``).
+    torch, F : modules, optional
+        ``torch`` and ``torch.nn.functional``; None leaves torch out.
+    samples : int
+        Timed loops per cell; the median is reported.
+    min_s : float
+        Seconds per loop (the number of calls in a loop is chosen to reach it).
+    pause : float
+        Seconds of sleep when switching between torch's thread runtime and the others.
+    progress : progress bar, optional
+    seed : int
+
+    Returns
+    -------
+    list of dict
+        One record per (shape, threads): ``shape``, ``dtype`` (float32), ``threads``,
+        ``times_us`` (per cell: median, min, loop length and samples in microseconds),
+        ``derived`` (``fwd_speedup_vs_torch`` = torch / fastce, ``fb_speedup_vs_torch``,
+        ``fwd_over_ufunc`` = fastce / ``np.add``, ``fb_over_ufunc``), ``check`` and
+        ``notes``.  The cells are ``fastce.cross_entropy``,
+        ``fastce.cross_entropy_with_grad`` (gradient into a reused ``out=`` buffer),
+        torch's ``F.cross_entropy`` forward and forward + backward (autograd, the same
+        tensors every call, the gradient released before each call as ``zero_grad``
+        does), and ``np.add(a, b, out=c)`` on float32 arrays of the logits' size: the
+        cost of one NumPy ufunc call, the least a NumPy-level call can cost.
+    """
+    import fastce
+
+    out = []
+    for shape in shapes or MINIBATCH_SHAPES:
+        n, c = shape
+        x, y = make_inputs(shape, "float32", seed)
+        buf = np.empty_like(x)
+        a, b, dst = x.copy(), x.copy(), np.empty_like(x)
+        if torch is not None:
+            xt = torch.from_numpy(x)
+            xg = torch.from_numpy(x.copy()).requires_grad_(True)
+            yt = torch.from_numpy(y)
+
+            def torch_fb():
+                xg.grad = None
+                F.cross_entropy(xg, yt).backward()
+        for t in threads:
+            if progress is not None:
+                progress.set_description(f"minibatch {n}x{c} t{t}")
+            cells = {
+                "fastce_fwd": lambda: fastce.cross_entropy(x, y, n_threads=t),
+                "fastce_fb": lambda: fastce.cross_entropy_with_grad(x, y, out=buf, n_threads=t),
+                "ufunc": lambda: np.add(a, b, out=dst),
+            }
+            if torch is not None:
+                cells["torch_fwd"] = lambda: F.cross_entropy(xt, yt)
+                cells["torch_fb"] = torch_fb
+            cells = {k: cells[k] for k in MINI_CELLS if k in cells}
+            rec = {"shape": [n, c], "dtype": "float32", "threads": t, "check": {}, "notes": []}
+            old = torch.get_num_threads() if torch is not None else None
+            try:
+                if torch is not None:
+                    torch.set_num_threads(t)
+                    want = F.cross_entropy(xt, yt).item()
+                    got = float(fastce.cross_entropy(x, y, n_threads=t))
+                    rec["check"]["loss_rel_diff_vs_torch"] = abs(got - want) / max(abs(want), 1e-30)
+                    if not rec["check"]["loss_rel_diff_vs_torch"] <= 1e-5:
+                        rec["notes"].append(f"minibatch {n}x{c} t{t}: loss differs from torch's "
+                                            f"by {rec['check']['loss_rel_diff_vs_torch']:.3g}")
+                rec["times_us"] = _time_loops(cells, samples, min_s, pause)
+            finally:
+                if torch is not None:
+                    torch.set_num_threads(old)
+                    xg.grad = None
+            med = {k: v["median_us"] for k, v in rec["times_us"].items()}
+            rec["derived"] = {
+                "fwd_speedup_vs_torch": _ratio(med.get("torch_fwd"), med["fastce_fwd"]),
+                "fb_speedup_vs_torch": _ratio(med.get("torch_fb"), med["fastce_fb"]),
+                "fwd_over_ufunc": _ratio(med["fastce_fwd"], med["ufunc"]),
+                "fb_over_ufunc": _ratio(med["fastce_fb"], med["ufunc"]),
+            }
+            out.append(rec)
+            if progress is not None:
+                progress.update(1)
+    return out
+
+
+def format_us(us):
+    """Format a time in microseconds with about three significant digits (``-`` for None)."""
+    return format_ms(us)
+
+
+def minibatch_rows(records):
+    """Rows (lists of str) of the minibatch table, in the order of ``MINI_COLUMNS``."""
+    rows = []
+    for r in records:
+        t = {k: v.get("median_us") for k, v in r["times_us"].items()}
+        d = r["derived"]
+        rows.append([f"{r['shape'][0]}x{r['shape'][1]}", r["dtype"], str(r["threads"]),
+                     format_us(t.get("fastce_fwd")), format_us(t.get("torch_fwd")),
+                     format_ratio(d["fwd_speedup_vs_torch"]),
+                     format_us(t.get("fastce_fb")), format_us(t.get("torch_fb")),
+                     format_ratio(d["fb_speedup_vs_torch"]),
+                     format_us(t.get("ufunc")), format_ratio(d["fwd_over_ufunc"]),
+                     format_ratio(d["fb_over_ufunc"])])
+    return rows
+
+
+# --------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------
 FWD_COLUMNS = ["shape", "dtype", "threads", "fastce ms", "torch ms", "speed-up", "numpy ms",
@@ -944,6 +1115,29 @@ def _render_markdown(columns, rows):
     return "\n".join(lines)
 
 
+def describe_machine(m):
+    """One line on the machine of a report: CPU model, ISA, cores."""
+    cores = f"{m['physical_cores']} cores, " if m.get("physical_cores") else ""
+    isas = ", ".join(m.get("isas") or []) or "?"
+    return (f"{m['cpu']} ({m.get('arch', '?')}); fastce ISA {m['isa']} (CPU supports: {isas}); "
+            f"{cores}{m.get('logical_cpus', '?')} logical CPUs, {m['cpus']} usable")
+
+
+def describe_load(load):
+    """One line on the load of a report: load averages before and after, other processes."""
+    if not load:
+        return "not recorded"
+
+    def la(v):
+        return "n/a" if v is None else " ".join(f"{x:.2f}" for x in v)
+
+    text = f"load average (1, 5, 15 min) before {la(load.get('loadavg_before'))}, after {la(load.get('loadavg_after'))}"
+    if load.get("others_cores_during_run") is not None:
+        text += (f"; other processes used {load['others_cores_during_run']:.2f} CPUs during the run"
+                 f" ({load.get('wall_s')} s)")
+    return text
+
+
 def format_tables(report, markdown=False):
     """Render a report (see :func:`run_benchmarks`) as text or Markdown.
 
@@ -963,18 +1157,27 @@ def format_tables(report, markdown=False):
     m = report["machine"]
     render = _render_markdown if markdown else _render_text
     out = []
+    warning = report.get("load_warning")
     if markdown:
-        out.append(f"Machine: {m['cpu']} ({m['cpus']} CPUs), {m['platform']}; "
-                   f"fastce {m['fastce']} (ISA {m['isa']}), numpy {m['numpy']}, torch {m['torch'] or 'not installed'}, "
-                   f"Python {m['python']}.  ")
-        out.append(f"Date: {report['date']}.  ")
-        out.append(f"Command: `{report['command']}`")
+        out.append(f"Command: `{report['command']}`  ")
+        out.append(f"Machine: {describe_machine(m)}.  ")
+        out.append(f"Versions: fastce {m['fastce']}, numpy {m['numpy']}, torch {m['torch'] or 'not installed'}, "
+                   f"Python {m['python']}; {m['platform']}.  ")
+        out.append(f"Load: {describe_load(report.get('load'))}.  ")
+        out.append(f"Date: {report['date']}.")
+        if warning:
+            out += ["", f"**{warning}**"]
         out.append("")
         out.append("**Forward** (`cross_entropy`, reduction='mean'; times are medians in ms)")
     else:
-        out.append(f"fastce {m['fastce']} (ISA {m['isa']}) | numpy {m['numpy']} | "
-                   f"torch {m['torch'] or 'not installed'} | {m['cpu']} ({m['cpus']} CPUs) | {report['date']}")
         out.append(f"command: {report['command']}")
+        out.append(f"machine: {describe_machine(m)}")
+        out.append(f"versions: fastce {m['fastce']} | numpy {m['numpy']} | torch {m['torch'] or 'not installed'} | "
+                   f"Python {m['python']} | {m['platform']}")
+        out.append(f"load: {describe_load(report.get('load'))}")
+        out.append(f"date: {report['date']}")
+        if warning:
+            out += ["", warning]
         out.append("")
         out.append("Forward: cross_entropy, reduction='mean' (median ms)")
     out.append("")
@@ -996,17 +1199,33 @@ def format_tables(report, markdown=False):
         out.append("")
         out.append(render(MEM_COLUMNS, mem_rows))
         out.append("")
+    if report.get("minibatch"):
+        if markdown:
+            out.append("**Minibatch shapes** (per-call overhead; times are medians in microseconds "
+                       "of timeit-style loops)")
+        else:
+            out.append("Minibatch shapes: per-call overhead (median microseconds, timeit-style loops)")
+        out.append("")
+        out.append(render(MINI_COLUMNS, minibatch_rows(report["minibatch"])))
+        out.append("")
     legend = [
         "speed-up = torch time / fastce time; fastce/floor = fastce time / floor time (same run, same inputs).",
         "floor: forward = fastest full read of the logits (torch.amax(x, 1), np.max(x, axis=1), threaded np.max); "
         "fwd+bwd = fastest read+write (Tensor.copy_, np.copyto, threaded np.copyto) into a reused buffer.",
         "memory: tracemalloc for fastce and numpy, torch's profiler (profile_memory=True) for torch.",
     ]
+    if report.get("minibatch"):
+        legend.append("minibatch: fastce fwd+bwd = cross_entropy_with_grad into a reused out=; torch fwd+bwd = "
+                      "autograd on the same tensors (grad released before each call); np.add = np.add(a, b, out=c) "
+                      "on float32 arrays of the logits' size, the cost of one NumPy ufunc call; "
+                      "fwd/np.add = fastce time / np.add time.")
     if report["machine"]["torch"] is None:
         legend.append("torch is not installed: torch columns are shown as '-'.")
     elif report.get("torch_skipped"):
         legend.append("torch was skipped (--no-torch): torch columns are shown as '-'.")
-    notes = [nt for r in results for nt in r["notes"]]
+    notes = [nt for r in [*results, *report.get("minibatch", [])] for nt in r["notes"]]
+    if warning:
+        notes.append(warning)
     prefix = "- " if markdown else ""
     out.extend(prefix + line for line in legend)
     if notes:
@@ -1030,8 +1249,73 @@ def _import_pyplot():
     return plt
 
 
+def speedup_figure(results):
+    """The figure of :func:`plot_speedups` (a matplotlib ``Figure``; close it when done).
+
+    Speed-up on a log axis (so 2x and 0.5x are as far from 1x), against the number of
+    classes on a log axis.  The shapes label the x ticks, rotated, instead of
+    annotations beside the points, which collide where the series run close together.
+    """
+    plt = _import_pyplot()
+    if plt is None:
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib")
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    series = [
+        (axes[0], "fwd_speedup_vs_torch", "cross_entropy", "o-"),
+        (axes[1], "fb_out_speedup_vs_torch", "fused out=", "o-"),
+        (axes[1], "fb_inplace_speedup_vs_torch", "fused inplace", "s--"),
+    ]
+    keys = sorted({(r["dtype"], r["threads"]) for r in results})
+    values = []
+    for ax, field, name, style in series:
+        for dtype, threads in keys:
+            pts = sorted(
+                (r["shape"][1], r["derived"][field])
+                for r in results
+                if r["dtype"] == dtype and r["threads"] == threads and r["derived"].get(field)
+            )
+            if not pts:
+                continue
+            values += [p[1] for p in pts]
+            lab = f"{name}, {dtype}, {threads} thread{'s' if threads > 1 else ''}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=lab)
+    # one tick per class count, labelled with every N measured there
+    by_c = {}
+    for r in results:
+        by_c.setdefault(r["shape"][1], set()).add(r["shape"][0])
+    ticks = sorted(by_c)
+    labels = ["\n".join(f"{n}x{c}" for n in sorted(by_c[c])) for c in ticks]
+    lo = min(values + [1.0]) / 1.25
+    hi = max(values + [1.0]) * 1.25
+    for ax, title in zip(axes, ("forward", "forward + backward")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        if ticks:
+            ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            # vertical: a label is as wide as its line height, so C a factor 2 apart
+            # (128256 and 262144 among the reference shapes) keep their labels apart
+            ax.set_xticklabels(labels, rotation=90, fontsize=8)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}x" if f"{v:.2g}"[0] in "25" else ""))
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("shape N x C (log scale in C)")
+        ax.set_title(f"fastce vs torch CPU: {title}")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("speed-up vs torch (log scale)")
+    fig.tight_layout()
+    return fig
+
+
 def plot_speedups(results, path):
-    """Draw speed-up vs torch against the number of classes (log x axis) and save it.
+    """Draw speed-up vs torch against the number of classes and save it.
 
     Parameters
     ----------
@@ -1040,78 +1324,188 @@ def plot_speedups(results, path):
     path : str
         Output image file (format from its extension, e.g. ``.png``).
     """
-    plt = _import_pyplot()
-    if plt is None:
-        raise RuntimeError("--plot needs matplotlib: pip install matplotlib")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
-    series = [
-        (axes[0], "fwd_speedup_vs_torch", "cross_entropy", "o-"),
-        (axes[1], "fb_out_speedup_vs_torch", "fused out=", "o-"),
-        (axes[1], "fb_inplace_speedup_vs_torch", "fused inplace", "s--"),
-    ]
-    keys = sorted({(r["dtype"], r["threads"]) for r in results})
-    labelled = set()  # one shape label per point of an axis, however many series pass there
-    for ax, field, name, style in series:
-        for dtype, threads in keys:
-            pts = sorted(
-                (r["shape"][1], r["derived"][field], r["shape"][0])
-                for r in results
-                if r["dtype"] == dtype and r["threads"] == threads and r["derived"][field] is not None
-            )
-            if not pts:
-                continue
-            lab = f"{name}, {dtype}, {threads} thread{'s' if threads > 1 else ''}"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=lab)
-            for cc, s, nn in pts:
-                if (id(ax), nn, cc) not in labelled:
-                    labelled.add((id(ax), nn, cc))
-                    ax.annotate(f"{nn}x{cc}", (cc, s), textcoords="offset points", xytext=(3, 4), fontsize=7)
-    for ax, title in zip(axes, ("forward", "forward + backward")):
-        ax.set_xscale("log")
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel("number of classes C")
-        ax.set_ylabel("speed-up vs torch (x)")
-        ax.set_title(f"fastce vs torch CPU: {title}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_ylim(bottom=0)
-        if ax.has_data():
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig = speedup_figure(results)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        _import_pyplot().close(fig)
 
 
 # --------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------
-def machine_info(torch=None):
-    """Describe the machine and the library versions (a dict of strings)."""
-    import fastce
-
+def _cpu_model():
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(("model name", "Model", "Hardware")) and ":" in line:
                     cpu = line.split(":", 1)[1].strip()
                     break
     except OSError:
         pass
+    if sys.platform == "darwin":
+        try:
+            import subprocess
+
+            cpu = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                 text=True, timeout=5).stdout.strip() or cpu
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    return cpu
+
+
+def _physical_cores():
+    """Physical cores from /proc/cpuinfo (distinct (package, core) pairs), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    cores, phys = set(), "0"
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = val.strip()
+        elif key == "core id":
+            cores.add((phys, val.strip()))
+    return len(cores) or None
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, or None where the OS has none."""
+    try:
+        return tuple(round(v, 2) for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+def _busy_cpu_seconds():
+    """CPU seconds all processes have been running (Linux /proc/stat, steal included), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = [int(v) for v in fields[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / hz
+
+
+def _own_cpu_seconds():
+    t = os.times()
+    return t.user + t.system
+
+
+class LoadMonitor:
+    """How busy the machine is before and during a benchmark run.
+
+    ``start()`` and ``stop()`` record the load average; on Linux they also read
+    ``/proc/stat``, so that the CPU time taken by OTHER processes during the run (all
+    busy time, hypervisor steal included, minus this process's own) is known.
+    """
+
+    def __init__(self):
+        self.before = self.after = None
+        self._t0 = self._busy0 = self._own0 = None
+        self.wall_s = None
+        self.others_cores = None
+
+    def start(self):
+        self.before = load_average()
+        self._t0 = time.perf_counter()
+        self._busy0 = _busy_cpu_seconds()
+        self._own0 = _own_cpu_seconds()
+        return self
+
+    def stop(self):
+        self.wall_s = time.perf_counter() - self._t0
+        busy = _busy_cpu_seconds()
+        if busy is not None and self._busy0 is not None and self.wall_s > 0:
+            others = (busy - self._busy0) - (_own_cpu_seconds() - self._own0)
+            self.others_cores = round(max(0.0, others / self.wall_s), 2)
+        self.after = load_average()
+        return self
+
+    def as_dict(self):
+        return {"loadavg_before": self.before, "loadavg_after": self.after,
+                "others_cores_during_run": self.others_cores,
+                "wall_s": None if self.wall_s is None else round(self.wall_s, 1)}
+
+
+def load_warning(load, cpus, threads):
+    """A warning (str) when other work on the machine makes the timings unreliable, else None.
+
+    Parameters
+    ----------
+    load : dict
+        ``loadavg_before`` (1, 5, 15 minute load averages, or None) and
+        ``others_cores_during_run`` (cores' worth of CPU time other processes took during
+        the run, or None), as in a report's ``load``.
+    cpus : int
+        CPUs this process may use.
+    threads : int
+        The largest thread count benchmarked.
+
+    Returns
+    -------
+    str or None
+        Unreliable when, before the run, the 1-minute load average was above
+        ``max(0.5, cpus / 4)``, or when other processes took more than
+        ``max(0.25, cpus / 10)`` cores on average during it: the threads of the
+        benchmark then share cores with them, and a speed-up can come out several times
+        too low (or too high).
+    """
+    before = load.get("loadavg_before")
+    others = load.get("others_cores_during_run")
+    why = []
+    if before is not None and before[0] > max(0.5, cpus / 4):
+        why.append(f"the 1-minute load average before the run was {before[0]:.2f} on {cpus} CPUs")
+    if others is not None and others > max(0.25, cpus / 10):
+        why.append(f"other processes used {others:.2f} of the {cpus} CPUs during the run")
+    if not why:
+        return None
+    return ("WARNING: the machine was busy (" + "; ".join(why) + "): the timings, and the "
+            f"speed-ups most ({threads} thread{'s' if threads > 1 else ''} share the cores with "
+            "that work), are unreliable. Rerun on an idle machine.")
+
+
+def machine_info(torch=None):
+    """Describe the machine and the library versions.
+
+    Returns
+    -------
+    dict
+        ``cpu`` (model name), ``arch``, ``isa`` (fastce's kernel path in use), ``isas``
+        (the paths this CPU supports), ``physical_cores`` (None where unknown),
+        ``logical_cpus``, ``cpus`` (usable by this process), ``platform``, and the
+        versions of Python, NumPy, torch (None when absent) and fastce.
+    """
+    import fastce
+
     get_isa = getattr(fastce, "get_isa", None)
+    isas = getattr(fastce, "supported_isas", None)
     return {
-        "cpu": cpu,
+        "cpu": _cpu_model(),
+        "arch": platform.machine(),
+        "isa": get_isa() if get_isa is not None else "?",
+        "isas": isas() if isas is not None else [],
+        "physical_cores": _physical_cores(),
+        "logical_cpus": os.cpu_count(),
         "cpus": _usable_cpus(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": None if torch is None else torch.__version__,
         "fastce": getattr(fastce, "__version__", "?"),
-        "isa": get_isa() if get_isa is not None else "?",
     }
 
 
 def run_benchmarks(shapes, dtypes=("float32",), threads=None, policy=None, *, use_torch=True,
-                   use_numpy=True, measure_memory=True, progress=True, seed=0, command=""):
+                   use_numpy=True, measure_memory=True, progress=True, seed=0, command="",
+                   minibatch=True, minibatch_samples=11, minibatch_min_s=0.01):
     """Run the benchmark grid and return a report.
 
     Parameters
@@ -1131,14 +1525,23 @@ def run_benchmarks(shapes, dtypes=("float32",), threads=None, policy=None, *, us
         Seed of the random logits and targets.
     command : str
         The command line, recorded in the report.
+    minibatch : bool or list of (int, int)
+        Also time the minibatch shapes (:data:`MINIBATCH_SHAPES`, or the given ones) at
+        1 thread and at the largest of ``threads``, in microseconds (see
+        :func:`bench_minibatch`).
+    minibatch_samples, minibatch_min_s : int, float
+        Timed loops per minibatch cell, and seconds per loop.
 
     Returns
     -------
     dict
-        ``machine``, ``date``, ``command``, ``rss_supported``, ``torch_skipped`` and
+        ``machine``, ``date``, ``command``, ``rss_supported``, ``torch_skipped``,
         ``results``: one record per (shape, dtype, threads) with ``times`` (median, min,
         repeats and samples in ms per cell), ``memory_bytes``, ``check``, ``derived``
-        (floors, speed-ups, floor ratios) and ``notes``.
+        (floors, speed-ups, floor ratios) and ``notes``; ``minibatch`` (records of
+        :func:`bench_minibatch`, empty when not run); ``load`` (load averages before and
+        after, and the cores' worth of CPU time other processes took during the run) and
+        ``load_warning`` (see :func:`load_warning`; None on an idle machine).
     """
     threads = threads or [_usable_cpus()]
     policy = policy or Policy()
@@ -1157,7 +1560,9 @@ def run_benchmarks(shapes, dtypes=("float32",), threads=None, policy=None, *, us
         "rss_supported": rss_ok,
         "torch_skipped": not use_torch,
         "results": [],
+        "minibatch": [],
     }
+    monitor = LoadMonitor().start()
     n_cells = 5 + (2 if use_numpy else 0) + (4 if torch is not None else 0)
     total = sum(2 * (n_cells + (2 if t > 1 else 0)) for t in threads) * len(shapes) * len(dtypes)
     bar = _make_progress(total, enabled=progress)
@@ -1171,12 +1576,25 @@ def run_benchmarks(shapes, dtypes=("float32",), threads=None, policy=None, *, us
                 gc.collect()
     finally:
         bar.close()
+    if minibatch:
+        mb_shapes = MINIBATCH_SHAPES if minibatch is True else list(minibatch)
+        mb_threads = sorted({1, max(threads)})
+        bar = _make_progress(len(mb_shapes) * len(mb_threads), enabled=progress)
+        try:
+            report["minibatch"] = bench_minibatch(
+                mb_shapes, mb_threads, torch=torch, F=F, samples=minibatch_samples,
+                min_s=minibatch_min_s, pause=policy.switch_pause, progress=bar, seed=seed)
+        finally:
+            bar.close()
+    monitor.stop()
+    report["load"] = monitor.as_dict()
+    report["load_warning"] = load_warning(report["load"], report["machine"]["cpus"], max(threads))
     return report
 
 
-def _build_parser():
+def _build_parser(prog="python -m fastce.bench"):
     p = argparse.ArgumentParser(
-        prog="python -m fastce.bench",
+        prog=prog,
         description="Time fastce's cross-entropy against torch (CPU) and NumPy, side by side, "
                     "with the memory-bandwidth floors.",
     )
@@ -1203,18 +1621,25 @@ def _build_parser():
     p.add_argument("--no-torch", action="store_true", help="leave torch out even if it is installed")
     p.add_argument("--no-numpy", action="store_true", help="leave the NumPy user code out (it is slow)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--no-minibatch", action="store_true",
+                   help="skip the minibatch table (" + ",".join(f"{n}x{c}" for n, c in MINIBATCH_SHAPES)
+                        + ", microseconds per call)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     return p
 
 
-def main(argv=None):
-    """Entry point of ``python -m fastce.bench``.
+def main(argv=None, prog=None):
+    """Entry point of ``python -m fastce.bench`` and ``fastce-bench``.
 
     Parameters
     ----------
     argv : list of str, optional
         Command-line arguments (default ``sys.argv[1:]``).
+    prog : str, optional
+        How the benchmark was started, for the header's ``command:`` line and the help:
+        default ``fastce-bench`` when ``sys.argv[0]`` is that script, else
+        ``python -m fastce.bench``.
 
     Returns
     -------
@@ -1222,7 +1647,10 @@ def main(argv=None):
         The report (see :func:`run_benchmarks`); the tables are printed to stdout.
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser()
+    if prog is None:
+        started_as_script = argv is None and os.path.basename(sys.argv[0] or "").startswith("fastce-bench")
+        prog = "fastce-bench" if started_as_script else "python -m fastce.bench"
+    parser = _build_parser(prog)
     args = parser.parse_args(args_list)
     if args.repeat is not None and args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
@@ -1241,16 +1669,18 @@ def main(argv=None):
     if args.quick:
         policy = Policy(args.repeat, target=args.min_time or 0.05, min_repeat=args.min_repeat or 3,
                         max_repeat=args.max_repeat or 20)
+        mini = {"minibatch_samples": 5, "minibatch_min_s": 0.002}
     else:
         policy = Policy(args.repeat, target=args.min_time or 0.5, min_repeat=args.min_repeat or 5,
                         max_repeat=args.max_repeat or 100)
-    command = "python -m fastce.bench" + "".join(" " + shlex.quote(a) for a in args_list)
+        mini = {"minibatch_samples": 11, "minibatch_min_s": 0.01}
+    command = prog + "".join(" " + shlex.quote(a) for a in args_list)
     progress = not args.no_progress and (sys.stderr.isatty() or _has_tqdm())
 
     report = run_benchmarks(
         shapes, args.dtype, args.threads, policy, use_torch=not args.no_torch,
         use_numpy=not args.no_numpy, measure_memory=not args.no_memory, progress=progress,
-        seed=args.seed, command=command,
+        seed=args.seed, command=command, minibatch=not args.no_minibatch, **mini,
     )
     print(format_tables(report, markdown=args.markdown))
     sys.stdout.flush()
@@ -1281,9 +1711,9 @@ def _json_default(o):
 
 def cli():
     """Console entry point ``fastce-bench``: run :func:`main`, exit status 0."""
-    main()
+    main(prog="fastce-bench")
     return 0
 
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m fastce.bench")

@@ -13,18 +13,17 @@ import re
 import numpy as np
 import pytest
 
+import fastce
 from fastce import bench
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPES = ["64x10", "4x1000"]
-BASE = ["--quick", "--shapes", ",".join(SHAPES), "--threads", "1", "--repeat", "2", "--no-progress"]
+BASE = ["--quick", "--shapes", ",".join(SHAPES), "--threads", "1", "--repeat", "2", "--no-progress",
+        "--no-minibatch"]
 
-try:
-    import torch  # noqa: F401
+import torch  # noqa: F401  (the test suite requires torch: see conftest.py)
 
-    HAVE_TORCH = True
-except ImportError:
-    HAVE_TORCH = False
+HAVE_TORCH = True
 
 
 def _sections(text):
@@ -92,7 +91,16 @@ def test_text_tables_have_columns_and_numbers(text_run):
             assert _is_ratio(fb[shape]["speed-up inplace"])
         else:
             assert fwd[shape]["torch ms"] == "-" and fwd[shape]["speed-up"] == "-"
-    assert "command: python -m fastce.bench --quick" in out
+    assert out.splitlines()[0] == "command: python -m fastce.bench " + " ".join(BASE), out
+    machine = next(ln for ln in out.splitlines() if ln.startswith("machine: "))
+    m = report["machine"]
+    assert m["cpu"] in machine and f"fastce ISA {fastce.get_isa()}" in machine, machine
+    assert ", ".join(fastce.supported_isas()) in machine and f"{m['cpus']} usable" in machine
+    load = next(ln for ln in out.splitlines() if ln.startswith("load: "))
+    assert re.search(r"before \d+\.\d\d \d+\.\d\d \d+\.\d\d, after \d+\.\d\d", load), load
+    assert len(report["load"]["loadavg_before"]) == 3 and len(report["load"]["loadavg_after"]) == 3
+    assert report["load"]["others_cores_during_run"] >= 0
+    assert (report["load_warning"] is not None) == ("WARNING: the machine was busy" in out)
 
     # The report behind the table: two timed calls per cell, as asked.
     assert len(report["results"]) == len(SHAPES)
@@ -186,8 +194,40 @@ def test_plot(tmp_path, capsys):
             bench.main(argv)
         assert "torch" in capsys.readouterr().err
     else:
-        bench.main(argv)
+        report = bench.main(argv)
         assert path.stat().st_size > 1000
+        _check_figure(report["results"])
+
+
+def _check_figure(results):
+    fig = bench.speedup_figure(results)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+            labels = [t for t in ax.get_xticklabels() if t.get_text()]
+            # one tick per C; several N at one C share its label, one line each
+            assert sorted(ln for t in labels for ln in t.get_text().split("\n")) == sorted(f"{n}x{c}" for n, c in {
+                tuple(r["shape"]) for r in results})
+            boxes = [t.get_window_extent(renderer) for t in labels]
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1:]:
+                    assert not a.overlaps(b), [t.get_text() for t in labels]
+    finally:
+        bench._import_pyplot().close(fig)
+
+
+def test_plot_labels_of_the_reference_shapes():
+    """The reference shapes' C (128256 and 262144 are a factor 2 apart) keep apart."""
+    if bench._import_pyplot() is None:
+        pytest.skip("matplotlib is not installed (the bench extra installs it)")
+    results = []
+    for i, (n, c) in enumerate([*bench.REFERENCE_SHAPES, (4, 128256)]):
+        d = {"fwd_speedup_vs_torch": 1.5 + i, "fb_out_speedup_vs_torch": 0.7 * (i + 1),
+             "fb_inplace_speedup_vs_torch": 12.0 / (i + 1)}
+        results.append({"shape": [n, c], "dtype": "float32", "threads": 2, "derived": d})
+    _check_figure(results)
 
 
 def test_numpy_user_code_matches_reference():
@@ -220,10 +260,15 @@ def test_bench_suite_is_importable():
     assert len(files) >= 3
     tests = []
     for f in files:
-        mod = _load(f, "_fastce_" + f.stem)
+        try:
+            mod = _load(f, "_fastce_" + f.stem)
+        except pytest.skip.Exception:  # a module-level importorskip (CuPy): that file only
+            assert f.name == "test_bench_cuda.py", f
+            continue
         tests += [n for n in dir(mod) if n.startswith("test_")]
     for name in ("test_logsumexp", "test_log_softmax", "test_softmax", "test_ce_fwd", "test_ce_fwdbwd",
-                 "test_nll_loss", "test_floor_read", "test_floor_copy"):
+                 "test_nll_loss", "test_floor_read", "test_floor_copy", "test_mb_fwd", "test_mb_fwdbwd",
+                 "test_mb_options_fwdbwd"):
         assert name in tests
 
 
@@ -261,3 +306,87 @@ def test_bench_report_tool(tmp_path, capsys):
     assert row == "| 64x10 | float32 | 1 | 1.00 | 4.00 | 2.00 | 4.00x | 2.00x | 0.25 | 4.00x |", row
     assert "### `ce-fwdbwd`" in out and "### `floor-read`" in out
     assert "| fastce-out vs torch |" in out
+
+
+# ----------------------------------------------------------------------------- machine and load
+@pytest.mark.parametrize("load, cpus, busy", [
+    ({"loadavg_before": (0.1, 0.2, 0.2), "others_cores_during_run": 0.02}, 2, None),
+    ({"loadavg_before": (1.3, 0.9, 0.5), "others_cores_during_run": 0.02}, 2, "load average before"),
+    ({"loadavg_before": (0.1, 0.1, 0.1), "others_cores_during_run": 1.2}, 2, "other processes used 1.20"),
+    ({"loadavg_before": (1.9, 1.0, 1.0), "others_cores_during_run": 0.5}, 16, None),  # a big machine
+    ({"loadavg_before": None, "others_cores_during_run": None}, 2, None),  # nothing known
+])
+def test_load_warning(load, cpus, busy):
+    w = bench.load_warning(load, cpus, threads=cpus)
+    if busy is None:
+        assert w is None
+    else:
+        assert w.startswith("WARNING: the machine was busy") and busy in w and "unreliable" in w, w
+
+
+def test_load_monitor_sees_other_processes():
+    """A busy child process (another process, as far as the monitor knows) is counted."""
+    import subprocess
+    import sys
+    import time
+
+    mon = bench.LoadMonitor().start()
+    if mon._busy0 is None:
+        pytest.skip("no /proc/stat on this OS: only the load average is recorded")
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.6: pass"])
+    child.wait()
+    time.sleep(0.05)
+    mon.stop()
+    # the child spun ~0.6 s of wall time (less CPU time if the machine is busy); the
+    # whole machine cannot have given others more than all its CPUs for the interval
+    cpu_s = mon.others_cores * mon.wall_s
+    assert 0.2 < cpu_s <= bench._usable_cpus() * mon.wall_s + 0.05, mon.as_dict()
+
+
+def test_command_label_of_the_console_script(capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/some/venv/bin/fastce-bench", *BASE[:-1], "--no-minibatch",
+                                     "--no-memory", "--shapes", "8x10"])
+    report = bench.main()
+    assert report["command"].startswith("fastce-bench --quick")
+    assert capsys.readouterr().out.splitlines()[0] == "command: " + report["command"]
+    assert bench.main(BASE + ["--no-memory", "--shapes", "8x10"], prog="fastce-bench")["command"].startswith(
+        "fastce-bench ")
+
+
+# ----------------------------------------------------------------------------- minibatch
+def test_minibatch_table(capsys):
+    argv = ["--quick", "--shapes", "8x10", "--threads", "1", "--repeat", "1", "--no-progress", "--no-memory",
+            "--no-numpy"]
+    report = bench.main(argv)
+    out = capsys.readouterr().out
+    header, rows = next(v for k, v in _sections(out).items() if k.startswith("Minibatch shapes"))
+    assert header == bench.MINI_COLUMNS
+    want = [f"{n}x{c}" for n, c in bench.MINIBATCH_SHAPES]
+    assert [r[0] for r in rows] == want, out  # --threads 1: only the 1-thread rows
+    for r in rows:
+        cell = dict(zip(header, r))
+        assert cell["dtype"] == "float32" and cell["threads"] == "1"
+        for col in ("fastce fwd us", "torch fwd us", "fastce fwd+bwd us", "torch fwd+bwd us", "np.add us"):
+            assert _is_ms(cell[col]), (col, r)
+        for col in ("torch/fastce fwd", "torch/fastce fwd+bwd", "fwd/np.add", "fwd+bwd/np.add"):
+            assert _is_ratio(cell[col]), (col, r)
+    assert len(report["minibatch"]) == len(want)
+    for rec in report["minibatch"]:
+        t = rec["times_us"]
+        assert set(t) == set(bench.MINI_CELLS)
+        for v in t.values():
+            # timeit-style: each sample is a loop of many calls, reported per call
+            assert len(v["samples_us"]) == 5 and v["number"] >= 1 and v["median_us"] > 0
+        assert t["fastce_fwd"]["number"] > 1  # microsecond calls are never timed one by one
+        d = rec["derived"]
+        assert d["fwd_speedup_vs_torch"] == pytest.approx(t["torch_fwd"]["median_us"] / t["fastce_fwd"]["median_us"])
+        assert d["fb_over_ufunc"] == pytest.approx(t["fastce_fb"]["median_us"] / t["ufunc"]["median_us"])
+        assert rec["check"]["loss_rel_diff_vs_torch"] < 1e-5
+
+
+def test_minibatch_threads_are_one_and_all():
+    recs = bench.bench_minibatch([(4, 3)], threads=[1, 2], samples=2, min_s=1e-4)
+    assert [(r["shape"], r["threads"]) for r in recs] == [([4, 3], 1), ([4, 3], 2)]
+    assert "torch_fwd" not in recs[0]["times_us"] and recs[0]["derived"]["fwd_speedup_vs_torch"] is None
+    rows = bench.minibatch_rows(recs)
+    assert rows[0][bench.MINI_COLUMNS.index("torch fwd us")] == "-"
