@@ -71,8 +71,10 @@ def scale_grad(grad, g, per_row):
 def once_differentiable(name):
     """Run a backward under no_grad; under ``create_graph`` its results raise on use.
 
-    Like ``torch.autograd.function.once_differentiable``, but the error names the op and
-    appears whether or not the upstream gradients require grad.
+    Like ``torch.autograd.function.once_differentiable``, but the error names the op, and
+    the error node is also connected to the op's inputs (through the op's own loss output,
+    which every setup_context here saves last), so ``torch.autograd.grad(g, input)``
+    raises it instead of reporting ``input`` as unused.
     """
     msg = (f"{name} has no double backward: its gradient is computed by fastce's kernels, "
            f"which autograd cannot differentiate again. Use torch.nn.functional for "
@@ -88,9 +90,9 @@ def once_differentiable(name):
             pos = [i for i, o in enumerate(out) if isinstance(o, Tensor)]
             if not pos:
                 return out
-            err = torch._C._functions.DelayedError(msg, len(pos))
-            wrapped = err(*[out[i].detach().requires_grad_() for i in pos])
-            wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+            anchor = ctx.saved_tensors[-1]
+            err = torch._C._functions.DelayedError(msg, len(pos) + 1)
+            wrapped = err(*[out[i].detach().requires_grad_() for i in pos], anchor)
             out = list(out)
             for i, w in zip(pos, wrapped):
                 out[i] = w
@@ -155,7 +157,7 @@ def _ce_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse, grad)
     ctx.compute_grad = compute_grad
     ctx.per_row = reduction == "none" and input.dim() > 1
-    ctx.save_for_backward(grad if compute_grad else None)
+    ctx.save_for_backward(grad if compute_grad else None, output[0])
 
 
 @once_differentiable("fastce.torch.cross_entropy")
@@ -204,13 +206,13 @@ def _(grad_output, input, target, weight, ignore_index, reduction):
 
 def _nll_setup(ctx, inputs, output):
     input, target, weight, ignore_index, reduction = inputs
-    ctx.save_for_backward(input, target, weight)
+    ctx.save_for_backward(input, target, weight, output)
     ctx.ignore_index, ctx.reduction = ignore_index, reduction
 
 
 @once_differentiable("fastce.torch.nll_loss")
 def _nll_backward(ctx, g):
-    input, target, weight = ctx.saved_tensors
+    input, target, weight, _ = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None
     return nll_loss_backward_op(g, input, target, weight, ctx.ignore_index, ctx.reduction), None, None, None, None
@@ -249,7 +251,7 @@ def _(input, target, weight, pos_weight, reduction, compute_grad, n_threads):
 def _bce_setup(ctx, inputs, output):
     ctx.compute_grad = inputs[5]
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1] if inputs[5] else None)
+    ctx.save_for_backward(output[1] if inputs[5] else None, output[0])
 
 
 @once_differentiable("fastce.torch.binary_cross_entropy_with_logits")
@@ -525,9 +527,9 @@ def _linear_setup(ctx, inputs, output):
     if reduction == "none":
         ctx.options = (ignore_index, label_smoothing, z_loss, softcap, logit_scale, chunk_size,
                        n_threads)
-        ctx.save_for_backward(lse, input, weight, target, bias, cls_weight)
+        ctx.save_for_backward(lse, input, weight, target, bias, cls_weight, loss)
     else:
-        ctx.save_for_backward(d_in, d_w, d_b)
+        ctx.save_for_backward(d_in, d_w, d_b, loss)
 
 
 @once_differentiable("fastce.torch.linear_cross_entropy")
@@ -536,7 +538,7 @@ def _linear_backward(ctx, g_loss, g_lse, g_din, g_dw, g_db):
     if g_loss is None or not any(ctx.grads):
         return tuple(out)
     if ctx.reduction == "none":
-        lse, input, weight, target, bias, cls_weight = ctx.saved_tensors
+        lse, input, weight, target, bias, cls_weight, _ = ctx.saved_tensors
         ii, ls, z, cap, scale, cs, nt = ctx.options
         grads = list(ctx.grads)
         grads[2] = grads[2] and bias is not None
@@ -544,7 +546,7 @@ def _linear_backward(ctx, g_loss, g_lse, g_din, g_dw, g_db):
             g_loss.expand(input.shape[0]).contiguous(), lse, input, weight, target, bias, cls_weight,
             ii, ls, z, cap, scale, cs, grads, nt)
     else:
-        d_in, d_w, d_b = (scale_grad(t, g_loss, False) for t in ctx.saved_tensors)
+        d_in, d_w, d_b = (scale_grad(t, g_loss, False) for t in ctx.saved_tensors[:3])
     out[0] = d_in if ctx.grads[0] else None
     out[1] = d_w if ctx.grads[1] else None
     out[3] = d_b if ctx.grads[2] else None
