@@ -42,8 +42,10 @@ def as_array(t, name):
     """
     if t is None:
         return None
-    check_device(t, name)
-    t = t.detach()
+    if not t.is_cpu:
+        check_device(t, name)
+    if t.requires_grad:
+        t = t.detach()
     if t.is_neg() or t.is_conj():  # lazy negation bits: .numpy() refuses them
         t = t.resolve_neg().resolve_conj()
     if t.dtype == torch.bfloat16:

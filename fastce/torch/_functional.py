@@ -123,11 +123,12 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         target = target.to(input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32)
     if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
-    loss, lse, _ = ops.cross_entropy_op(
-        input, target, weight, int(ignore_index), reduction, float(label_smoothing),
+    grad = _grad_on(input)
+    loss, lse, _ = ops.call(
+        ops.cross_entropy_op, input, target, weight, int(ignore_index), reduction, float(label_smoothing),
         float(z_loss), _float_or_none(softcap, "softcap"), float(logit_scale),
-        _float_or_none(num_items, "num_items"), bool(return_lse), _grad_on(input),
-        _threads(n_threads))
+        _float_or_none(num_items, "num_items"), bool(return_lse), grad,
+        _threads(n_threads), grad=grad)
     return (loss, lse) if return_lse else loss
 
 
@@ -153,7 +154,8 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         raise RuntimeError(f"expected target dtype to be Long, but got {target.dtype}")
     _check_ce_shapes(input, target, False)
     _not_differentiable("nll_loss_forward", weight=weight)
-    return ops.nll_loss_op(input, target, weight, int(ignore_index), reduction)
+    return ops.call(ops.nll_loss_op, input, target, weight, int(ignore_index), reduction,
+                    grad=_grad_on(input))
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
@@ -184,8 +186,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if _grad_on(target):
         raise NotImplementedError("fastce.torch.binary_cross_entropy_with_logits: gradients w.r.t. "
                                   "the target are not implemented; detach it")
-    loss, _ = ops.bce_op(input, target, weight, pos_weight, reduction, _grad_on(input),
-                         _threads(n_threads))
+    grad = _grad_on(input)
+    loss, _ = ops.call(ops.bce_op, input, target, weight, pos_weight, reduction, grad,
+                       _threads(n_threads), grad=grad)
     return loss
 
 
@@ -201,10 +204,11 @@ def _softmax_call(op, input, dim, dtype, n_threads):
     check_float(input, "input")
     if dim is None:
         dim = _softmax_dim(input.dim())
+    grad = _grad_on(input)
     if input.dim() == 0:
-        return op(input.reshape(1), 0, _threads(n_threads)).reshape(())
+        return ops.call(op, input.reshape(1), 0, _threads(n_threads), grad=grad).reshape(())
     dim = _dim(dim, input.dim())
-    return op(input, dim, _threads(n_threads))
+    return ops.call(op, input, dim, _threads(n_threads), grad=grad)
 
 
 def _dim(dim, ndim):
@@ -238,7 +242,7 @@ def logsumexp(input, dim, keepdim=False, *, n_threads=None):
     if input.dim() == 0:
         return input.clone()
     d = _dim(dim, input.dim())
-    out = ops.logsumexp_op(input, d, _threads(n_threads))
+    out = ops.call(ops.logsumexp_op, input, d, _threads(n_threads), grad=_grad_on(input))
     return out.unsqueeze(d) if keepdim else out
 
 
@@ -317,11 +321,11 @@ def linear_cross_entropy(input, linear_weight, target, bias=None, *, linear_bias
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     grads = [_grad_on(input), _grad_on(linear_weight), _grad_on(bias)]
-    loss, lse, _, _, _ = ops.linear_cross_entropy_op(
-        input, linear_weight, target, bias, weight, ignore_index, reduction,
+    loss, lse, _, _, _ = ops.call(
+        ops.linear_cross_entropy_op, input, linear_weight, target, bias, weight, ignore_index, reduction,
         float(label_smoothing), float(z_loss), _float_or_none(softcap, "softcap"),
         float(logit_scale), _float_or_none(num_items, "num_items"), int(chunk_size or 0),
-        bool(return_lse), grads, _threads(n_threads))
+        bool(return_lse), grads, _threads(n_threads), grad=any(grads))
     if squeeze and reduction == "none":
         loss = loss.reshape(())
     if not return_lse:

@@ -113,6 +113,46 @@ def _empty(dtype):
 
 
 # ---------------------------------------------------------------------------------------
+# eager fast path: the same implementation and formulas, without the dispatcher
+# ---------------------------------------------------------------------------------------
+# A custom op call goes Python -> dispatcher -> autograd kernel -> dispatcher -> Python
+# kernel: tens of microseconds, as much as the whole kernel at small shapes. In plain eager
+# mode (no compile, no tracing, no dispatch mode, no functorch transform) ``call`` runs the
+# op's Python implementation directly, through a torch.autograd.Function built from the
+# op's own setup_context and backward when a gradient is needed; traced code sees the op.
+_EAGER = {}
+
+
+def _register(op, setup=None, backward=None):
+    impl = op._init_fn
+    fn = None
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup)
+        def forward(ctx, *args):  # ctx-style: a separate setup_context costs a signature bind per call
+            out = impl(*args)
+            setup(ctx, args, out)
+            return out
+
+        fn = type(f"_{impl.__name__}_function", (torch.autograd.Function,),
+                  {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+    _EAGER[op] = (impl, fn)
+
+
+def _plain_eager(t):
+    return (type(t) is Tensor and t.is_cpu and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
+def call(op, *args, grad=False):
+    """Run ``op``: directly in plain eager mode, through the dispatcher otherwise."""
+    if _plain_eager(args[0]):
+        impl, fn = _EAGER[op]
+        return fn.apply(*args) if grad and fn is not None else impl(*args)
+    return op(*args)
+
+
+# ---------------------------------------------------------------------------------------
 # cross-entropy
 # ---------------------------------------------------------------------------------------
 @torch.library.custom_op("fastce::cross_entropy", mutates_args=())
@@ -168,7 +208,7 @@ def _ce_backward(ctx, g_loss, g_lse, g_grad):
     return tuple(out)
 
 
-cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup)
+_register(cross_entropy_op, _ce_setup, _ce_backward)
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,10 +255,11 @@ def _nll_backward(ctx, g):
     input, target, weight, _ = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None
-    return nll_loss_backward_op(g, input, target, weight, ctx.ignore_index, ctx.reduction), None, None, None, None
+    return call(nll_loss_backward_op, g, input, target, weight, ctx.ignore_index, ctx.reduction), None, None, None, None
 
 
-nll_loss_op.register_autograd(_nll_backward, setup_context=_nll_setup)
+_register(nll_loss_op, _nll_setup, _nll_backward)
+_register(nll_loss_backward_op)
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,7 +303,7 @@ def _bce_backward(ctx, g_loss, g_grad):
     return tuple(out)
 
 
-bce_op.register_autograd(_bce_backward, setup_context=_bce_setup)
+_register(bce_op, _bce_setup, _bce_backward)
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,8 +350,8 @@ def _softmax_backward(ctx, g):
     return out * (g - (g * out).sum(ctx.dim, keepdim=True)), None, None
 
 
-log_softmax_op.register_autograd(_log_softmax_backward, setup_context=_save_output)
-softmax_op.register_autograd(_softmax_backward, setup_context=_save_output)
+_register(log_softmax_op, _save_output, _log_softmax_backward)
+_register(softmax_op, _save_output, _softmax_backward)
 
 
 @torch.library.custom_op("fastce::logsumexp", mutates_args=())
@@ -336,7 +377,7 @@ def _lse_backward(ctx, g):
     return g.unsqueeze(ctx.dim) * (x - out.unsqueeze(ctx.dim)).exp(), None, None
 
 
-logsumexp_op.register_autograd(_lse_backward, setup_context=_lse_setup)
+_register(logsumexp_op, _lse_setup, _lse_backward)
 
 
 # ---------------------------------------------------------------------------------------
@@ -542,8 +583,8 @@ def _linear_backward(ctx, g_loss, g_lse, g_din, g_dw, g_db):
         ii, ls, z, cap, scale, cs, nt = ctx.options
         grads = list(ctx.grads)
         grads[2] = grads[2] and bias is not None
-        d_in, d_w, d_b = linear_cross_entropy_backward_op(
-            g_loss.expand(input.shape[0]).contiguous(), lse, input, weight, target, bias, cls_weight,
+        d_in, d_w, d_b = call(
+            linear_cross_entropy_backward_op, g_loss.expand(input.shape[0]).contiguous(), lse, input, weight, target, bias, cls_weight,
             ii, ls, z, cap, scale, cs, grads, nt)
     else:
         d_in, d_w, d_b = (scale_grad(t, g_loss, False) for t in ctx.saved_tensors[:3])
@@ -553,4 +594,5 @@ def _linear_backward(ctx, g_loss, g_lse, g_din, g_dw, g_db):
     return tuple(out)
 
 
-linear_cross_entropy_op.register_autograd(_linear_backward, setup_context=_linear_setup)
+_register(linear_cross_entropy_op, _linear_setup, _linear_backward)
+_register(linear_cross_entropy_backward_op)
