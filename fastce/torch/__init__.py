@@ -60,8 +60,40 @@ Threads
 -------
 fastce uses ``torch.get_num_threads()`` threads per call (read at each call, so
 ``torch.set_num_threads`` applies), unless ``n_threads=`` says otherwise.
-""" + """
-(The thread notes on OpenMP runtimes are filled in below by ``_THREAD_NOTES``.)
+
+OpenMP runtimes. torch's Linux wheels bundle ``torch/lib/libgomp.so.1`` with the same
+SONAME as the system ``libgomp.so.1`` that a source build of fastce links, so the dynamic
+loader keeps only the first one loaded: with torch 2.13 (CPU wheel) ``/proc/self/maps``
+shows one libgomp whichever of ``import torch`` / ``import fastce`` comes first, and
+fastce's parallel regions run on the same thread team as torch's (and as torch's MKL
+GEMMs). There is no second pool to oversubscribe the cores in that setup. Two runtimes
+appear when one side vendors a renamed copy (a wheel repaired by auditwheel ships
+``libgomp-<hash>.so.1``; torch on macOS has its own libomp): each then keeps its own team
+of ``get_num_threads()`` threads, and an idle team spins for a while after each parallel
+region. What is fixable in-process is done here: ``linear_cross_entropy`` runs its matrix
+products in torch (not in NumPy's OpenBLAS, a third pool of spinning pthreads), and the
+thread count follows torch's.
+
+Measured (2-core VM shared with other jobs, load average 2.5-3.7 during the runs; 256 x
+1000 float32 cross-entropy forward, median / p90 in microseconds over 300 calls)::
+
+    setup                                         torch F.ce       fastce
+    1 thread, each alone                          335 / 387        303 / 389
+    2 threads, each alone                         238 / 11980      220 / 12072
+    2 threads, alternating torch and fastce       206 / 8407       213 / 8516
+    2 threads, a NumPy 256^3 matmul between       12035 / 16070    12255 / 20118
+    2 threads, OMP_WAIT_POLICY=passive, alone     235 / 259        210 / 241
+    2 threads, OMP_WAIT_POLICY=passive, alternate 261 / 307        262 / 293
+
+So the millisecond swings are not torch against fastce (alternating is no worse than
+either alone) but OpenMP's spin-then-sleep barriers on cores that are also busy elsewhere
+-- or busy with OpenBLAS's own spinning threads: a parallel region waits for a thread the
+kernel has descheduled, and a time slice is milliseconds. That is not fixable from inside
+a library, because libgomp reads its wait policy once, when it is loaded (before
+fastce.torch runs): on shared or oversubscribed machines set ``OMP_WAIT_POLICY=passive``
+(p90 40-50x lower above, medians unchanged) or use one thread; keep NumPy's BLAS to one
+thread (``threadpoolctl.threadpool_limits(1, "blas")``) when NumPy products alternate with
+torch/fastce calls.
 """
 import torch  # noqa: F401  (this subpackage is the torch front end)
 
