@@ -26,7 +26,6 @@ import math
 import os
 import time
 
-import numpy as np
 import pytest
 
 import fastce
