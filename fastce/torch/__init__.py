@@ -1,0 +1,115 @@
+"""fastce for PyTorch users: torch's loss functions and modules, computed by fastce.
+
+``import fastce.torch as fce`` and replace ``F.cross_entropy`` by ``fce.cross_entropy``,
+``nn.CrossEntropyLoss`` by ``fce.CrossEntropyLoss`` (and so on): same signatures, same
+semantics, tensors in and tensors out, autograd and ``torch.compile(fullgraph=True)``.
+``import fastce`` alone never imports torch; this subpackage does.
+
+Functions: :func:`cross_entropy`, :func:`nll_loss`, :func:`binary_cross_entropy_with_logits`,
+:func:`log_softmax`, :func:`softmax`, :func:`logsumexp`, :func:`linear_cross_entropy`.
+Modules: :class:`CrossEntropyLoss`, :class:`NLLLoss`, :class:`BCEWithLogitsLoss`,
+:class:`LinearCrossEntropyLoss` (subclasses of torch's namesakes). fastce's extensions are
+keywords: ``z_loss``, ``softcap``, ``logit_scale``, ``num_items``, ``return_lse``,
+``n_threads`` (``logit_scale``/``num_items`` are forwarded to fastce only when they differ
+from their defaults, so a fastce without them serves every other call).
+
+Tensors
+-------
+CPU tensors are handed to fastce as NumPy views of their memory (``Tensor.numpy()`` of the
+detached tensor): no copy, any strides (non-contiguous and expanded tensors included);
+results are written straight into fresh tensors. float32, float64, float16 and bfloat16
+logits (bfloat16: the tensor is reinterpreted as int16 and viewed as ``ml_dtypes.bfloat16``,
+2 bytes either way, still no copy). Half-precision logits are computed in float32 and
+**the loss comes back as float32**, where torch returns a float16/bfloat16 loss (rounded
+from its own float32 accumulation): fastce's loss is the unrounded value (|difference| up
+to half a bf16 ulp, ~0.4% relative), and ``loss.backward()`` receives a float32
+grad_output; the gradient has the logits' dtype, rounded once. Class-index targets may be
+any integer dtype (torch requires int64/uint8). CUDA tensors raise a clear error (CuPy
+absent: install it; CuPy present: the DLPack route is not written yet); other devices too.
+
+Autograd, and what is saved
+---------------------------
+Every function is a ``torch.library.custom_op`` (namespace ``fastce``: ``fastce::cross_entropy``,
+``fastce::nll_loss``, ``fastce::nll_loss_backward``, ``fastce::binary_cross_entropy_with_logits``,
+``fastce::log_softmax``, ``fastce::softmax``, ``fastce::logsumexp``,
+``fastce::linear_cross_entropy``, ``fastce::linear_cross_entropy_backward``) with a fake
+implementation and a registered autograd formula, so ``torch.compile(fullgraph=True)``
+traces models that use them without graph breaks.
+
+The loss ops decide at the call: when the logits require grad (and grad mode is on), the
+forward computes d loss / d logits in the same sweep as the loss
+(``fastce.cross_entropy_with_grad`` at a unit upstream gradient) and saves it; backward
+multiplies it by ``grad_output`` -- no pass at all in eager mode when ``grad_output`` is 1
+(``loss.backward()``), one elementwise pass otherwise (including 'none' with per-row
+upstream gradients, which broadcast over the class axis). The saved gradient costs as much
+memory as the log-probabilities torch saves, and makes forward + backward one read and one
+write of the logits. When the logits do not require grad, only the loss is computed and
+nothing is saved. ``linear_cross_entropy`` does the same for 'mean'/'sum' (it saves
+d_input and d_weight, ``N x H + V x H``); for 'none', whose weight gradient depends on the
+per-row upstream gradient, it saves the per-row lse and recomputes the logits chunk by
+chunk in backward (one more GEMM per chunk, no lse pass).
+
+Double backward: the loss ops' gradients come from fastce's kernels and are not
+differentiable again; ``create_graph=True`` works, but differentiating their gradients
+raises a RuntimeError naming the op. ``log_softmax``, ``softmax`` and ``logsumexp`` have
+backward formulas in torch ops and differentiate any number of times. Not differentiable:
+class weights (as in torch), probability targets and BCE targets (torch differentiates
+those; here it is a NotImplementedError: detach them).
+
+Threads
+-------
+fastce uses ``torch.get_num_threads()`` threads per call (read at each call, so
+``torch.set_num_threads`` applies), unless ``n_threads=`` says otherwise.
+
+OpenMP runtimes. torch's Linux wheels bundle ``torch/lib/libgomp.so.1`` with the same
+SONAME as the system ``libgomp.so.1`` that a source build of fastce links, so the dynamic
+loader keeps only the first one loaded: with torch 2.13 (CPU wheel) ``/proc/self/maps``
+shows one libgomp whichever of ``import torch`` / ``import fastce`` comes first, and
+fastce's parallel regions run on the same thread team as torch's (and as torch's MKL
+GEMMs). There is no second pool to oversubscribe the cores in that setup. Two runtimes
+appear when one side vendors a renamed copy (a wheel repaired by auditwheel ships
+``libgomp-<hash>.so.1``; torch on macOS has its own libomp): each then keeps its own team
+of ``get_num_threads()`` threads, and an idle team spins for a while after each parallel
+region. What is fixable in-process is done here: ``linear_cross_entropy`` runs its matrix
+products in torch (not in NumPy's OpenBLAS, a third pool of spinning pthreads), and the
+thread count follows torch's.
+
+Measured (2-core VM shared with other jobs, load average 2.5-3.7 during the runs; 256 x
+1000 float32 cross-entropy forward, median / p90 in microseconds over 300 calls)::
+
+    setup                                         torch F.ce       fastce
+    1 thread, each alone                          335 / 387        303 / 389
+    2 threads, each alone                         238 / 11980      220 / 12072
+    2 threads, alternating torch and fastce       206 / 8407       213 / 8516
+    2 threads, a NumPy 256^3 matmul between       12035 / 16070    12255 / 20118
+    2 threads, OMP_WAIT_POLICY=passive, alone     235 / 259        210 / 241
+    2 threads, OMP_WAIT_POLICY=passive, alternate 261 / 307        262 / 293
+
+So the millisecond swings are not torch against fastce (alternating is no worse than
+either alone) but OpenMP's spin-then-sleep barriers on cores that are also busy elsewhere
+-- or busy with OpenBLAS's own spinning threads: a parallel region waits for a thread the
+kernel has descheduled, and a time slice is milliseconds. That is not fixable from inside
+a library, because libgomp reads its wait policy once, when it is loaded (before
+fastce.torch runs): on shared or oversubscribed machines set ``OMP_WAIT_POLICY=passive``
+(p90 40-50x lower above, medians unchanged) or use one thread; keep NumPy's BLAS to one
+thread (``threadpoolctl.threadpool_limits(1, "blas")``) when NumPy products alternate with
+torch/fastce calls.
+"""
+import torch  # noqa: F401  (this subpackage is the torch front end)
+
+from ._functional import (  # noqa: E402
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    linear_cross_entropy,
+    log_softmax,
+    logsumexp,
+    nll_loss,
+    softmax,
+)
+from ._modules import BCEWithLogitsLoss, CrossEntropyLoss, LinearCrossEntropyLoss, NLLLoss  # noqa: E402
+
+__all__ = [
+    "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_softmax", "softmax",
+    "logsumexp", "linear_cross_entropy",
+    "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "LinearCrossEntropyLoss",
+]
