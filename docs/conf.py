@@ -9,7 +9,7 @@ import fastce
 project = "fastce"
 author = "the fastce authors"
 copyright = "the fastce authors"
-# the one version source (fastce/__init__.py), as the package metadata and show_config
+# the one version source (fastce/_version.py), as the package metadata and show_config
 version = release = fastce.__version__
 
 extensions = [

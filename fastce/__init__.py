@@ -4,7 +4,7 @@ Row-wise log-sum-exp, log-softmax, softmax, cross-entropy (forward, fused forwar
 backward, backward) and NLL with PyTorch's semantics, computed by SIMD kernels
 (AVX-512, AVX2+FMA, NEON, scalar; chosen at import) over OpenMP threads.
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402, F401  (a leaf: _config reads it too)
 
 # The compiled core first: in a source tree that was never built, "from ._api import ..."
 # would otherwise fail with Python's misleading "partially initialized module ... circular

@@ -88,7 +88,7 @@ def set_num_threads(n):
 
 
 def _config_dict():
-    from . import __version__
+    from ._version import __version__
     return {
         "fastce": __version__,
         "python": sys.version.split()[0],

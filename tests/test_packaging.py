@@ -22,7 +22,7 @@ def test_one_version_everywhere(capsys):
     fastce.show_config()
     assert re.search(rf"^  fastce +{re.escape(v)}$", capsys.readouterr().out, flags=re.M)
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'dynamic = ["version"]' in pyproject and 'version = { attr = "fastce.__version__" }' in pyproject
+    assert 'dynamic = ["version"]' in pyproject and 'version = { attr = "fastce._version.__version__" }' in pyproject
     changelog = (ROOT / "CHANGELOG.md").read_text()
     released = re.findall(r"^## (\d+\.\d+\.\d+)", changelog, flags=re.M)
     assert released and released[0] == v, (released, v)  # the newest entry is this version
