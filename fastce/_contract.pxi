@@ -614,13 +614,20 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
                           num_classes, grad_output, out, inplace, grad_dtype, n_threads,
                           logits_name)
 
-    # 1. scalar options
-    cap = check_softcap(softcap)
-    eps = check_label_smoothing(label_smoothing)
-    zc = check_z_loss(z_loss)
-    scale = check_logit_scale(logit_scale)
-    items_obj = check_num_items(num_items, reduction)
-    ignore_index = check_ignore_index(ignore_index)
+    # 1. scalar options (the defaults and plain floats without a Python call)
+    cap = 0.0 if softcap is None else check_softcap(softcap)
+    if type(label_smoothing) is float and 0.0 <= <double> label_smoothing <= 1.0:
+        eps = label_smoothing
+    else:
+        eps = check_label_smoothing(label_smoothing)
+    if type(z_loss) is float and 0.0 <= <double> z_loss < INFINITY:
+        zc = z_loss
+    else:
+        zc = check_z_loss(z_loss)
+    scale = 1.0 if type(logit_scale) is float and logit_scale == 1.0 else check_logit_scale(logit_scale)
+    items_obj = None if num_items is None else check_num_items(num_items, reduction)
+    if type(ignore_index) is not int:
+        ignore_index = check_ignore_index(ignore_index)
     nt = resolve_threads(n_threads)
     if inplace:
         check_inplace(logits, out)
@@ -647,7 +654,10 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
     x3 = x if ndim <= 2 and kernel_ready(x) else as_rows3(x, axis)
     s.x = geom_any(x3)
     rows = s.x.A * s.x.B
-    cstart, Ctot = check_shard(class_start, num_classes, C)
+    if type(class_start) is int and class_start == 0 and num_classes is None:
+        cstart, Ctot = 0, C
+    else:
+        cstart, Ctot = check_shard(class_start, num_classes, C)
     sharded = Ctot != C
 
     # target: probability targets (a float array of the logits' shape) or class indices
@@ -724,13 +734,13 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
 
     # outputs: out= or in place, never overlapping an input
     if want_grad:
-        inputs = {logits_name: logits, "target": target, "weight": weight, "lse": lse,
-                  "grad_output": grad_output}
+        if inplace or out is not None:
+            inputs = {"target": target, "weight": weight, "lse": lse, "grad_output": grad_output}
         if inplace:
-            check_inplace_inputs(x, {k: v for k, v in inputs.items() if k != logits_name})
+            check_inplace_inputs(x, inputs)
             grad = x
         elif out is not None:
-            check_out(out, xshape, gdtype, inputs)
+            check_out(out, xshape, gdtype, {logits_name: logits, **inputs})
             grad = out
         elif ndim <= 2 and x3 is x:
             Py_INCREF(gdtype)  # PyArray_NewLikeArray steals a reference to the dtype
@@ -742,7 +752,10 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
             o3 = <cnp.ndarray> grad
         elif rows:
             o3, copy_to = writable_rows3(grad, axis)
-        g_obj, g_rows = as_grad_output(grad_output, reduction, expected_target_shape(xshape))
+        if type(grad_output) is float or type(grad_output) is int:
+            g_obj, g_rows = float(grad_output), None
+        else:
+            g_obj, g_rows = as_grad_output(grad_output, reduction, expected_target_shape(xshape))
         if g_rows is None:
             g0 = g_obj
         else:
@@ -778,7 +791,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
             lse_arr = np.empty(rows, dtype=np.float64)
         if nll:
             nll_rows(&s, x3, <cnp.ndarray> o3 if want_grad else None, rowbuf,
-                     g0 / norm if want_grad else 0.0, C, cstart)
+                     g0 / norm if want_grad else 0.0, C)
         elif rows:
             s.W, s.Wtot, s.cstart = W, Wtot, cstart
             s.eps, s.z, s.zfold = eps, zc, zfold
@@ -830,7 +843,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
 
 
 cdef void nll_rows(const Sweep *s, cnp.ndarray x3, cnp.ndarray o3, double *loss, double g,
-                   int64_t C, int64_t cstart):
+                   int64_t C):
     """NLL: loss[r] = -w[y] x[r, y] (0 where ignored); the gradient, -g w[y] at each target
     and 0 elsewhere, when o3 is given (g already divided by the 'mean' normaliser)."""
     cdef RowGeom og

@@ -43,7 +43,6 @@ from ._kernels import (  # noqa: F401  (the shared contract, re-exported for the
 )
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def resolve_threads(n_threads):
