@@ -106,7 +106,6 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args += cflags
             ext.extra_link_args += lflags
-            ext.define_macros.append(("FASTCE_HAVE_OPENMP", "1" if cflags else "0"))
         super().build_extensions()
 
 

@@ -171,6 +171,7 @@ def bce_sweep(x, y, w, pw, ge, grad, loss_elem, int64_t R, int64_t L, int64_t n_
         if ops[k].base != NULL and ops[k].es != 1 and not (ops[k].es == 0 and (k == BCE_W or k == BCE_PW)):
             need_scratch = True
     cdef int64_t nitems = g.R * g.nchunks
+    n_threads = clamp_threads(n_threads, g.R * L)  # the cross-entropy sweeps' rule
     if nitems < n_threads:
         n_threads = <int> max(nitems, 1)
     if x[0].dtype == np.float32:
@@ -183,6 +184,13 @@ cdef void _bce_sweep(const BceOp *ops, const BceGrid *g, bint need_scratch, int 
                      floating *dummy=NULL):
     cdef int64_t item, nitems = g.R * g.nchunks
     cdef floating *scratch
+    if n_threads == 1:  # no parallel region for work too small to split
+        with nogil:
+            scratch = <floating *> malloc(BCE_NOPS * g.blk * sizeof(floating)) if need_scratch else NULL
+            for item in range(nitems):
+                bce_item(ops, g, item, scratch)
+            free(scratch)
+        return
     with nogil, parallel(num_threads=n_threads):
         scratch = <floating *> malloc(BCE_NOPS * g.blk * sizeof(floating)) if need_scratch else NULL
         for item in prange(nitems, schedule='static'):

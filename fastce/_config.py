@@ -71,9 +71,21 @@ def get_num_threads():
     The default is OpenMP's: all cores, lowered by ``OMP_NUM_THREADS`` or by a
     ``threadpoolctl`` limit in force; :func:`set_num_threads` overrides it.  A call
     never runs more threads than the machine has processors, nor more than its work
-    can use (small inputs run on one thread, without an OpenMP region).
+    can use (small inputs run on one thread, without an OpenMP region). A process forked
+    from one that used fastce starts at 1 (libgomp's threads do not survive ``fork``).
     """
     return _kernels.default_threads()
+
+
+def _after_fork_in_child():
+    # libgomp's thread pool does not survive fork(): a child that opened a parallel region
+    # would wait in its barrier for threads that are not there. Run serial (no OpenMP
+    # region at all) until the child sets a thread count itself.
+    _kernels.set_default_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_num_threads(n):

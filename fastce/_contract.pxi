@@ -381,6 +381,20 @@ cdef bint overlaps(object a, object b):
         return True
 
 
+cdef bint self_overlapping(cnp.ndarray a):
+    """Whether two elements of ``a`` may share memory (conservative): with the axes sorted
+    by stride, each stride must clear the extent of the axes below it."""
+    cdef int i, j, nd = cnp.PyArray_NDIM(a)
+    cdef Py_ssize_t extent = cnp.PyArray_ITEMSIZE(a), st, n
+    axes = sorted((abs(cnp.PyArray_STRIDES(a)[i]), cnp.PyArray_DIMS(a)[i]) for i in range(nd)
+                  if cnp.PyArray_DIMS(a)[i] > 1)
+    for st, n in axes:
+        if st < extent:
+            return True
+        extent += st * (n - 1)
+    return False
+
+
 def check_out(out, shape, dtype, inputs, name="out"):
     """Check a caller's output buffer: ndarray, shape, dtype, writeable, no input overlap."""
     if not isinstance(out, np.ndarray):
@@ -391,6 +405,9 @@ def check_out(out, shape, dtype, inputs, name="out"):
         raise TypeError(f"{name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    if out.size > 1 and self_overlapping(out):
+        raise ValueError(f"{name} has elements that share memory (a view such as as_strided's); "
+                         f"pass a buffer whose elements are distinct")
     for input_name, arr in inputs.items():
         if overlaps(out, arr):
             raise ValueError(f"{name} overlaps the input {input_name!r}; pass a separate buffer "

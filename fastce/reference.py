@@ -14,6 +14,11 @@ Notation: ``lse_i = log sum_c exp(x_ic)``, ``logp_ic = x_ic - lse_i``,
     l_i = 0 for ignored rows
     'mean' = sum_i l_i / sum_{i not ignored} w_{y_i}      (nan when that sum is empty)
     dl_i/dx_ic = (1 - eps) w_{y_i} (p_ic - [c = y_i]) + (eps / C) (W p_ic - w_c)
+
+The LLM options, in this order: ``logit_scale = s`` (x <- s x), ``softcap = c``
+(x <- c tanh(x / c)), then the loss above plus ``z_loss * lse_i**2`` on every row not
+ignored; 'mean' divides the z-term by the number of rows not ignored, and both terms by
+``num_items`` when it is given.
 """
 import numpy as np
 
@@ -195,8 +200,31 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
     return _reduce(rows, w_y, reduction, np.ndim(log_probs) == 1)
 
 
+def _transform(x, logit_scale, softcap):
+    """The logits as the loss sees them: scaled, then capped; and d(that)/dx."""
+    x1 = logit_scale * x
+    if not softcap:
+        return x1, np.full_like(x, logit_scale)
+    xc = softcap * np.tanh(x1 / softcap)
+    return xc, logit_scale * (1.0 - (xc / softcap) ** 2)
+
+
+def _z_rows(xc, ignored, z_loss):
+    return np.where(ignored, 0.0, z_loss * logsumexp(xc, axis=1) ** 2)
+
+
+def _normalisers(w_y, ignored, reduction, num_items):
+    """(cross-entropy divisor, z-term divisor) of the reduction."""
+    if reduction != "mean":
+        return 1.0, 1.0
+    if num_items is not None:
+        return float(num_items), float(num_items)
+    return np.sum(w_y), float(np.count_nonzero(~ignored))
+
+
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0):
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0,
+                  num_items=None):
     """Softmax cross-entropy with PyTorch semantics, in float64.
 
     Parameters
@@ -213,6 +241,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         'mean' divides by ``sum_{i not ignored} w[y_i]`` (nan when no row counts).
     label_smoothing : float in [0, 1], default 0.0
         Mixes ``eps / C`` of the weighted uniform target into every row.
+    z_loss, softcap, logit_scale, num_items
+        The LLM options (module docstring).
 
     Returns
     -------
@@ -221,12 +251,19 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     """
     x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index,
                                                reduction, label_smoothing)
-    rows = _row_losses(log_softmax(x, axis=1), y, ignored, w, w_y, label_smoothing)
-    return _reduce(rows, w_y, reduction, np.ndim(logits) == 1)
+    xc, _ = _transform(x, logit_scale, softcap)
+    rows = _row_losses(log_softmax(xc, axis=1), y, ignored, w, w_y, label_smoothing)
+    z = _z_rows(xc, ignored, z_loss)
+    if reduction == "none":
+        return (rows + z).reshape(()) if np.ndim(logits) == 1 else rows + z
+    norm, znorm = _normalisers(w_y, ignored, reduction, num_items)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.float64(np.sum(rows) / norm + np.sum(z) / znorm)
 
 
 def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None,
-                           ignore_index=-100, reduction="mean", label_smoothing=0.0):
+                           ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                           z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None):
     """Gradient of :func:`cross_entropy` with respect to ``logits``, in float64.
 
     Parameters
@@ -234,8 +271,10 @@ def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None,
     logits, target, weight, ignore_index, reduction, label_smoothing
         As in :func:`cross_entropy`.
     grad_output : float or array_like, default 1.0
-        Upstream gradient: a scalar for 'mean'/'sum', an array of ``target.shape``
-        for 'none'.
+        Upstream gradient: a scalar (any reduction), or for 'none' an array that
+        broadcasts to ``target.shape``.
+    z_loss, softcap, logit_scale, num_items
+        As in :func:`cross_entropy`.
 
     Returns
     -------
@@ -246,31 +285,31 @@ def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None,
                                                reduction, label_smoothing)
     n, n_classes = x.shape
     g = np.asarray(grad_output, dtype=np.float64)
-    if reduction == "none":
-        if g.shape != np.shape(target):
-            raise ValueError(f"grad_output must have shape {np.shape(target)}, got {g.shape}")
-        scale = g.reshape(n)
-    else:
-        if g.shape != ():
-            raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
-        scale = np.full(n, float(g))
-        if reduction == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                scale = scale / np.sum(w_y)
+    if reduction != "none" and g.shape != ():
+        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
+    g = np.broadcast_to(g, np.shape(target)).reshape(n)
+    norm, znorm = _normalisers(w_y, ignored, reduction, num_items)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale, zscale = g / norm, g / znorm
+    xc, dxc = _transform(x, logit_scale, softcap)
     eps = label_smoothing
     with np.errstate(invalid="ignore"):
-        p = softmax(x, axis=1)
+        p = softmax(xc, axis=1)
         onehot = np.zeros_like(p)
         onehot[np.arange(n), y] = 1.0
         d = w_y[:, None] * (p - onehot)
         if eps > 0:
             d = (1.0 - eps) * d + (eps / n_classes) * (np.sum(w) * p - w)
-        grad = np.where(ignored[:, None], 0.0, d * scale[:, None])
+        d = d * scale[:, None]
+        if z_loss:
+            d = d + (zscale * 2.0 * z_loss * logsumexp(xc, axis=1))[:, None] * p
+        grad = np.where(ignored[:, None], 0.0, d * dxc)
     return grad.reshape(np.shape(logits))
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
-                            reduction="mean", label_smoothing=0.0, grad_output=1.0):
+                            reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                            logit_scale=1.0, num_items=None, grad_output=1.0):
     """Loss and gradient together: ``(cross_entropy(...), cross_entropy_backward(...))``.
 
     Parameters
@@ -286,7 +325,8 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
     grad : numpy.ndarray
     """
     kw = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
-              label_smoothing=label_smoothing)
+              label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+              logit_scale=logit_scale, num_items=num_items)
     return (cross_entropy(logits, target, **kw),
             cross_entropy_backward(logits, target, grad_output, **kw))
 

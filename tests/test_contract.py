@@ -279,3 +279,30 @@ def test_bitwise_same_for_any_thread_count():
     two = fastce.cross_entropy_with_grad(x, t, label_smoothing=0.1, z_loss=1e-3, n_threads=2)
     assert one[0].tobytes() == two[0].tobytes()
     assert one[1].tobytes() == two[1].tobytes()
+
+
+# ----------------------------------------------------------------------------- the float64 specification
+_REF_OPTS = {"z": dict(z_loss=1e-2), "scale-cap": dict(softcap=2.0, logit_scale=3.0),
+             "scale-z-smooth": dict(logit_scale=-0.5, z_loss=1e-3, label_smoothing=0.2)}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduction,opts", [
+    *[pytest.param(r, o, id=f"{r}-{k}") for r in ("mean", "sum", "none") for k, o in _REF_OPTS.items()],
+    pytest.param("mean", dict(num_items=9.0, z_loss=1e-2, softcap=5.0), id="mean-num_items-z-cap"),
+])
+def test_reference_llm_options(torch, reference, reduction, opts):
+    """fastce.reference carries the LLM options: it equals torch's composed formula, and
+    fastce equals it."""
+    x = make_logits((8, 11), np.float64, seed=14)
+    t = make_target(8, 11, ignore="some", seed=14)
+    w = make_weight(11, "random")
+    g = np.linspace(0.5, 2, 8) if reduction == "none" else 1.5
+    kw = dict(weight=w, reduction=reduction, **opts)
+    want_loss, want_grad = torch_loss_and_grad(torch, x, t, g, **kw)
+    ref_loss, ref_grad = reference.cross_entropy_with_grad(x, t, grad_output=g, **kw)
+    np.testing.assert_allclose(ref_loss, want_loss, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ref_grad, want_grad, rtol=1e-12, atol=1e-14)
+    loss, grad = fastce.cross_entropy_with_grad(x, t, grad_output=g, **kw)
+    np.testing.assert_allclose(loss, ref_loss, **F64_TOL)
+    np.testing.assert_allclose(grad, ref_grad, **F64_TOL)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _validation as V
+from .._errors import ArgumentTypeError, ArgumentValueError
 
 __all__ = [
     "logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
@@ -117,9 +118,6 @@ FINALIZE_SIGNATURE = (
     ("row_loss", "ptr"), ("n", "i64"), ("denom", "f64"), ("mean", "i32"), ("out", "ptr"),
 )
 
-# the CPU path's exception classes (ValueError/TypeError that are also RuntimeError, as torch)
-_ArgumentValueError = getattr(V, "ArgumentValueError", ValueError)
-_ArgumentTypeError = getattr(V, "ArgumentTypeError", TypeError)
 
 _SCALAR_TYPES = {"i32": np.int32, "i64": np.int64, "f64": np.float64}
 _I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -624,7 +622,7 @@ class Ops:
         """Probability targets in the logits' dtype (copied only when the dtype differs)."""
         t = self._asarray(target, "target")
         if ignore_index != -100:
-            raise _ArgumentValueError(
+            raise ArgumentValueError(
                 f"ignore_index={ignore_index} is not supported with probability targets (a float "
                 f"target of the logits' shape {tuple(x.shape)})")
         return t if t.dtype == x.dtype else t.astype(x.dtype)
@@ -644,12 +642,12 @@ class Ops:
     def _check_target(self, target, logits_shape, expected, logits_name="logits"):
         t = self._asarray(target, "target")
         if t.dtype == np.bool_ or t.dtype.kind not in "iu":
-            raise _ArgumentTypeError(
+            raise ArgumentTypeError(
                 f"target must hold class indices (an integer dtype) of shape {expected}, or class "
                 f"probabilities (a float dtype) of the {logits_name}' shape {tuple(logits_shape)}; got "
                 f"dtype {t.dtype} and shape {t.shape}")
         if t.shape != expected:
-            raise _ArgumentValueError(
+            raise ArgumentValueError(
                 f"target has shape {t.shape}, but {logits_name} of shape {tuple(logits_shape)} "
                 f"need a target of shape {expected} (class indices) or "
                 f"{tuple(logits_shape)} (class probabilities)")
@@ -662,7 +660,7 @@ class Ops:
         if w.dtype == np.bool_ or w.dtype.kind not in "iuf":
             raise TypeError(f"weight must hold real numbers, got dtype {w.dtype}")
         if w.shape != (C,):
-            raise _ArgumentValueError(f"weight must have shape ({C},) (one per class), got {w.shape}")
+            raise ArgumentValueError(f"weight must have shape ({C},) (one per class), got {w.shape}")
         return self.xp.ascontiguousarray(w, dtype=np.float64)
 
     def _flat_target(self, t):

@@ -83,8 +83,6 @@ static inline fce_stats fce_stats_merge(fce_stats a, fce_stats b) {
     return r;
 }
 
-static inline double fce_stats_lse(fce_stats s) { return s.max + log(s.sum); }
-
 /* ---- dispatch (src/dispatch.c) ---- */
 /* number of ISA tables compiled into this build, and the i-th (most capable first) */
 int fce_isa_count(void);
