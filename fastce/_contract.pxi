@@ -19,6 +19,7 @@
 import numbers
 import sys
 
+from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from fastce._errors import ArgumentTypeError, ArgumentValueError
 
@@ -26,11 +27,17 @@ cdef extern from "numpy/arrayobject.h":
     enum:
         NPY_HALF_T "NPY_HALF"
     object PyArray_NewLikeArray(cnp.ndarray prototype, cnp.NPY_ORDER order, cnp.dtype descr, int subok)
+    object PyArray_Scalar(void *data, cnp.dtype descr, PyObject *base)  # borrows descr
 
 cdef extern from *:
     """
     #if defined(_OPENMP)
-    static int fce_num_procs(void) { return omp_get_num_procs(); }
+    /* omp_get_num_procs() asks the kernel for the affinity mask at every call: once is enough */
+    static int fce_num_procs(void) {
+        static int procs = 0;
+        if (procs == 0) procs = omp_get_num_procs();
+        return procs;
+    }
     #else
     static int fce_num_procs(void) { return 1; }
     #endif
@@ -53,8 +60,6 @@ MAX_THREADS = 1 << 20   # n_threads above this is refused; the run-time count is
 cdef object _f32 = np.dtype(np.float32)
 cdef object _f64 = np.dtype(np.float64)
 cdef object _i64 = np.dtype(np.int64)
-cdef object _f32_type = np.float32
-cdef object _f64_type = np.float64
 cdef int _default_threads = 0   # 0: OpenMP's default (OMP_NUM_THREADS, threadpoolctl)
 cdef object _gpu_route = None   # set by fastce._api: where CuPy calls go
 
@@ -621,6 +626,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
     cdef int64_t C, Ctot, cstart, rows, bad, yv
     cdef double eps, zc, cap, scale, items = 0.0, valid = 0.0, wsum = 0.0, norm, g0 = 0.0, total
     cdef double W = 0.0, Wtot = 0.0
+    cdef float fv
     cdef double *rowbuf = NULL
     cdef Py_ssize_t i
     cdef object res, grad = None, copy_to = None, tshape
@@ -679,7 +685,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
 
     # target: probability targets (a float array of the logits' shape) or class indices
     if (not nll and isinstance(target, cnp.ndarray)
-            and (<cnp.ndarray> target).dtype.kind == "f"
+            and cnp.PyArray_ISFLOAT(<cnp.ndarray> target)
             and (<object> target).shape == xshape) or (not nll and not isinstance(target, cnp.ndarray)
                                              and is_probability_target(target, xshape)):
         if sharded:
@@ -689,7 +695,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
         soft3 = as_rows3(as_soft_target(target, xshape, x.dtype, ignore_index), axis)
     else:
         t_arr = None
-        if (isinstance(target, cnp.ndarray) and (<cnp.ndarray> target).dtype.kind == "i"
+        if (isinstance(target, cnp.ndarray) and cnp.PyArray_ISSIGNED(<cnp.ndarray> target)
                 and cnp.PyArray_ITEMSIZE(<cnp.ndarray> target) in (4, 8)
                 and kernel_ready(<cnp.ndarray> target)):
             t_arr = <cnp.ndarray> target
@@ -844,7 +850,9 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
                 total = pairwise_sum(rowbuf, rows) if rows else 0.0
                 if red == RED_MEAN:
                     total = total / norm  # 0 / 0 = nan when no row counts, like torch
-                res = _f64_type(total) if cdtype is _f64 else _f32_type(total)
+                fv = <float> total  # a NumPy scalar of the compute dtype, made in C
+                res = (PyArray_Scalar(&total, <cnp.dtype> _f64, NULL) if cdtype is _f64
+                       else PyArray_Scalar(&fv, <cnp.dtype> _f32, NULL))
     finally:
         free(rowbuf)
 
