@@ -280,7 +280,7 @@ def linear_cross_entropy(input, linear_weight, target, bias=None, *, linear_bias
     Returns
     -------
     loss : Tensor (0-d, or (N,) for 'none'); float32 for half inputs
-    lse : Tensor (only with ``return_lse``; nan for ignored rows)
+    lse : Tensor (only with ``return_lse``; every row, ignored ones included)
     """
     reduction = _reduction(None, None, reduction)
     if bias is not None and linear_bias is not None:

@@ -13,7 +13,6 @@ elementwise pass otherwise).  When the input does not require grad only the loss
 computed and nothing is saved.
 """
 import functools
-import inspect
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -29,15 +28,8 @@ _LINEAR_BUDGET = 64 * 2**20  # bytes of the reused logits chunk, as fastce.linea
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-_CE_PARAMS = frozenset(inspect.signature(fastce.cross_entropy).parameters)
-
-
-def extension_kwargs(z_loss, softcap, logit_scale, num_items, params=_CE_PARAMS):
-    """fastce's extension keywords, each passed only when it differs from its default.
-
-    ``logit_scale`` and ``num_items`` are newer than the rest: a fastce without them still
-    serves every call that leaves them at their defaults.
-    """
+def extension_kwargs(z_loss, softcap, logit_scale, num_items):
+    """fastce's extension keywords, each passed only when it differs from its default."""
     kw = {}
     if z_loss:
         kw["z_loss"] = z_loss
@@ -47,10 +39,6 @@ def extension_kwargs(z_loss, softcap, logit_scale, num_items, params=_CE_PARAMS)
         kw["logit_scale"] = logit_scale
     if num_items is not None:
         kw["num_items"] = num_items
-    for key in ("logit_scale", "num_items"):
-        if key in kw and key not in params:
-            raise NotImplementedError(f"fastce.torch: {key}= needs a fastce whose cross_entropy "
-                                      f"has it; this one ({fastce.__version__}) has not")
     return kw
 
 
