@@ -55,21 +55,6 @@ def _gpu_route(kind, logits, target, weight, ignore_index, reduction, label_smoo
 _kernels.set_gpu_route(_gpu_route)
 
 
-def _repr(obj, options):
-    """``Name(arg=value, ...)`` with the arguments that differ from their defaults."""
-    defaults = type(obj).__init__.__kwdefaults__ or {}
-    code = type(obj).__init__
-    names = code.__code__.co_varnames[1:code.__code__.co_argcount]
-    defaults = dict(zip(names, code.__defaults__ or ()), **defaults)
-    shown = []
-    for k, v in options.items():
-        d = defaults.get(k)
-        if v is d or (not isinstance(v, np.ndarray) and not isinstance(d, np.ndarray) and v == d):
-            continue
-        shown.append(f"{k}={v!r}")
-    return f"{type(obj).__name__}({', '.join(shown)})"
-
-
 # ---------------------------------------------------------------------------------------
 # log-sum-exp, log-softmax, softmax
 # ---------------------------------------------------------------------------------------
@@ -433,7 +418,7 @@ class CrossEntropyLoss:
                     n_threads=self.n_threads)
 
     def __repr__(self):
-        return _repr(self, self._options())
+        return V.criterion_repr(self, self._options())
 
     def __call__(self, logits, target):
         loss, lse = cross_entropy(logits, target, return_lse=True, **self._options())

@@ -400,6 +400,10 @@ class BCEWithLogitsLoss:
         self.n_threads = None if n_threads is None else V.check_n_threads(n_threads)
         self._saved = None
 
+    def __repr__(self):
+        return V.criterion_repr(self, dict(weight=self.weight, pos_weight=self.pos_weight,
+                                           reduction=self.reduction, n_threads=self.n_threads))
+
     def __call__(self, logits, target):
         """The loss of ``logits`` against ``target`` (see the class docstring)."""
         call = _new_call(logits, target, self.weight, self.pos_weight, self.reduction, self.n_threads)

@@ -58,6 +58,17 @@ def check_axis(axis, ndim, name="axis"):
     return int(axis) % ndim
 
 
+def criterion_repr(obj, options):
+    """``Name(arg=value, ...)`` of a criterion, with the arguments that differ from their
+    defaults (as torch's modules show theirs)."""
+    init = type(obj).__init__
+    names = init.__code__.co_varnames[1:init.__code__.co_argcount]
+    defaults = dict(zip(names, init.__defaults__ or ()))
+    shown = [f"{k}={v!r}" for k, v in options.items()
+             if not (v is defaults.get(k) or (not isinstance(v, np.ndarray) and v == defaults.get(k)))]
+    return f"{type(obj).__name__}({', '.join(shown)})"
+
+
 def _is_cupy(x):
     return type(x).__module__.split(".")[0] == "cupy"
 

@@ -306,3 +306,11 @@ def test_reference_llm_options(torch, reference, reduction, opts):
     loss, grad = fastce.cross_entropy_with_grad(x, t, grad_output=g, **kw)
     np.testing.assert_allclose(loss, ref_loss, **F64_TOL)
     np.testing.assert_allclose(grad, ref_grad, **F64_TOL)
+
+
+def test_criteria_repr_shows_their_arguments():
+    assert repr(fastce.CrossEntropyLoss()) == "CrossEntropyLoss()"
+    assert repr(fastce.CrossEntropyLoss(label_smoothing=0.1, z_loss=1e-4, num_items=8)) == \
+        "CrossEntropyLoss(label_smoothing=0.1, z_loss=0.0001, num_items=8.0)"
+    assert repr(fastce.CrossEntropyLoss(weight=np.ones(2))) == "CrossEntropyLoss(weight=array([1., 1.]))"
+    assert repr(fastce.BCEWithLogitsLoss(reduction="sum")) == "BCEWithLogitsLoss(reduction='sum')"
