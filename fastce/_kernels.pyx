@@ -23,7 +23,7 @@ Design, in layers:
 No argument checking here: ``fastce/_validation.py`` has done it.  Every pointer and
 stride below is trusted.
 """
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, NAN, fabs, log
 from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport free, malloc
@@ -278,6 +278,8 @@ cdef struct Sweep:
     double logit_scale          # logits become logit_scale * x first; 1 = off
     bint transform              # softcap or logit_scale: rows go through scratch
     bint direct_out             # the output has the input's strides (columns write in place)
+    char *scratch               # every thread's scratch, allocated before the sweep ...
+    int64_t scratch_per         # ... scratch_per bytes each (split rows: the shared buffers)
 
 
 cdef int half_kind(cnp.ndarray arr):
@@ -553,29 +555,44 @@ cdef void run_sweep(Sweep *s, int n_threads, floating *dummy) noexcept nogil:
 
 
 # -- rows ------------------------------------------------------------------------------
+cdef int64_t scratch_bytes(Sweep *s, int64_t elem, int n_threads) noexcept:
+    """Bytes of scratch the planned sweep needs, for all its threads (sets scratch_per)."""
+    if s.rows == 0 or s.C == 0:
+        return 0
+    if s.mode == MODE_SPLIT:  # chunk statistics, and (a, beta, gamma, lse) per row
+        s.scratch_per = 0
+        return s.nblocks * <int64_t> sizeof(fce_stats) + 4 * s.rows * <int64_t> sizeof(double)
+    if s.mode == MODE_ROWS:
+        s.scratch_per = 3 * s.C * elem if (s.x_strided or s.o_strided or s.soft or s.xh or s.oh
+                                           or s.transform) else 0
+    else:
+        s.scratch_per = s.C * s.lanes * elem if (s.mode == MODE_COLS_T or (
+            s.out_kind != OUT_NONE and not s.direct_out)) else 0
+    return s.scratch_per * n_threads
+
+
+cdef inline floating *thread_scratch(const Sweep *s, floating *dummy) noexcept nogil:
+    return <floating *> (s.scratch + threadid() * s.scratch_per) if s.scratch_per else NULL
+
+
 cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
     cdef int64_t r
     cdef floating *scratch
-    cdef bint need_scratch = s.x_strided or s.o_strided or s.soft or s.xh or s.oh or s.transform
     if n_threads == 1:  # no parallel region for work too small to split
-        scratch = <floating *> malloc(3 * s.C * sizeof(floating)) if need_scratch else NULL
+        scratch = thread_scratch(s, dummy)
         for r in range(s.rows):
             if s.soft:
                 one_soft_row(s, r, scratch)
             else:
                 one_row(s, r, scratch, dummy)
-        free(scratch)
         return
     with parallel(num_threads=n_threads):
-        scratch = NULL
-        if need_scratch:
-            scratch = <floating *> malloc(3 * s.C * sizeof(floating))
+        scratch = thread_scratch(s, dummy)
         for r in prange(s.rows, schedule='static'):
             if s.soft:
                 one_soft_row(s, r, scratch)
             else:
                 one_row(s, r, scratch, dummy)
-        free(scratch)
 
 
 cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
@@ -736,8 +753,8 @@ cdef inline void fused_row(const Sweep *s, int64_t r, int64_t y, const floating 
 cdef void sweep_split(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
     """Chunk statistics in parallel; merged per row in chunk order (thread-independent)."""
     cdef int64_t k, r, y
-    cdef fce_stats *parts = <fce_stats *> malloc(s.nblocks * sizeof(fce_stats))
-    cdef double *coef = <double *> malloc(4 * s.rows * sizeof(double))  # a, beta, gamma, lse
+    cdef fce_stats *parts = <fce_stats *> s.scratch
+    cdef double *coef = <double *> (s.scratch + s.nblocks * sizeof(fce_stats))  # a, beta, gamma, lse
     if s.compute_lse or wants_wx(s):
         for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
             split_stats(s, k, parts, dummy)
@@ -750,8 +767,6 @@ cdef void sweep_split(const Sweep *s, int n_threads, floating *dummy) noexcept n
             y = owned_class(s, target_of(s, r))
             if y >= 0 and s.out_kind == OUT_EXP:
                 (<floating *> row_addr(&s.o, r))[y] -= <floating> coef[4 * r + 2]
-    free(parts)
-    free(coef)
 
 
 cdef inline void split_stats(const Sweep *s, int64_t k, fce_stats *parts, floating *dummy) noexcept nogil:
@@ -804,20 +819,15 @@ cdef inline void split_out(const Sweep *s, int64_t k, const double *coef, floati
 cdef void sweep_cols(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
     cdef int64_t k
     cdef floating *scratch
-    cdef bint need_scratch = s.mode == MODE_COLS_T or (s.out_kind != OUT_NONE and not s.direct_out)
     if n_threads == 1:  # no parallel region for work too small to split
-        scratch = <floating *> malloc(s.C * s.lanes * sizeof(floating)) if need_scratch else NULL
+        scratch = thread_scratch(s, dummy)
         for k in range(s.nblocks):
             one_block(s, k, scratch)
-        free(scratch)
         return
     with parallel(num_threads=n_threads):
-        scratch = NULL
-        if need_scratch:
-            scratch = <floating *> malloc(s.C * s.lanes * sizeof(floating))
+        scratch = thread_scratch(s, dummy)
         for k in prange(s.nblocks, schedule='static'):
             one_block(s, k, scratch)
-        free(scratch)
 
 
 cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcept nogil:
@@ -922,19 +932,33 @@ cdef inline void *data_or_null(object arr):
     return cnp.PyArray_DATA(<cnp.ndarray> arr) if arr is not None else NULL
 
 
-cdef void dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads,
-                   cnp.ndarray soft_target=None):
-    """Plan and run one sweep over x: (A, C, B), or (C,) / (N, C) as is."""
-    if cnp.PyArray_TYPE(x) != cnp.NPY_DOUBLE:  # float32, or float16 / bfloat16 in float32
-        plan(s, x, out, soft_target, KT.f32.lanes)
-        n_threads = clamp_threads(n_threads, s.rows * s.C)
+cdef int dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads,
+                  cnp.ndarray soft_target=None) except -1:
+    """Plan and run one sweep over x: (A, C, B), or (C,) / (N, C) as is.
+
+    All scratch is allocated here, before anything is written: a MemoryError leaves the
+    outputs untouched."""
+    cdef bint f32 = cnp.PyArray_TYPE(x) != cnp.NPY_DOUBLE  # float32, or halves in float32
+    cdef int64_t nbytes
+    plan(s, x, out, soft_target, KT.f32.lanes if f32 else KT.f64.lanes)
+    n_threads = clamp_threads(n_threads, s.rows * s.C)
+    if s.mode != MODE_SPLIT and n_threads > (s.rows if s.mode == MODE_ROWS else s.nblocks):
+        n_threads = <int> max(1, s.rows if s.mode == MODE_ROWS else s.nblocks)  # one item each
+    nbytes = scratch_bytes(s, 4 if f32 else 8, n_threads)
+    s.scratch = <char *> malloc(nbytes) if nbytes else NULL
+    if nbytes and s.scratch == NULL:
+        raise MemoryError(f"fastce: cannot allocate {nbytes} bytes of scratch for a sweep of "
+                          f"{s.rows} rows of {s.C} classes on {n_threads} thread(s)")
+    try:
         with nogil:
-            run_sweep(s, n_threads, <float *> NULL)
-    else:
-        plan(s, x, out, soft_target, KT.f64.lanes)
-        n_threads = clamp_threads(n_threads, s.rows * s.C)
-        with nogil:
-            run_sweep(s, n_threads, <double *> NULL)
+            if f32:
+                run_sweep(s, n_threads, <float *> NULL)
+            else:
+                run_sweep(s, n_threads, <double *> NULL)
+    finally:
+        free(s.scratch)
+        s.scratch = NULL
+    return 0
 
 
 def lse_rows(cnp.ndarray x, cnp.ndarray lse, int n_threads):

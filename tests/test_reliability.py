@@ -66,3 +66,25 @@ def test_out_with_overlapping_elements_is_refused(fn):
         else:
             fastce.binary_cross_entropy_with_logits_with_grad(x, (x > 0).astype(float), out=out)
     assert not base.any()
+
+
+def test_scratch_that_cannot_be_allocated_is_a_memory_error():
+    """Rows too long for their scratch (broadcast views: no memory behind the input) raise
+    MemoryError before anything is written, instead of a NULL dereference."""
+    proc = run_child("""
+        import numpy as np, fastce
+        calls = [
+            lambda: fastce.logsumexp(np.broadcast_to(np.float32(0), (2**36,))),
+            lambda: fastce.cross_entropy(np.broadcast_to(np.float32(0), (1, 2**36)), np.array([0]),
+                                         softcap=30.0),
+            lambda: fastce.logsumexp(np.broadcast_to(np.float64(0), (3, 2**35)), axis=1),
+        ]
+        for call in calls:
+            try:
+                call()
+                print("no error")
+            except MemoryError as exc:
+                print("MemoryError" if "scratch" in str(exc) else exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["MemoryError"] * 3, proc.stdout
