@@ -38,6 +38,7 @@ cdef struct BceOp:
 
 
 cdef struct BceGrid:
+    const fce_kernels *kt   # the kernel table of this call: one snapshot (set_isa may run)
     int64_t R, L, n_last    # rows, row length, length of the last row
     int64_t blk, nchunks    # chunk length, chunks per row
     double pw0              # pos_weight when absent (1.0)
@@ -45,13 +46,14 @@ cdef struct BceGrid:
     double *partial         # (R * nchunks,) loss sum per item, or NULL
 
 
-cdef inline void k_bce(const floating *x, const floating *y, const floating *w, const floating *pw,
-                       double pw0, floating *grad, int64_t n, double gscale, const floating *ge,
-                       double lscale, double *loss_sum, floating *le) noexcept nogil:
+cdef inline void k_bce(const fce_kernels *kt, const floating *x, const floating *y,
+                       const floating *w, const floating *pw, double pw0, floating *grad,
+                       int64_t n, double gscale, const floating *ge, double lscale,
+                       double *loss_sum, floating *le) noexcept nogil:
     if floating is float:
-        KT.f32.bce_block(x, y, w, pw, pw0, grad, n, gscale, ge, lscale, loss_sum, le)
+        kt.f32.bce_block(x, y, w, pw, pw0, grad, n, gscale, ge, lscale, loss_sum, le)
     else:
-        KT.f64.bce_block(x, y, w, pw, pw0, grad, n, gscale, ge, lscale, loss_sum, le)
+        kt.f64.bce_block(x, y, w, pw, pw0, grad, n, gscale, ge, lscale, loss_sum, le)
 
 
 cdef inline floating *bce_addr(const BceOp *o, int64_t r, int64_t c0, floating *dummy) noexcept nogil:
@@ -114,7 +116,7 @@ cdef inline void bce_item(const BceOp *ops, const BceGrid *g, int64_t item,
         grad = bce_addr(&ops[BCE_GRAD], r, c0, scratch) if ops[BCE_GRAD].es == 1 else scratch + 5 * g.blk
     if ops[BCE_LE].base != NULL:
         le = bce_addr(&ops[BCE_LE], r, c0, scratch) if ops[BCE_LE].es == 1 else scratch + 6 * g.blk
-    k_bce(x, y, w, pw, pw0, grad, n, gscale, ge, lscale, &s if g.partial != NULL else NULL, le)
+    k_bce(g.kt, x, y, w, pw, pw0, grad, n, gscale, ge, lscale, &s if g.partial != NULL else NULL, le)
     if g.partial != NULL:
         g.partial[item] = s
     if grad != NULL and ops[BCE_GRAD].es != 1:
@@ -164,6 +166,7 @@ def bce_sweep(x, y, w, pw, ge, grad, loss_elem, int64_t R, int64_t L, int64_t n_
     g.blk = blk
     g.nchunks = (L + blk - 1) // blk
     g.pw0 = pw0
+    g.kt = KT
     g.gscale = gscale
     g.partial = <double *> cnp.PyArray_DATA(<cnp.ndarray> partial) if partial is not None else NULL
     cdef bint need_scratch = False

@@ -278,6 +278,7 @@ cdef struct Sweep:
     double logit_scale          # logits become logit_scale * x first; 1 = off
     bint transform              # softcap or logit_scale: rows go through scratch
     bint direct_out             # the output has the input's strides (columns write in place)
+    const fce_kernels *kt       # the kernel table of this call: one snapshot (set_isa may run)
     char *scratch               # every thread's scratch, allocated before the sweep ...
     int64_t scratch_per         # ... scratch_per bytes each (split rows: the shared buffers)
 
@@ -440,46 +441,46 @@ cdef inline void finish_row(const Sweep *s, int64_t r, int64_t y, double lse, do
 
 
 # thin typed wrappers over the table
-cdef inline void k_stats(const floating *x, int64_t n, const void *w, int want_wx,
+cdef inline void k_stats(const fce_kernels *kt, const floating *x, int64_t n, const void *w, int want_wx,
                          fce_stats *st) noexcept nogil:
     if floating is float:
-        KT.f32.row_stats(x, n, <const float *> w, want_wx, st)
+        kt.f32.row_stats(x, n, <const float *> w, want_wx, st)
     else:
-        KT.f64.row_stats(x, n, <const double *> w, want_wx, st)
+        kt.f64.row_stats(x, n, <const double *> w, want_wx, st)
 
 
 cdef inline void k_out(const Sweep *s, const floating *x, floating *out, int64_t n, double lse,
                        const double *coef) noexcept nogil:
     if s.out_kind == OUT_LOG:
         if floating is float:
-            KT.f32.row_sub_shift(x, out, n, lse)
+            s.kt.f32.row_sub_shift(x, out, n, lse)
         else:
-            KT.f64.row_sub_shift(x, out, n, lse)
+            s.kt.f64.row_sub_shift(x, out, n, lse)
     elif floating is float:
-        KT.f32.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const float *> s.wt)
+        s.kt.f32.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const float *> s.wt)
     else:
-        KT.f64.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const double *> s.wt)
+        s.kt.f64.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const double *> s.wt)
 
 
-cdef inline void k_scale(floating *x, int64_t n, double a) noexcept nogil:
+cdef inline void k_scale(const fce_kernels *kt, floating *x, int64_t n, double a) noexcept nogil:
     if floating is float:
-        KT.f32.row_scale(x, n, a, 0.0, NULL)
+        kt.f32.row_scale(x, n, a, 0.0, NULL)
     else:
-        KT.f64.row_scale(x, n, a, 0.0, NULL)
+        kt.f64.row_scale(x, n, a, 0.0, NULL)
 
 
-cdef inline void k_softcap(const floating *x, floating *out, int64_t n, double cap) noexcept nogil:
+cdef inline void k_softcap(const fce_kernels *kt, const floating *x, floating *out, int64_t n, double cap) noexcept nogil:
     if floating is float:
-        KT.f32.row_softcap(x, out, n, cap)
+        kt.f32.row_softcap(x, out, n, cap)
     else:
-        KT.f64.row_softcap(x, out, n, cap)
+        kt.f64.row_softcap(x, out, n, cap)
 
 
-cdef inline void k_softcap_grad(const floating *xc, floating *g, int64_t n, double cap) noexcept nogil:
+cdef inline void k_softcap_grad(const fce_kernels *kt, const floating *xc, floating *g, int64_t n, double cap) noexcept nogil:
     if floating is float:
-        KT.f32.row_softcap_grad(xc, g, n, cap)
+        kt.f32.row_softcap_grad(xc, g, n, cap)
     else:
-        KT.f64.row_softcap_grad(xc, g, n, cap)
+        kt.f64.row_softcap_grad(xc, g, n, cap)
 
 
 cdef inline void copy_strided(const floating *src, int64_t ss, floating *dst, int64_t ds,
@@ -498,15 +499,15 @@ cdef inline void zero_strided(floating *dst, int64_t ds, int64_t n) noexcept nog
             dst[c * ds] = 0
 
 
-cdef inline void load_row(int kind, const char *src, int64_t ss, float *dst, int64_t n) noexcept nogil:
+cdef inline void load_row(const fce_kernels *kt, int kind, const char *src, int64_t ss, float *dst, int64_t n) noexcept nogil:
     """A float16/bfloat16 row (element stride ss) into float32 scratch."""
     cdef const uint16_t *h = <const uint16_t *> src
     cdef int64_t c
     if ss == 1:
         if kind == HALF_F16:
-            KT.f16_to_f32(h, dst, n)
+            kt.f16_to_f32(h, dst, n)
         else:
-            KT.bf16_to_f32(h, dst, n)
+            kt.bf16_to_f32(h, dst, n)
     elif kind == HALF_F16:
         for c in range(n):
             dst[c] = fce_cvt_f16_f32(h[c * ss])
@@ -515,15 +516,15 @@ cdef inline void load_row(int kind, const char *src, int64_t ss, float *dst, int
             dst[c] = fce_cvt_bf16_f32(h[c * ss])
 
 
-cdef inline void store_row(int kind, const float *src, char *dst, int64_t ds, int64_t n) noexcept nogil:
+cdef inline void store_row(const fce_kernels *kt, int kind, const float *src, char *dst, int64_t ds, int64_t n) noexcept nogil:
     """A float32 row into float16/bfloat16 storage (element stride ds), rounded once."""
     cdef uint16_t *h = <uint16_t *> dst
     cdef int64_t c
     if ds == 1:
         if kind == HALF_F16:
-            KT.f32_to_f16(src, h, n)
+            kt.f32_to_f16(src, h, n)
         else:
-            KT.f32_to_bf16(src, h, n)
+            kt.f32_to_bf16(src, h, n)
     elif kind == HALF_F16:
         for c in range(n):
             h[c * ds] = fce_cvt_f32_f16(src[c])
@@ -604,15 +605,15 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
     cdef double lse, T1, wtx, g, a
     if floating is float:
         if s.th:
-            load_row(s.th, row_addr(&s.t, r), s.t.sc, scratch + s.C, s.C)
+            load_row(s.kt, s.th, row_addr(&s.t, r), s.t.sc, scratch + s.C, s.C)
             trow = scratch + s.C
     if s.t.sc != 1 and not s.th:
         copy_strided(trow, s.t.sc, scratch + s.C, 1, s.C)
         trow = scratch + s.C
     if floating is float:
-        KT.f32.row_soft_stats(row, trow, s.C, <const float *> s.wt, &st)
+        s.kt.f32.row_soft_stats(row, trow, s.C, <const float *> s.wt, &st)
     else:
-        KT.f64.row_soft_stats(row, trow, s.C, <const double *> s.wt, &st)
+        s.kt.f64.row_soft_stats(row, trow, s.C, <const double *> s.wt, &st)
     lse = stats_lse(st.max, st.sum)
     T1 = (1.0 - s.eps) * st.wts + s.eps / s.C * s.W
     wtx = (1.0 - s.eps) * st.wtx
@@ -629,10 +630,10 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
     a = g * T1 + (g * 2.0 * s.z * lse if s.z != 0.0 else 0.0)
     dst = out_buffer(s, r, scratch)
     if floating is float:
-        KT.f32.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
+        s.kt.f32.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
                              <const float *> s.wt)
     else:
-        KT.f64.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
+        s.kt.f64.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
                              <const double *> s.wt)
     store_out(s, r, dst, row)
 
@@ -643,7 +644,7 @@ cdef inline const floating *load_x(const Sweep *s, int64_t r, floating *scratch)
     cdef const floating *row = <const floating *> row_addr(&s.x, r)
     if floating is float:
         if s.xh:
-            load_row(s.xh, row_addr(&s.x, r), s.x.sc, scratch, s.C)
+            load_row(s.kt, s.xh, row_addr(&s.x, r), s.x.sc, scratch, s.C)
             row = scratch
     if s.x_strided and not s.xh:
         copy_strided(row, s.x.sc, scratch, 1, s.C)
@@ -651,10 +652,10 @@ cdef inline const floating *load_x(const Sweep *s, int64_t r, floating *scratch)
     if s.logit_scale != 1.0:
         if row != scratch:
             memcpy(scratch, row, s.C * sizeof(floating))
-        k_scale(scratch, s.C, s.logit_scale)
+        k_scale(s.kt, scratch, s.C, s.logit_scale)
         row = scratch
     if s.softcap != 0.0:
-        k_softcap(row, scratch, s.C, s.softcap)
+        k_softcap(s.kt, row, scratch, s.C, s.softcap)
         row = scratch
     return row
 
@@ -674,12 +675,12 @@ cdef inline void store_out(const Sweep *s, int64_t r, floating *dst, const float
     then store it."""
     cdef floating *orow = <floating *> row_addr(&s.o, r)
     if s.softcap != 0.0:
-        k_softcap_grad(xrow, dst, s.C, s.softcap)  # d/dx = d/dxc * (1 - (xc / c)**2)
+        k_softcap_grad(s.kt, xrow, dst, s.C, s.softcap)  # d/dx = d/dxc * (1 - (xc / c)**2)
     if s.logit_scale != 1.0:
-        k_scale(dst, s.C, s.logit_scale)
+        k_scale(s.kt, dst, s.C, s.logit_scale)
     if floating is float:
         if s.oh:
-            store_row(s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
+            store_row(s.kt, s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
             return
     if dst != orow:
         copy_strided(dst, 1, orow, s.o.sc, s.C)
@@ -697,7 +698,7 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     if y == IGNORED:
         ignore_row(s, r)
         if s.compute_lse and s.lse != NULL:  # only the loss is masked
-            k_stats(load_x(s, r, scratch), s.C, NULL, 0, &st)
+            k_stats(s.kt, load_x(s, r, scratch), s.C, NULL, 0, &st)
             s.lse[r] = stats_lse(st.max, st.sum)
         if s.out_kind != OUT_NONE:
             if s.oh:
@@ -710,7 +711,7 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
         fused_row(s, r, y, row, scratch)
         return
     if s.compute_lse or wants_wx(s):
-        k_stats(row, s.C, s.wt, wants_wx(s), &st)
+        k_stats(s.kt, row, s.C, s.wt, wants_wx(s), &st)
         wx = st.wx
     lse = stats_lse(st.max, st.sum) if s.compute_lse else s.lse[r]
     yl = owned_class(s, y)
@@ -736,14 +737,14 @@ cdef inline void fused_row(const Sweep *s, int64_t r, int64_t y, const floating 
     cdef fce_stats st
     cdef double coef[3]
     if floating is float:
-        KT.f32.row_fused_stats(row, dst, s.C, <const float *> s.wt, wants_wx(s), &st)
+        s.kt.f32.row_fused_stats(row, dst, s.C, <const float *> s.wt, wants_wx(s), &st)
     else:
-        KT.f64.row_fused_stats(row, dst, s.C, <const double *> s.wt, wants_wx(s), &st)
+        s.kt.f64.row_fused_stats(row, dst, s.C, <const double *> s.wt, wants_wx(s), &st)
     finish_row(s, r, y, stats_lse(st.max, st.sum), xy, st.wx, coef)
     if floating is float:
-        KT.f32.row_scale(dst, s.C, coef[0] / st.sum, coef[1], <const float *> s.wt)
+        s.kt.f32.row_scale(dst, s.C, coef[0] / st.sum, coef[1], <const float *> s.wt)
     else:
-        KT.f64.row_scale(dst, s.C, coef[0] / st.sum, coef[1], <const double *> s.wt)
+        s.kt.f64.row_scale(dst, s.C, coef[0] / st.sum, coef[1], <const double *> s.wt)
     if yl >= 0:
         dst[yl] = dst[yl] - <floating> coef[2]
     store_out(s, r, dst, row)
@@ -773,7 +774,7 @@ cdef inline void split_stats(const Sweep *s, int64_t k, fce_stats *parts, floati
     cdef int64_t r = k // s.per
     cdef int64_t c0 = (k - r * s.per) * SPLIT_CHUNK
     cdef const floating *w = (<const floating *> s.wt) + c0 if s.wt != NULL else NULL
-    k_stats((<const floating *> row_addr(&s.x, r)) + c0, min(<int64_t> SPLIT_CHUNK, s.C - c0), w,
+    k_stats(s.kt, (<const floating *> row_addr(&s.x, r)) + c0, min(<int64_t> SPLIT_CHUNK, s.C - c0), w,
             wants_wx(s), &parts[k])
 
 
@@ -870,10 +871,10 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
     # statistics of all lanes
     if s.compute_lse or wants_wx(s):
         if floating is float:
-            KT.f32.col_stats(xp, xsc, C, nl, <const float *> s.wt, wants_wx(s), mx, sm, wx)
+            s.kt.f32.col_stats(xp, xsc, C, nl, <const float *> s.wt, wants_wx(s), mx, sm, wx)
         else:
-            KT.f64.col_stats(xp, xsc, C, nl, <const double *> s.wt, wants_wx(s), mx, sm, wx)
-        KT.f64.vlog(sm, logsm, nl)  # one vector log for the block, not a libm call per row
+            s.kt.f64.col_stats(xp, xsc, C, nl, <const double *> s.wt, wants_wx(s), mx, sm, wx)
+        s.kt.f64.vlog(sm, logsm, nl)  # one vector log for the block, not a libm call per row
     for l in range(nl):
         r = r0 + l * rstep
         y = ys[l]
@@ -903,14 +904,14 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
         dst, osc = scratch, L
     if s.out_kind == OUT_LOG:
         if floating is float:
-            KT.f32.col_sub_shift(xp, xsc, dst, osc, C, nl, lse)
+            s.kt.f32.col_sub_shift(xp, xsc, dst, osc, C, nl, lse)
         else:
-            KT.f64.col_sub_shift(xp, xsc, dst, osc, C, nl, lse)
+            s.kt.f64.col_sub_shift(xp, xsc, dst, osc, C, nl, lse)
     elif floating is float:
-        KT.f32.col_exp_affine(xp, xsc, dst, osc, C, nl, lse, a, beta if any_beta else NULL,
+        s.kt.f32.col_exp_affine(xp, xsc, dst, osc, C, nl, lse, a, beta if any_beta else NULL,
                               <const float *> s.wt)
     else:
-        KT.f64.col_exp_affine(xp, xsc, dst, osc, C, nl, lse, a, beta if any_beta else NULL,
+        s.kt.f64.col_exp_affine(xp, xsc, dst, osc, C, nl, lse, a, beta if any_beta else NULL,
                               <const double *> s.wt)
     for l in range(nl):
         y = ys[l]
@@ -940,7 +941,8 @@ cdef int dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads,
     outputs untouched."""
     cdef bint f32 = cnp.PyArray_TYPE(x) != cnp.NPY_DOUBLE  # float32, or halves in float32
     cdef int64_t nbytes
-    plan(s, x, out, soft_target, KT.f32.lanes if f32 else KT.f64.lanes)
+    s.kt = KT
+    plan(s, x, out, soft_target, s.kt.f32.lanes if f32 else s.kt.f64.lanes)
     n_threads = clamp_threads(n_threads, s.rows * s.C)
     if s.mode != MODE_SPLIT and n_threads > (s.rows if s.mode == MODE_ROWS else s.nblocks):
         n_threads = <int> max(1, s.rows if s.mode == MODE_ROWS else s.nblocks)  # one item each

@@ -88,3 +88,54 @@ def test_scratch_that_cannot_be_allocated_is_a_memory_error():
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["MemoryError"] * 3, proc.stdout
+
+
+def test_set_isa_during_calls_gives_one_isas_result():
+    """Each call takes one snapshot of the kernel table: with other threads flipping
+    set_isa, every result is bitwise one of the single-ISA results (the sweeps release the
+    GIL, so the calls really overlap)."""
+    import threading
+
+    isas = fastce.supported_isas()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100_000, 10)).astype(np.float32)
+    t = rng.integers(0, 10, 100_000)
+    y = (x > 0).astype(np.float32)
+    before = fastce.get_isa()
+    want_ce, want_bce = set(), set()
+    try:
+        for isa in isas:
+            fastce.set_isa(isa)
+            want_ce.add(fastce.cross_entropy(x, t, reduction="none", n_threads=2).tobytes())
+            want_bce.add(fastce.binary_cross_entropy_with_logits(x, y, n_threads=2).tobytes())
+        stop = threading.Event()
+        got, errors = [], []
+
+        def flip():
+            k = 0
+            while not stop.is_set():
+                fastce.set_isa(isas[k % len(isas)])
+                k += 1
+
+        def work():
+            try:
+                for _ in range(8):
+                    got.append(("ce", fastce.cross_entropy(x, t, reduction="none", n_threads=2).tobytes()))
+                    got.append(("bce", fastce.binary_cross_entropy_with_logits(x, y, n_threads=2).tobytes()))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        flipper = threading.Thread(target=flip)
+        workers = [threading.Thread(target=work) for _ in range(4)]
+        flipper.start()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        stop.set()
+        flipper.join()
+    finally:
+        fastce.set_isa(before)
+    assert not errors, errors
+    assert len(got) == 64
+    assert all(r in (want_ce if kind == "ce" else want_bce) for kind, r in got)
