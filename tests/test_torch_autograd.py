@@ -242,7 +242,9 @@ def test_follows_torch_threads(monkeypatch):
     assert seen == [1, 2, 1]
 
 
-def test_import_fastce_does_not_import_torch():
+def test_import_fastce_does_not_import_torch(tmp_path):
     code = "import sys, fastce; fastce.cross_entropy([[1.0, 2.0]], [0]); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # cwd outside the repository: `python -c` puts the working directory first on sys.path
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     assert out.stdout.strip() == "False"
