@@ -223,7 +223,7 @@ DEF SPLIT_CHUNK = 16384   # elements per chunk when huge rows are split
 DEF SPLIT_MIN_C = 65536   # rows at least this long are split ...
 DEF SPLIT_MAX_ROWS = 16   # ... when there are fewer than this many
 DEF MAX_LANES = 16
-DEF MIN_WORK_PER_THREAD = 32768  # elements: below this per thread, use fewer threads
+DEF MIN_WORK_PER_THREAD = 8192  # elements: below this per thread, use fewer threads
 DEF FUSED_MAX_BYTES = 262144     # rows up to this size take the one-exp gradient (three passes,
                                  # two of them in L2); longer rows take two exps, two passes
 
