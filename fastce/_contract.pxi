@@ -684,14 +684,15 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
     sharded = Ctot != C
 
     # target: probability targets (a float array of the logits' shape) or class indices
-    if (not nll and isinstance(target, cnp.ndarray)
-            and cnp.PyArray_ISFLOAT(<cnp.ndarray> target)
-            and (<object> target).shape == xshape) or (not nll and not isinstance(target, cnp.ndarray)
-                                             and is_probability_target(target, xshape)):
+    if isinstance(target, cnp.ndarray):
+        soft = (not nll and cnp.PyArray_ISFLOAT(<cnp.ndarray> target)
+                and (<object> target).shape == xshape)
+    else:
+        soft = not nll and is_probability_target(target, xshape)
+    if soft:
         if sharded:
             raise ValueError("probability targets cannot be split over vocabulary shards "
                              "(class_start/num_classes); pass class indices")
-        soft = True
         soft3 = as_rows3(as_soft_target(target, xshape, x.dtype, ignore_index), axis)
     else:
         t_arr = None
@@ -705,13 +706,15 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
             elif ndim == 2:
                 if cnp.PyArray_NDIM(t_arr) != 1 or cnp.PyArray_DIMS(t_arr)[0] != rows:
                     t_arr = None
-            elif not (cnp.PyArray_IS_C_CONTIGUOUS(t_arr) and (<object> t_arr).shape == expected_target_shape(xshape)):
+            elif not (cnp.PyArray_IS_C_CONTIGUOUS(t_arr)
+                      and (<object> t_arr).shape == expected_target_shape(xshape)):
                 t_arr = None
         if t_arr is None:
             t_arr = _hard_target_slow(target, xshape, Ctot, ignore_index, logits_name)
         s.tgt = <const char *> cnp.PyArray_DATA(t_arr)
         s.t32 = cnp.PyArray_ITEMSIZE(t_arr) == 4
-        s.tstride = cnp.PyArray_STRIDES(t_arr)[0] if cnp.PyArray_NDIM(t_arr) == 1 else cnp.PyArray_ITEMSIZE(t_arr)
+        s.tstride = (cnp.PyArray_STRIDES(t_arr)[0] if cnp.PyArray_NDIM(t_arr) == 1
+                     else cnp.PyArray_ITEMSIZE(t_arr))
         s.has_ignore = -_INT64_MAX - 1 <= ignore_index <= _INT64_MAX
         s.ignore_index = ignore_index if s.has_ignore else 0
 
