@@ -522,19 +522,25 @@ cdef object _bad_target(object target, int64_t flat, int64_t value, int64_t n_cl
 
 
 def as_soft_target(target, logits_shape, dtype, ignore_index):
-    """Probability targets in the logits' dtype (copied only when the dtype differs)."""
+    """Probability targets in the logits' dtype (copied only when the dtype differs); with
+    float16/bfloat16 logits, targets of another dtype go to float32, the compute dtype, and
+    are never rounded to half precision."""
     if is_cupy(target):
         raise TypeError("target is a CuPy array but logits is not: mix of CuPy and NumPy")
     if ignore_index != -100:
         raise ArgumentValueError(f"ignore_index={ignore_index} is not supported with probability "
                                  f"targets (a float target of the logits' shape {tuple(logits_shape)})")
-    return np.asarray(target).astype(dtype, copy=False)
+    t = np.asarray(target)
+    if np.dtype(dtype).itemsize == 2 and t.dtype != dtype:
+        dtype = _f32
+    return t.astype(dtype, copy=False)
 
 
 def is_probability_target(target, logits_shape):
     """Class probabilities: a floating target with exactly the logits' shape (torch's rule)."""
     t = target if isinstance(target, np.ndarray) else np.asarray(target)
-    return np.issubdtype(t.dtype, np.floating) and t.shape == tuple(logits_shape)
+    return ((np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16")
+            and t.shape == tuple(logits_shape))
 
 
 def as_weight(weight, n_classes, dtype):
@@ -685,7 +691,8 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
 
     # target: probability targets (a float array of the logits' shape) or class indices
     if isinstance(target, cnp.ndarray):
-        soft = (not nll and cnp.PyArray_ISFLOAT(<cnp.ndarray> target)
+        soft = (not nll and (cnp.PyArray_ISFLOAT(<cnp.ndarray> target)
+                             or (<object> target).dtype.name == "bfloat16")
                 and (<object> target).shape == xshape)
     else:
         soft = not nll and is_probability_target(target, xshape)
@@ -819,8 +826,8 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
             nll_rows(&s, x3, <cnp.ndarray> o3 if want_grad else None, rowbuf,
                      g0 / norm if want_grad else 0.0, C)
         elif rows:
-            s.W, s.Wtot, s.cstart = W, Wtot, cstart
-            s.eps, s.z, s.zfold = eps, zc, zfold
+            s.rp.W, s.rp.Wtot, s.cstart, s.rp.ctot = W, Wtot, cstart, <double> Ctot
+            s.rp.eps, s.rp.z, s.rp.zfold = eps, zc, zfold
             s.softcap, s.logit_scale = cap, scale
             s.loss = rowbuf
             if lse_in is not None and not soft:
@@ -852,7 +859,9 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
             else:
                 total = pairwise_sum(rowbuf, rows) if rows else 0.0
                 if red == RED_MEAN:
-                    total = total / norm  # 0 / 0 = nan when no row counts, like torch
+                    # 0 / 0 = nan when no row counts, like torch; a zero weight total is
+                    # nan too (torch's nll term is 0 / 0 whatever the smoothing term is)
+                    total = total / norm if norm != 0.0 else NAN
                 fv = <float> total  # a NumPy scalar of the compute dtype, made in C
                 res = (PyArray_Scalar(&total, <cnp.dtype> _f64, NULL) if cdtype is _f64
                        else PyArray_Scalar(&fv, <cnp.dtype> _f32, NULL))

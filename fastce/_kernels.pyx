@@ -13,18 +13,19 @@ Design, in layers:
    rows (SIMD along classes), columns (``lanes`` rows side by side, for class-strided
    layouts, read in place, or small ``C``, transposed into scratch), or split (a few
    huge rows cut into fixed chunks).
-3. Per-row arithmetic.  ``finish_row`` turns a row's log-sum-exp into its loss and the
-   coefficients of its output row; every mode shares it.
+3. Per-row arithmetic.  ``finish_row`` turns a row's statistics (lse as the pair
+   ``(max, log sum)``, deviations from the max) into its loss and the coefficients of its
+   output row, with the formulas of ``include/fastce/row.h``; every mode shares it.
 4. Sweeps.  ``prange`` over rows, blocks or chunks, static schedule, GIL released,
    per-thread scratch of ``C`` (or ``C * lanes``) elements, never ``N x C``.  Each row is
    computed by one thread in a fixed order, and per-row results land in ``O(N)`` float64
    buffers the caller reduces in a fixed order: bitwise identical for any ``n_threads``.
 
-No argument checking here: ``fastce/_validation.py`` has done it.  Every pointer and
-stride below is trusted.
+No argument checking in the sweeps: the contract (``_contract.pxi``) has done it.  Every
+pointer and stride below is trusted.
 """
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport INFINITY, NAN, fabs, log
+from libc.math cimport INFINITY, NAN, fabs, log, log1p
 from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -43,33 +44,35 @@ cdef extern from "fastce/fastce.h" nogil:
     ctypedef struct fce_stats:
         double max
         double sum
-        double wx
-        double wtx
-        double wts
+        double dev
+        double u
 
     ctypedef struct fce_kernels_f32:
-        void (*row_stats)(const float *x, int64_t n, const float *w, int want_wx, fce_stats *st) noexcept nogil
-        void (*row_exp_affine)(const float *x, float *out, int64_t n, double shift, double a,
+        void (*row_stats)(const float *x, int64_t n, const float *w, int want_dev, fce_stats *st) noexcept nogil
+        double (*row_tail)(const float *x, int64_t n, double top) noexcept nogil
+        void (*row_exp_affine)(const float *x, float *out, int64_t n, double m, double l, double a,
                                double beta, const float *w) noexcept nogil
-        void (*row_sub_shift)(const float *x, float *out, int64_t n, double shift) noexcept nogil
-        void (*row_fused_stats)(const float *x, float *out, int64_t n, const float *w, int want_wx,
+        void (*row_sub_shift)(const float *x, float *out, int64_t n, double m, double l) noexcept nogil
+        void (*row_fused_stats)(const float *x, float *out, int64_t n, const float *w, int want_dev,
                                 fce_stats *st) noexcept nogil
         void (*row_scale)(float *out, int64_t n, double a, double beta, const float *w) noexcept nogil
-        void (*row_soft_stats)(const float *x, const float *t, int64_t n, const float *w,
-                               fce_stats *st) noexcept nogil
-        void (*row_soft_grad)(const float *x, const float *t, float *out, int64_t n, double shift,
+        void (*row_soft_stats)(const float *x, const float *t, int64_t n, const float *w, double ta,
+                               double tb, fce_stats *st) noexcept nogil
+        void (*row_soft_grad)(const float *x, const float *t, float *out, int64_t n, double m, double l,
                               double a, double beta, double delta, const float *w) noexcept nogil
         void (*row_softcap)(const float *x, float *out, int64_t n, double cap) noexcept nogil
         void (*row_softcap_grad)(const float *xc, float *g, int64_t n, double cap) noexcept nogil
         void (*vtanh)(const float *x, float *out, int64_t n) noexcept nogil
         int lanes
         void (*col_stats)(const float *x, int64_t sc, int64_t C, int64_t nl, const float *w,
-                          int want_wx, double *mx, double *sum, double *wx) noexcept nogil
+                          int want_dev, double *mx, double *sum, double *dev) noexcept nogil
+        void (*col_tail)(const float *x, int64_t sc, int64_t C, int64_t nl, const double *top,
+                         double *tail) noexcept nogil
         void (*col_exp_affine)(const float *x, int64_t sc, float *out, int64_t osc, int64_t C,
-                               int64_t nl, const double *shift, const double *a,
+                               int64_t nl, const double *m, const double *l, const double *a,
                                const double *beta, const float *w) noexcept nogil
         void (*col_sub_shift)(const float *x, int64_t sc, float *out, int64_t osc, int64_t C,
-                              int64_t nl, const double *shift) noexcept nogil
+                              int64_t nl, const double *m, const double *l) noexcept nogil
         void (*vexp)(const float *x, float *out, int64_t n) noexcept nogil
         void (*vlog)(const float *x, float *out, int64_t n) noexcept nogil
         # --- binary cross-entropy with logits (_bce.pxi) ---
@@ -78,28 +81,31 @@ cdef extern from "fastce/fastce.h" nogil:
                           double lscale, double *loss_sum, float *loss_elem) noexcept nogil
 
     ctypedef struct fce_kernels_f64:
-        void (*row_stats)(const double *x, int64_t n, const double *w, int want_wx, fce_stats *st) noexcept nogil
-        void (*row_exp_affine)(const double *x, double *out, int64_t n, double shift, double a,
+        void (*row_stats)(const double *x, int64_t n, const double *w, int want_dev, fce_stats *st) noexcept nogil
+        double (*row_tail)(const double *x, int64_t n, double top) noexcept nogil
+        void (*row_exp_affine)(const double *x, double *out, int64_t n, double m, double l, double a,
                                double beta, const double *w) noexcept nogil
-        void (*row_sub_shift)(const double *x, double *out, int64_t n, double shift) noexcept nogil
-        void (*row_fused_stats)(const double *x, double *out, int64_t n, const double *w, int want_wx,
+        void (*row_sub_shift)(const double *x, double *out, int64_t n, double m, double l) noexcept nogil
+        void (*row_fused_stats)(const double *x, double *out, int64_t n, const double *w, int want_dev,
                                 fce_stats *st) noexcept nogil
         void (*row_scale)(double *out, int64_t n, double a, double beta, const double *w) noexcept nogil
-        void (*row_soft_stats)(const double *x, const double *t, int64_t n, const double *w,
-                               fce_stats *st) noexcept nogil
-        void (*row_soft_grad)(const double *x, const double *t, double *out, int64_t n, double shift,
+        void (*row_soft_stats)(const double *x, const double *t, int64_t n, const double *w, double ta,
+                               double tb, fce_stats *st) noexcept nogil
+        void (*row_soft_grad)(const double *x, const double *t, double *out, int64_t n, double m, double l,
                               double a, double beta, double delta, const double *w) noexcept nogil
         void (*row_softcap)(const double *x, double *out, int64_t n, double cap) noexcept nogil
         void (*row_softcap_grad)(const double *xc, double *g, int64_t n, double cap) noexcept nogil
         void (*vtanh)(const double *x, double *out, int64_t n) noexcept nogil
         int lanes
         void (*col_stats)(const double *x, int64_t sc, int64_t C, int64_t nl, const double *w,
-                          int want_wx, double *mx, double *sum, double *wx) noexcept nogil
+                          int want_dev, double *mx, double *sum, double *dev) noexcept nogil
+        void (*col_tail)(const double *x, int64_t sc, int64_t C, int64_t nl, const double *top,
+                         double *tail) noexcept nogil
         void (*col_exp_affine)(const double *x, int64_t sc, double *out, int64_t osc, int64_t C,
-                               int64_t nl, const double *shift, const double *a,
+                               int64_t nl, const double *m, const double *l, const double *a,
                                const double *beta, const double *w) noexcept nogil
         void (*col_sub_shift)(const double *x, int64_t sc, double *out, int64_t osc, int64_t C,
-                              int64_t nl, const double *shift) noexcept nogil
+                              int64_t nl, const double *m, const double *l) noexcept nogil
         void (*vexp)(const double *x, double *out, int64_t n) noexcept nogil
         void (*vlog)(const double *x, double *out, int64_t n) noexcept nogil
         # --- binary cross-entropy with logits (_bce.pxi) ---
@@ -125,6 +131,24 @@ cdef extern from "fastce/fastce.h" nogil:
     uint16_t fce_cvt_f32_bf16(float f)
     int fce_isa_supported(int i)
     fce_stats fce_stats_merge(fce_stats a, fce_stats b)
+
+
+cdef extern from "fastce/row.h" nogil:
+    ctypedef struct fce_row_params:
+        double eps
+        double ctot
+        double W
+        double Wtot
+        double z
+        double zfold
+    double fce_hard_loss(const fce_row_params *p, double wy, int owns, double m, double l,
+                         double xy, double mref, double dev)
+    void fce_hard_coef(const fce_row_params *p, double wy, int owns, double lse, double g,
+                       double gz, double *coef)
+    double fce_soft_loss(const fce_row_params *p, double m, double l, double mref, double dev,
+                         double u)
+    void fce_soft_coef(const fce_row_params *p, double u, double lse, double g, double *coef)
+    bint fce_needs_tail(double sum)
 
 
 cdef extern from *:
@@ -222,6 +246,7 @@ DEF SMALL_C = 32          # up to here, contiguous rows go `lanes` at a time
 DEF SPLIT_CHUNK = 16384   # elements per chunk when huge rows are split
 DEF SPLIT_MIN_C = 65536   # rows at least this long are split ...
 DEF SPLIT_MAX_ROWS = 16   # ... when there are fewer than this many
+DEF SPLIT_COEF = 5        # per split row: a, beta, gamma and the lse pair (m, l)
 DEF MAX_LANES = 16
 DEF MIN_WORK_PER_THREAD = 8192  # elements: below this per thread, use fewer threads
 DEF FUSED_MAX_BYTES = 262144     # rows up to this size take the one-exp gradient (three passes,
@@ -250,12 +275,8 @@ cdef struct Sweep:
     const double *wd            # (Ctot,) float64 class weights, or NULL ...
     const float *wdf            # ... or the same in float32 (weights given as float32)
     const void *wt              # (C,) the same in the data dtype, or NULL
-    double W                    # sum of this array's class weights (C when unweighted)
-    double Wtot                 # sum over all classes (== W unless the vocabulary is sharded)
+    fce_row_params rp           # label smoothing, class weight sums, z-loss (row.h)
     int64_t cstart, Ctot        # vocabulary shard: global index of class 0, total classes
-    double eps                  # label smoothing
-    double z                    # z-loss coefficient: z * lse**2 per row not ignored
-    double zfold                # the row value is ce + zfold * z * lse**2 (see fce_row docs)
     double zscale0              # gradient scale of the z-term ('mean' divides it differently)
     double *loss                # (rows,) out, or NULL
     double *lse                 # (rows,) out when compute_lse (ignored rows too), else in; or NULL
@@ -343,10 +364,16 @@ cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target
 # ---------------------------------------------------------------------------------------
 # 3. Per-row arithmetic shared by every mode
 # ---------------------------------------------------------------------------------------
-cdef inline double stats_lse(double mx, double sm) noexcept nogil:
-    if sm == 0.0 and mx == -INFINITY:  # empty or all -inf
-        return -INFINITY
-    return mx + log(sm)
+cdef inline double log_sum(const fce_kernels *kt, const floating *row, int64_t n,
+                          const fce_stats *st) noexcept nogil:
+    """l = log(sum exp(x - max)) of a row, so lse = st.max + l; a row dominated by its max
+    takes log1p of its tail, recomputed exactly (row.h: FCE_TAIL_REFINE)."""
+    if fce_needs_tail(st.sum):
+        if floating is float:
+            return log1p(kt.f32.row_tail(row, n, st.max))
+        else:
+            return log1p(kt.f64.row_tail(row, n, st.max))
+    return log(st.sum)
 
 
 cdef inline int64_t raw_target(const Sweep *s, int64_t r) noexcept nogil:
@@ -391,8 +418,8 @@ cdef int64_t scan_targets(const Sweep *s, double *valid, double *wsum) noexcept 
     return -1
 
 
-cdef inline bint wants_wx(const Sweep *s) noexcept nogil:
-    return s.tgt != NULL and s.eps != 0.0 and s.loss != NULL
+cdef inline bint wants_dev(const Sweep *s) noexcept nogil:
+    return s.tgt != NULL and s.rp.eps != 0.0 and s.loss != NULL
 
 
 cdef inline void ignore_row(const Sweep *s, int64_t r) noexcept nogil:
@@ -407,59 +434,49 @@ cdef inline int64_t owned_class(const Sweep *s, int64_t y) noexcept nogil:
     return y - s.cstart
 
 
-cdef inline void finish_row(const Sweep *s, int64_t r, int64_t y, double lse, double xy, double wx,
-                            double *coef) noexcept nogil:
-    """Store row r's lse and loss share; coef = (a, beta, gamma) of its output row.
+cdef inline void finish_row(const Sweep *s, int64_t r, int64_t y, double m, double l, double xy,
+                            double mref, double dev, double *coef) noexcept nogil:
+    """Store row r's lse (= m + l) and loss share; coef = (a, beta, gamma) of its output row.
 
-    y is the global target; xy its logit when this array holds it (owned_class >= 0).
-    Loss share: the nll and z terms where the target lives, the smoothing term over this
-    array's classes, so the shares of a sharded vocabulary add up to the full loss.
+    y is the global target; xy its logit when this array holds it (owned_class >= 0);
+    dev = sum_c w_c (mref - x_c) when smoothing. Loss share: the nll and z terms where the
+    target lives, the smoothing term over this array's classes, so the shares of a
+    sharded vocabulary add up to the full loss (row.h has the formulas).
     """
-    cdef double wy, g, loss
+    cdef double wy
     cdef bint owns = owned_class(s, y) >= 0
     if s.compute_lse and s.lse != NULL:
-        s.lse[r] = lse
+        s.lse[r] = m + l
     if y == NO_TARGET:
         coef[0], coef[1], coef[2] = 1.0, 0.0, 0.0
         return
     wy = weight_of(s, y)
     if s.loss != NULL:
-        loss = (1.0 - s.eps) * wy * (lse - xy) if owns else 0.0
-        if s.eps != 0.0:  # skipped at eps == 0: 0 * inf would turn masked rows into nan
-            loss = loss + s.eps / s.Ctot * (s.W * lse - wx)
-        if s.z != 0.0 and owns:  # folded in with the weight of its own normaliser
-            loss = loss + s.zfold * s.z * lse * lse
-        s.loss[r] = loss
-    # d loss / d x_c = g [((1-eps) w_y + eps Wtot / Ctot) p_c - (eps / Ctot) w_c
-    #                     - (1-eps) w_y [c == y]] + gz 2 z lse p_c
-    g = s.scale[r] if s.scale != NULL else s.scale0
-    coef[0] = g * ((1.0 - s.eps) * wy + s.eps / s.Ctot * s.Wtot)
-    if s.z != 0.0:
-        coef[0] = coef[0] + (s.scale[r] if s.scale != NULL else s.zscale0) * 2.0 * s.z * lse
-    coef[1] = g * s.eps / s.Ctot
-    coef[2] = g * (1.0 - s.eps) * wy if owns else 0.0
+        s.loss[r] = fce_hard_loss(&s.rp, wy, owns, m, l, xy, mref, dev)
+    fce_hard_coef(&s.rp, wy, owns, m + l, s.scale[r] if s.scale != NULL else s.scale0,
+                  s.scale[r] if s.scale != NULL else s.zscale0, coef)
 
 
 # thin typed wrappers over the table
-cdef inline void k_stats(const fce_kernels *kt, const floating *x, int64_t n, const void *w, int want_wx,
+cdef inline void k_stats(const fce_kernels *kt, const floating *x, int64_t n, const void *w, int want_dev,
                          fce_stats *st) noexcept nogil:
     if floating is float:
-        kt.f32.row_stats(x, n, <const float *> w, want_wx, st)
+        kt.f32.row_stats(x, n, <const float *> w, want_dev, st)
     else:
-        kt.f64.row_stats(x, n, <const double *> w, want_wx, st)
+        kt.f64.row_stats(x, n, <const double *> w, want_dev, st)
 
 
-cdef inline void k_out(const Sweep *s, const floating *x, floating *out, int64_t n, double lse,
-                       const double *coef) noexcept nogil:
+cdef inline void k_out(const Sweep *s, const floating *x, floating *out, int64_t n, double m,
+                       double l, const double *coef) noexcept nogil:
     if s.out_kind == OUT_LOG:
         if floating is float:
-            s.kt.f32.row_sub_shift(x, out, n, lse)
+            s.kt.f32.row_sub_shift(x, out, n, m, l)
         else:
-            s.kt.f64.row_sub_shift(x, out, n, lse)
+            s.kt.f64.row_sub_shift(x, out, n, m, l)
     elif floating is float:
-        s.kt.f32.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const float *> s.wt)
+        s.kt.f32.row_exp_affine(x, out, n, m, l, coef[0], coef[1], <const float *> s.wt)
     else:
-        s.kt.f64.row_exp_affine(x, out, n, lse, coef[0], coef[1], <const double *> s.wt)
+        s.kt.f64.row_exp_affine(x, out, n, m, l, coef[0], coef[1], <const double *> s.wt)
 
 
 cdef inline void k_scale(const fce_kernels *kt, floating *x, int64_t n, double a) noexcept nogil:
@@ -560,9 +577,9 @@ cdef int64_t scratch_bytes(Sweep *s, int64_t elem, int n_threads) noexcept:
     """Bytes of scratch the planned sweep needs, for all its threads (sets scratch_per)."""
     if s.rows == 0 or s.C == 0:
         return 0
-    if s.mode == MODE_SPLIT:  # chunk statistics, and (a, beta, gamma, lse) per row
+    if s.mode == MODE_SPLIT:  # chunk statistics, and SPLIT_COEF doubles per row
         s.scratch_per = 0
-        return s.nblocks * <int64_t> sizeof(fce_stats) + 4 * s.rows * <int64_t> sizeof(double)
+        return s.nblocks * <int64_t> sizeof(fce_stats) + SPLIT_COEF * s.rows * <int64_t> sizeof(double)
     if s.mode == MODE_ROWS:
         s.scratch_per = 3 * s.C * elem if (s.x_strided or s.o_strided or s.soft or s.xh or s.oh
                                            or s.transform) else 0
@@ -597,12 +614,13 @@ cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept no
 
 
 cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
-    # l = -sum_c w_c t'_c (x_c - lse), t' = (1 - eps) t + eps / C
+    # l = sum_c w_c t'_c (lse - x_c), t' = (1 - eps) t + eps / C (row.h)
     cdef const floating *row = load_x(s, r, scratch)
     cdef const floating *trow = <const floating *> row_addr(&s.t, r)
     cdef floating *dst
     cdef fce_stats st
-    cdef double lse, T1, wtx, g, a
+    cdef double l, g
+    cdef double coef[3]
     if floating is float:
         if s.th:
             load_row(s.kt, s.th, row_addr(&s.t, r), s.t.sc, scratch + s.C, s.C)
@@ -611,30 +629,27 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
         copy_strided(trow, s.t.sc, scratch + s.C, 1, s.C)
         trow = scratch + s.C
     if floating is float:
-        s.kt.f32.row_soft_stats(row, trow, s.C, <const float *> s.wt, &st)
+        s.kt.f32.row_soft_stats(row, trow, s.C, <const float *> s.wt, 1.0 - s.rp.eps,
+                                s.rp.eps / s.C, &st)
     else:
-        s.kt.f64.row_soft_stats(row, trow, s.C, <const double *> s.wt, &st)
-    lse = stats_lse(st.max, st.sum)
-    T1 = (1.0 - s.eps) * st.wts + s.eps / s.C * s.W
-    wtx = (1.0 - s.eps) * st.wtx
-    if s.eps != 0.0:  # skipped at eps == 0: 0 * inf would turn masked rows into nan
-        wtx = wtx + s.eps / s.C * st.wx
+        s.kt.f64.row_soft_stats(row, trow, s.C, <const double *> s.wt, 1.0 - s.rp.eps,
+                                s.rp.eps / s.C, &st)
+    l = log_sum(s.kt, row, s.C, &st)
     if s.lse != NULL:
-        s.lse[r] = lse
+        s.lse[r] = st.max + l
     if s.loss != NULL:
-        s.loss[r] = T1 * lse - wtx + (s.zfold * s.z * lse * lse if s.z != 0.0 else 0.0)
+        s.loss[r] = fce_soft_loss(&s.rp, st.max, l, st.max, st.dev, st.u)
     if s.out_kind == OUT_NONE:
         return
-    # d l / d x_c = g [(T1 + 2 z lse) p_c - w_c ((1 - eps) t_c + eps / C)]
     g = s.scale[r] if s.scale != NULL else s.scale0
-    a = g * T1 + (g * 2.0 * s.z * lse if s.z != 0.0 else 0.0)
+    fce_soft_coef(&s.rp, st.u, st.max + l, g, coef)
     dst = out_buffer(s, r, scratch)
     if floating is float:
-        s.kt.f32.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
-                             <const float *> s.wt)
+        s.kt.f32.row_soft_grad(row, trow, dst, s.C, st.max, l, coef[0], coef[1], coef[2],
+                               <const float *> s.wt)
     else:
-        s.kt.f64.row_soft_grad(row, trow, dst, s.C, lse, a, g * s.eps / s.C, g * (1.0 - s.eps),
-                             <const double *> s.wt)
+        s.kt.f64.row_soft_grad(row, trow, dst, s.C, st.max, l, coef[0], coef[1], coef[2],
+                               <const double *> s.wt)
     store_out(s, r, dst, row)
 
 
@@ -693,13 +708,14 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     cdef const floating *row
     cdef floating *dst
     cdef fce_stats st
-    cdef double lse, wx = 0.0, xy = 0.0
+    cdef double m, l = 0.0, xy = 0.0
     cdef double coef[3]
     if y == IGNORED:
         ignore_row(s, r)
         if s.compute_lse and s.lse != NULL:  # only the loss is masked
-            k_stats(s.kt, load_x(s, r, scratch), s.C, NULL, 0, &st)
-            s.lse[r] = stats_lse(st.max, st.sum)
+            row = load_x(s, r, scratch)
+            k_stats(s.kt, row, s.C, NULL, 0, &st)
+            s.lse[r] = st.max + log_sum(s.kt, row, s.C, &st)
         if s.out_kind != OUT_NONE:
             if s.oh:
                 zero_half(row_addr(&s.o, r), s.o.sc, s.C)
@@ -710,18 +726,21 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     if s.out_kind == OUT_EXP and s.compute_lse and s.C * sizeof(floating) <= FUSED_MAX_BYTES:
         fused_row(s, r, y, row, scratch)
         return
-    if s.compute_lse or wants_wx(s):
-        k_stats(s.kt, row, s.C, s.wt, wants_wx(s), &st)
-        wx = st.wx
-    lse = stats_lse(st.max, st.sum) if s.compute_lse else s.lse[r]
+    st.max, st.dev = 0.0, 0.0
+    if s.compute_lse or wants_dev(s):
+        k_stats(s.kt, row, s.C, s.wt, wants_dev(s), &st)
+    if s.compute_lse:
+        m, l = st.max, log_sum(s.kt, row, s.C, &st)
+    else:
+        m = s.lse[r]
     yl = owned_class(s, y)
     if yl >= 0:
         xy = row[yl]
-    finish_row(s, r, y, lse, xy, wx, coef)
+    finish_row(s, r, y, m, l, xy, st.max, st.dev, coef)
     if s.out_kind == OUT_NONE:
         return
     dst = out_buffer(s, r, scratch)
-    k_out(s, row, dst, s.C, lse, coef)
+    k_out(s, row, dst, s.C, m, l, coef)
     if yl >= 0 and s.out_kind == OUT_EXP:
         dst[yl] = dst[yl] - <floating> coef[2]
     store_out(s, r, dst, row)
@@ -735,12 +754,17 @@ cdef inline void fused_row(const Sweep *s, int64_t r, int64_t y, const floating 
     cdef double xy = row[yl] if yl >= 0 else 0.0  # before the output overwrites an in-place row
     cdef floating *dst = out_buffer(s, r, scratch)
     cdef fce_stats st
+    cdef double l
     cdef double coef[3]
     if floating is float:
-        s.kt.f32.row_fused_stats(row, dst, s.C, <const float *> s.wt, wants_wx(s), &st)
+        s.kt.f32.row_fused_stats(row, dst, s.C, <const float *> s.wt, wants_dev(s), &st)
     else:
-        s.kt.f64.row_fused_stats(row, dst, s.C, <const double *> s.wt, wants_wx(s), &st)
-    finish_row(s, r, y, stats_lse(st.max, st.sum), xy, st.wx, coef)
+        s.kt.f64.row_fused_stats(row, dst, s.C, <const double *> s.wt, wants_dev(s), &st)
+    if fce_needs_tail(st.sum) and <const floating *> dst == row:  # in place: x is now e
+        l = log1p(tail_of_e(dst, s.C))
+    else:
+        l = log_sum(s.kt, row, s.C, &st)
+    finish_row(s, r, y, st.max, l, xy, st.max, st.dev, coef)
     if floating is float:
         s.kt.f32.row_scale(dst, s.C, coef[0] / st.sum, coef[1], <const float *> s.wt)
     else:
@@ -750,24 +774,37 @@ cdef inline void fused_row(const Sweep *s, int64_t r, int64_t y, const floating 
     store_out(s, r, dst, row)
 
 
+cdef inline double tail_of_e(const floating *e, int64_t n) noexcept nogil:
+    """row_tail of a row already turned into e = exp(x - max), for an in-place gradient
+    whose x is gone: the e below 1, plus the ones (exp(0) is exactly 1) less one."""
+    cdef int64_t c
+    cdef double t = 0.0, ones = -1.0
+    for c in range(n):
+        if e[c] < 1:
+            t += e[c]
+        else:
+            ones += 1.0
+    return t + ones
+
+
 # -- split: few huge rows ----------------------------------------------------------------
 cdef void sweep_split(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
     """Chunk statistics in parallel; merged per row in chunk order (thread-independent)."""
     cdef int64_t k, r, y
     cdef fce_stats *parts = <fce_stats *> s.scratch
-    cdef double *coef = <double *> (s.scratch + s.nblocks * sizeof(fce_stats))  # a, beta, gamma, lse
-    if s.compute_lse or wants_wx(s):
+    cdef double *coef = <double *> (s.scratch + s.nblocks * sizeof(fce_stats))  # SPLIT_COEF per row
+    if s.compute_lse or wants_dev(s):
         for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
             split_stats(s, k, parts, dummy)
     for r in range(s.rows):
-        split_finish(s, r, parts, coef + 4 * r, dummy)
+        split_finish(s, r, parts, coef + SPLIT_COEF * r, dummy)
     if s.out_kind != OUT_NONE:
         for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
             split_out(s, k, coef, dummy)
         for r in range(s.rows):
             y = owned_class(s, target_of(s, r))
             if y >= 0 and s.out_kind == OUT_EXP:
-                (<floating *> row_addr(&s.o, r))[y] -= <floating> coef[4 * r + 2]
+                (<floating *> row_addr(&s.o, r))[y] -= <floating> coef[SPLIT_COEF * r + 2]
 
 
 cdef inline void split_stats(const Sweep *s, int64_t k, fce_stats *parts, floating *dummy) noexcept nogil:
@@ -775,36 +812,40 @@ cdef inline void split_stats(const Sweep *s, int64_t k, fce_stats *parts, floati
     cdef int64_t c0 = (k - r * s.per) * SPLIT_CHUNK
     cdef const floating *w = (<const floating *> s.wt) + c0 if s.wt != NULL else NULL
     k_stats(s.kt, (<const floating *> row_addr(&s.x, r)) + c0, min(<int64_t> SPLIT_CHUNK, s.C - c0), w,
-            wants_wx(s), &parts[k])
+            wants_dev(s), &parts[k])
 
 
 cdef inline void split_finish(const Sweep *s, int64_t r, const fce_stats *parts, double *coef,
                               floating *dummy) noexcept nogil:
+    """Row r's merged statistics -> its loss and coef = (a, beta, gamma, m, l)."""
     cdef int64_t k, y = target_of(s, r)
     cdef int64_t yl = owned_class(s, y)
+    cdef const floating *row = <const floating *> row_addr(&s.x, r)
     cdef fce_stats st
-    cdef double lse
-    st.wx = 0.0
-    if s.compute_lse or wants_wx(s):
+    cdef double m, l = 0.0
+    st.max, st.dev = 0.0, 0.0
+    if s.compute_lse or wants_dev(s):
         st = parts[r * s.per]
         for k in range(1, s.per):
             st = fce_stats_merge(st, parts[r * s.per + k])
+    if s.compute_lse:
+        m, l = st.max, log_sum(s.kt, row, s.C, &st)  # the tail pass, if any, reads the whole row
+    else:
+        m = s.lse[r]
     if y == IGNORED:
         ignore_row(s, r)
         if s.compute_lse and s.lse != NULL:  # only the loss is masked
-            s.lse[r] = stats_lse(st.max, st.sum)
+            s.lse[r] = m + l
         return
-    lse = stats_lse(st.max, st.sum) if s.compute_lse else s.lse[r]
-    finish_row(s, r, y, lse, (<const floating *> row_addr(&s.x, r))[yl] if yl >= 0 else 0.0,
-               st.wx, coef)
-    coef[3] = lse
+    finish_row(s, r, y, m, l, row[yl] if yl >= 0 else 0.0, st.max, st.dev, coef)
+    coef[3], coef[4] = m, l
 
 
 cdef inline void split_out(const Sweep *s, int64_t k, const double *coef, floating *dummy) noexcept nogil:
     cdef int64_t r = k // s.per
     cdef int64_t c0 = (k - r * s.per) * SPLIT_CHUNK
     cdef int64_t n = min(<int64_t> SPLIT_CHUNK, s.C - c0)
-    cdef const double *cf = coef + 4 * r
+    cdef const double *cf = coef + SPLIT_COEF * r
     cdef floating *dst = (<floating *> row_addr(&s.o, r)) + c0
     cdef Sweep sub
     if target_of(s, r) == IGNORED:
@@ -813,7 +854,7 @@ cdef inline void split_out(const Sweep *s, int64_t k, const double *coef, floati
     sub = s[0]
     if sub.wt != NULL:
         sub.wt = (<const floating *> s.wt) + c0
-    k_out(&sub, (<const floating *> row_addr(&s.x, r)) + c0, dst, n, cf[3], cf)
+    k_out(&sub, (<const floating *> row_addr(&s.x, r)) + c0, dst, n, cf[3], cf[4], cf)
 
 
 # -- columns: `lanes` rows side by side ----------------------------------------------------
@@ -842,13 +883,15 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
     cdef double mx[MAX_LANES]
     cdef double sm[MAX_LANES]
     cdef double logsm[MAX_LANES]
-    cdef double wx[MAX_LANES]
-    cdef double lse[MAX_LANES]
+    cdef double dev[MAX_LANES]
+    cdef double tail[MAX_LANES]
+    cdef double lm[MAX_LANES]     # each lane's lse pair (lm, ll)
+    cdef double ll[MAX_LANES]
     cdef double a[MAX_LANES]
     cdef double beta[MAX_LANES]
     cdef double gamma[MAX_LANES]
     cdef double coef[3]
-    cdef bint any_beta = False
+    cdef bint any_beta = False, any_tail = False
     # which rows: lane l is row r0 + l * rstep
     if s.mode == MODE_COLS_T:
         r0, rstep = k * L, 1
@@ -869,30 +912,40 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
     for l in range(nl):
         ys[l] = target_of(s, r0 + l * rstep)
     # statistics of all lanes
-    if s.compute_lse or wants_wx(s):
+    if s.compute_lse or wants_dev(s):
         if floating is float:
-            s.kt.f32.col_stats(xp, xsc, C, nl, <const float *> s.wt, wants_wx(s), mx, sm, wx)
+            s.kt.f32.col_stats(xp, xsc, C, nl, <const float *> s.wt, wants_dev(s), mx, sm, dev)
         else:
-            s.kt.f64.col_stats(xp, xsc, C, nl, <const double *> s.wt, wants_wx(s), mx, sm, wx)
+            s.kt.f64.col_stats(xp, xsc, C, nl, <const double *> s.wt, wants_dev(s), mx, sm, dev)
         s.kt.f64.vlog(sm, logsm, nl)  # one vector log for the block, not a libm call per row
+        for l in range(nl):
+            any_tail = any_tail or fce_needs_tail(sm[l])
+            if sm[l] == 0.0:  # empty or all -inf
+                logsm[l] = -INFINITY
+        if any_tail and s.compute_lse:  # rows dominated by their max: log1p of the exact tail
+            if floating is float:
+                s.kt.f32.col_tail(xp, xsc, C, nl, mx, tail)
+            else:
+                s.kt.f64.col_tail(xp, xsc, C, nl, mx, tail)
+            for l in range(nl):
+                if fce_needs_tail(sm[l]):
+                    logsm[l] = log1p(tail[l])
     for l in range(nl):
         r = r0 + l * rstep
         y = ys[l]
+        if s.compute_lse:
+            lm[l], ll[l] = mx[l], logsm[l]
+        else:
+            lm[l], ll[l] = s.lse[r], 0.0
         if y == IGNORED:
             ignore_row(s, r)
             if s.compute_lse and s.lse != NULL:  # only the loss is masked
-                s.lse[r] = -INFINITY if sm[l] == 0.0 and mx[l] == -INFINITY else mx[l] + logsm[l]
-            lse[l], a[l], beta[l], gamma[l] = 0.0, 0.0, 0.0, 0.0
+                s.lse[r] = lm[l] + ll[l]
+            lm[l], ll[l], a[l], beta[l], gamma[l] = 0.0, 0.0, 0.0, 0.0, 0.0
             continue
-        if not s.compute_lse:
-            lse[l] = s.lse[r]
-        elif sm[l] == 0.0 and mx[l] == -INFINITY:  # empty or all -inf
-            lse[l] = -INFINITY
-        else:
-            lse[l] = mx[l] + logsm[l]
         yl = owned_class(s, y)
-        finish_row(s, r, y, lse[l], xp[yl * xsc + l] if yl >= 0 else 0.0,
-                   wx[l] if wants_wx(s) else 0.0, coef)
+        finish_row(s, r, y, lm[l], ll[l], xp[yl * xsc + l] if yl >= 0 else 0.0,
+                   mx[l] if wants_dev(s) else 0.0, dev[l] if wants_dev(s) else 0.0, coef)
         a[l], beta[l], gamma[l] = coef[0], coef[1], coef[2]
         any_beta = any_beta or coef[1] != 0.0
     if s.out_kind == OUT_NONE:
@@ -904,14 +957,14 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
         dst, osc = scratch, L
     if s.out_kind == OUT_LOG:
         if floating is float:
-            s.kt.f32.col_sub_shift(xp, xsc, dst, osc, C, nl, lse)
+            s.kt.f32.col_sub_shift(xp, xsc, dst, osc, C, nl, lm, ll)
         else:
-            s.kt.f64.col_sub_shift(xp, xsc, dst, osc, C, nl, lse)
+            s.kt.f64.col_sub_shift(xp, xsc, dst, osc, C, nl, lm, ll)
     elif floating is float:
-        s.kt.f32.col_exp_affine(xp, xsc, dst, osc, C, nl, lse, a, beta if any_beta else NULL,
+        s.kt.f32.col_exp_affine(xp, xsc, dst, osc, C, nl, lm, ll, a, beta if any_beta else NULL,
                               <const float *> s.wt)
     else:
-        s.kt.f64.col_exp_affine(xp, xsc, dst, osc, C, nl, lse, a, beta if any_beta else NULL,
+        s.kt.f64.col_exp_affine(xp, xsc, dst, osc, C, nl, lm, ll, a, beta if any_beta else NULL,
                               <const double *> s.wt)
     for l in range(nl):
         y = ys[l]

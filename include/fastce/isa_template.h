@@ -30,11 +30,11 @@
 #define FCE__STR_(x) #x
 #define FCE__STR(x) FCE__STR_(x)
 #define FCE__TABLE(DT) \
-    { fce_##DT##_row_stats, fce_##DT##_row_exp_affine, fce_##DT##_row_sub_shift,                         \
+    { fce_##DT##_row_stats, fce_##DT##_row_tail, fce_##DT##_row_exp_affine, fce_##DT##_row_sub_shift,                         \
       fce_##DT##_row_fused_stats, fce_##DT##_row_scale,                                                  \
       fce_##DT##_row_soft_stats, fce_##DT##_row_soft_grad,                                               \
       fce_##DT##_row_softcap, fce_##DT##_row_softcap_grad, fce_##DT##_vtanh,                             \
-      FCE_##DT##_LANES, fce_##DT##_col_stats, fce_##DT##_col_exp_affine, fce_##DT##_col_sub_shift,       \
+      FCE_##DT##_LANES, fce_##DT##_col_stats, fce_##DT##_col_tail, fce_##DT##_col_exp_affine, fce_##DT##_col_sub_shift,       \
       fce_##DT##_vexp, fce_##DT##_vlog, \
       /* bce */ fce_##DT##_bce_block }
 #define FCE_f32_LANES FCE_F32_N

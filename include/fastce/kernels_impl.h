@@ -4,22 +4,30 @@
  * loops: a body unrolled 4 vectors deep (independent exp chains keep the FMA units
  * busy), a one-vector loop, and a masked tail that computes exactly like the body.
  *
- * row_stats     one read: running max per lane and sum of exp(x - max) (online softmax),
- *               plus optionally sum(w * x). Sums accumulate in float64. A lane's
- *               reference max only moves when a score exceeds it by FCE_RESCALE_MARGIN:
- *               exp(x - max) <= e**16 stays exact enough, and rows whose max creeps up
- *               (sorted scores) pay a handful of rescales instead of one per vector, each
- *               of which rounds the factor exp(old - new) once.
+ * row_stats     one read: the row's max, sum of exp(x - max) (online softmax), and
+ *               optionally dev = sum w (max - x) with u = sum w (fastce.h). Sums
+ *               accumulate in float64. A lane's reference max only moves when a score
+ *               exceeds it by FCE_RESCALE_MARGIN: exp(x - ref) <= e**16 stays exact
+ *               enough, and rows whose max creeps up (sorted scores) pay a handful of
+ *               rescales instead of one per vector, each of which rounds the factor
+ *               exp(old - new) once. st->max is the largest lane reference: a score of
+ *               the row, so x - max is exact-ish at any magnitude, and the row max itself
+ *               whenever sum < 2 (a larger score would add more than 1 to the sum).
  *               Lanes start at the lowest finite value, not -inf, so -inf scores add
  *               exp(-inf) = 0 instead of exp(-inf - -inf) = nan.
- * exp_affine    out = a * exp(x - shift) - beta * w (w = 1 when NULL): softmax, and the
+ * row_tail      sum exp(x - top) minus one top score's 1, for rows whose sum is within
+ *               FCE_TAIL_REFINE of 1: their log(sum) is then log1p(tail), accurate to the
+ *               last bit (SciPy's logsumexp does the same).
+ * exp_affine    out = a * exp(x - lse) - beta * w (w = 1 when NULL): softmax, and the
  *               cross-entropy gradient rows. out may alias x (in-place gradients).
- * sub_shift     out = x - shift: log-softmax rows.
+ * sub_shift     out = x - lse: log-softmax rows.
  * fused_stats + scale   the gradient rows of in-cache rows with one exp per element.
- * col_*         the same three for blocks of FCE_VN rows held side by side (see below).
+ * col_*         the same for blocks of FCE_VN rows held side by side (see below).
  * soft_*        stats and gradient rows for probability targets (see below).
- * Shifts arrive in float64 and are applied as (x - hi) - lo with hi + lo the float64
- * value: two roundings, so a float32 log-softmax is within 1 ulp of x - shift. */
+ * lse arrives as the float64 pair (m, l), lse = m + l, with m the row max (exact in the
+ * input dtype) and l = log(sum): x - lse is computed as (x - hi) - lo, hi = m rounded
+ * (exact), lo = the rest. Three roundings, whatever the magnitude of x: a log-softmax is
+ * within 1.5 ulp of x - lse, and softmax([1e16, 1e16]) is [0.5, 0.5]. */
 
 #if FCE_IS_F32
 #define FCE_LOWEST (-3.40282347e38f)
@@ -29,86 +37,157 @@
 
 #define FCE_RESCALE_MARGIN 16
 
-typedef struct { V mx; ACC s; ACC wx; } FN(stats_acc);
+/* per-lane state: reference max mx, sum of exp(x - mx), and for dev the
+ * weighted deviations d = sum u (mx - x), weights us = sum u, and corr, the float64
+ * correction the reference moves have added to dev (kept apart: they are rare) */
+typedef struct { V mx; ACC s, d, us; double corr; } FN(stats_acc);
+
+static inline void FN(stats_init)(FN(stats_acc) *A) {
+    A->mx = VOP(set1)(FCE_LOWEST);
+    A->s = A->d = A->us = AOP(zero)();
+    A->corr = 0.0;
+}
 
 /* move lanes' reference max to bm where bm exceeds it by more than the margin */
 static inline int FN(needs_rescale)(V bm, V mx) {
     return VOP(any_gt)(bm, VOP(add)(mx, VOP(set1)((FCE_T)FCE_RESCALE_MARGIN)));
 }
 
-/* one vector of the online max/sum update; xz/wz are the (zero-filled) operands of w*x */
-static inline void FN(stats_step1)(FN(stats_acc) *A, V xv, V xz, V wz, const int want_wx) {
-    const V bm = VOP(max)(A->mx, xv);
-    if (FN(needs_rescale)(bm, A->mx)) {
-        A->s = AOP(scale)(A->s, FN(exp)(VOP(sub)(A->mx, bm)));
-        A->mx = bm;
+static inline void FN(rebase)(FN(stats_acc) *A, V bm, const int want_dev) {
+    A->s = AOP(scale)(A->s, FN(exp)(VOP(sub)(A->mx, bm)));
+    if (want_dev) { /* sum u (mx - x) -> sum u (bm - x): + (bm - mx) us per lane */
+        FCE_T b[FCE_VN], m[FCE_VN];
+        double us[FCE_VN];
+        VOP(storeu)(b, bm);
+        VOP(storeu)(m, A->mx);
+        AOP(store)(us, A->us);
+        for (int k = 0; k < FCE_VN; k++)
+            if (us[k] != 0.0) A->corr += ((double)b[k] - (double)m[k]) * us[k];
     }
-    A->s = AOP(add)(A->s, FN(exp)(VOP(sub)(xv, A->mx)));
-    if (want_wx) A->wx = AOP(add)(A->wx, VOP(mul)(xz, wz));
+    A->mx = bm;
 }
 
-/* lanes -> row: the lanes' sums rescaled to the row max, then added up */
-static inline void FN(stats_finish)(const FN(stats_acc) *A, const int want_wx, fce_stats *st) {
+/* one vector of the online update; xd/uv: the (zero-filled) operands of u (mx - x) */
+static inline void FN(stats_step1)(FN(stats_acc) *A, V xv, V xd, V uv, const int want_dev) {
+    const V bm = VOP(max)(A->mx, xv);
+    if (FN(needs_rescale)(bm, A->mx)) FN(rebase)(A, bm, want_dev);
+    A->s = AOP(add)(A->s, FN(exp)(VOP(sub)(xv, A->mx)));
+    if (want_dev) {
+        A->d = AOP(add)(A->d, VOP(mul)(uv, VOP(sub)(A->mx, xd)));
+        A->us = AOP(add)(A->us, uv);
+    }
+}
+
+/* lanes -> row: every lane moved to the largest reference, then added up */
+static inline void FN(stats_finish)(const FN(stats_acc) *A, const int want_dev, fce_stats *st) {
     const FCE_T gm = VOP(hmax)(A->mx);
-    st->wx = want_wx ? AOP(hsum)(A->wx) : 0.0;
-    st->wtx = st->wts = 0.0;
+    st->dev = st->u = 0.0;
     if (gm == FCE_LOWEST) {
         /* empty, every score -inf (sum 0), nan among -inf (sum nan), or a true maximum of
          * exactly the lowest finite value (sum >= 1) */
         st->sum = AOP(hsum)(A->s);
         st->max = st->sum >= 1.0 ? (double)FCE_LOWEST : -INFINITY;
+        if (want_dev) {
+            st->dev = AOP(hsum)(A->d) + A->corr;
+            st->u = AOP(hsum)(A->us);
+        }
         return;
     }
     st->max = (double)gm;
     st->sum = AOP(hsum)(AOP(scale)(A->s, FN(exp)(VOP(sub)(A->mx, VOP(set1)(gm)))));
+    if (want_dev) {
+        FCE_T m[FCE_VN];
+        double d[FCE_VN], us[FCE_VN], dev = A->corr, u = 0.0;
+        VOP(storeu)(m, A->mx);
+        AOP(store)(d, A->d);
+        AOP(store)(us, A->us);
+        for (int k = 0; k < FCE_VN; k++) {
+            dev += d[k];
+            if (us[k] != 0.0) dev += ((double)gm - (double)m[k]) * us[k];
+            u += us[k];
+        }
+        st->dev = dev;
+        st->u = u;
+    }
 }
 
-static inline void FN(stats_impl)(const FCE_T *x, int64_t n, const FCE_T *w, const int want_wx,
+/* u for the tail of an unweighted row: 1 on the real lanes, 0 past n */
+static inline V FN(ones_tail)(int64_t r) {
+    static const FCE_T ones[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    return VOP(load_tail)(ones, r, (FCE_T)0);
+}
+
+static inline void FN(stats_impl)(const FCE_T *x, int64_t n, const FCE_T *w, const int want_dev,
                                   fce_stats *st) {
-    FN(stats_acc) A = {VOP(set1)(FCE_LOWEST), AOP(zero)(), AOP(zero)()};
-    const V one = VOP(set1)((FCE_T)1);
+    FN(stats_acc) A;
+    FN(stats_init)(&A);
+    const V one = VOP(set1)((FCE_T)1), four = VOP(set1)((FCE_T)4);
     int64_t i = 0;
     for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
         const V x0 = VOP(loadu)(x + i), x1 = VOP(loadu)(x + i + FCE_VN);
         const V x2 = VOP(loadu)(x + i + 2 * FCE_VN), x3 = VOP(loadu)(x + i + 3 * FCE_VN);
         const V bm = VOP(max)(A.mx, VOP(max)(VOP(max)(x0, x1), VOP(max)(x2, x3)));
-        if (FN(needs_rescale)(bm, A.mx)) {
-            A.s = AOP(scale)(A.s, FN(exp)(VOP(sub)(A.mx, bm)));
-            A.mx = bm;
-        }
+        if (FN(needs_rescale)(bm, A.mx)) FN(rebase)(&A, bm, want_dev);
         const V e01 = VOP(add)(FN(exp)(VOP(sub)(x0, A.mx)), FN(exp)(VOP(sub)(x1, A.mx)));
         const V e23 = VOP(add)(FN(exp)(VOP(sub)(x2, A.mx)), FN(exp)(VOP(sub)(x3, A.mx)));
         A.s = AOP(add)(A.s, VOP(add)(e01, e23));
-        if (want_wx) {
+        if (want_dev) {
             V p;
             if (w) {
-                p = VOP(fma)(x0, VOP(loadu)(w + i), VOP(mul)(x1, VOP(loadu)(w + i + FCE_VN)));
-                p = VOP(fma)(x2, VOP(loadu)(w + i + 2 * FCE_VN), p);
-                p = VOP(fma)(x3, VOP(loadu)(w + i + 3 * FCE_VN), p);
+                const V w0 = VOP(loadu)(w + i), w1 = VOP(loadu)(w + i + FCE_VN);
+                const V w2 = VOP(loadu)(w + i + 2 * FCE_VN), w3 = VOP(loadu)(w + i + 3 * FCE_VN);
+                p = VOP(fma)(w0, VOP(sub)(A.mx, x0), VOP(mul)(w1, VOP(sub)(A.mx, x1)));
+                p = VOP(fma)(w2, VOP(sub)(A.mx, x2), p);
+                p = VOP(fma)(w3, VOP(sub)(A.mx, x3), p);
+                A.us = AOP(add)(A.us, VOP(add)(VOP(add)(w0, w1), VOP(add)(w2, w3)));
             } else {
-                p = VOP(add)(VOP(add)(x0, x1), VOP(add)(x2, x3));
+                /* deviations first: 4 mx - sum x would cancel at large magnitudes */
+                p = VOP(add)(VOP(add)(VOP(sub)(A.mx, x0), VOP(sub)(A.mx, x1)),
+                             VOP(add)(VOP(sub)(A.mx, x2), VOP(sub)(A.mx, x3)));
+                A.us = AOP(add)(A.us, four);
             }
-            A.wx = AOP(add)(A.wx, p);
+            A.d = AOP(add)(A.d, p);
         }
     }
     for (; i + FCE_VN <= n; i += FCE_VN) {
         const V xv = VOP(loadu)(x + i);
-        FN(stats_step1)(&A, xv, xv, w ? VOP(loadu)(w + i) : one, want_wx);
+        FN(stats_step1)(&A, xv, xv, w ? VOP(loadu)(w + i) : one, want_dev);
     }
     if (i < n) {
         const int64_t r = n - i;
         FN(stats_step1)(&A, VOP(load_tail)(x + i, r, (FCE_T)-INFINITY),
-                        want_wx ? VOP(load_tail)(x + i, r, (FCE_T)0) : one,
-                        w ? VOP(load_tail)(w + i, r, (FCE_T)0) : one, /* x lanes past n are 0 */
-                        want_wx);
+                        want_dev ? VOP(load_tail)(x + i, r, (FCE_T)0) : one,
+                        w ? VOP(load_tail)(w + i, r, (FCE_T)0) : FN(ones_tail)(r), want_dev);
     }
-    FN(stats_finish)(&A, want_wx, st);
+    FN(stats_finish)(&A, want_dev, st);
 }
 
-static void FN(row_stats)(const FCE_T *x, int64_t n, const FCE_T *w, int want_wx, fce_stats *st) {
-    /* separate instantiations, so the common want_wx == 0 loop carries no dead work */
-    if (want_wx) FN(stats_impl)(x, n, w, 1, st);
+static void FN(row_stats)(const FCE_T *x, int64_t n, const FCE_T *w, int want_dev, fce_stats *st) {
+    /* separate instantiations, so the common want_dev == 0 loop carries no dead work */
+    if (want_dev) FN(stats_impl)(x, n, w, 1, st);
     else FN(stats_impl)(x, n, NULL, 0, st);
+}
+
+/* sum_c exp(x_c - top) - 1 in float64, the 1 being one score equal to top (the max):
+ * every term is below 1 and none is lost against it */
+static double FN(row_tail)(const FCE_T *x, int64_t n, double top) {
+    const V tv = VOP(set1)((FCE_T)top), one = VOP(set1)((FCE_T)1), zero = VOP(zero)();
+    ACC s = AOP(zero)(), c = AOP(zero)();
+    int64_t i = 0;
+    for (; i < n; i += FCE_VN) {
+        const V xv = n - i >= FCE_VN ? VOP(loadu)(x + i) : VOP(load_tail)(x + i, n - i, (FCE_T)-INFINITY);
+        const M below = VOP(lt)(xv, tv);
+        s = AOP(add)(s, VOP(select)(below, FN(exp)(VOP(sub)(xv, tv)), zero));
+        c = AOP(add)(c, VOP(select)(below, zero, one));
+    }
+    return AOP(hsum)(s) + (AOP(hsum)(c) - 1.0);
+}
+
+/* the lse pair (m, l) as two vectors: hi = m rounded, lo = the rest plus l */
+static inline void FN(split_lse)(double m, double l, V *hi, V *lo) {
+    const FCE_T h = (FCE_T)m;
+    *hi = VOP(set1)(h);
+    *lo = VOP(set1)((FCE_T)((m - (double)h) + l));
 }
 
 static inline V FN(affine1)(V xv, V hi, V lo, V a, V b, V wv, const int has_beta) {
@@ -116,10 +195,10 @@ static inline V FN(affine1)(V xv, V hi, V lo, V a, V b, V wv, const int has_beta
     return has_beta ? VOP(sub)(y, VOP(mul)(b, wv)) : y;
 }
 
-static inline void FN(exp_affine_impl)(const FCE_T *x, FCE_T *out, int64_t n, double shift, double a,
+static inline void FN(exp_affine_impl)(const FCE_T *x, FCE_T *out, int64_t n, double m, double l, double a,
                                        double beta, const FCE_T *w, const int has_beta) {
-    const FCE_T hs = (FCE_T)shift;
-    const V hi = VOP(set1)(hs), lo = VOP(set1)((FCE_T)(shift - (double)hs));
+    V hi, lo;
+    FN(split_lse)(m, l, &hi, &lo);
     const V av = VOP(set1)((FCE_T)a), bv = VOP(set1)((FCE_T)beta), one = VOP(set1)((FCE_T)1);
     int64_t i = 0;
     for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
@@ -141,15 +220,15 @@ static inline void FN(exp_affine_impl)(const FCE_T *x, FCE_T *out, int64_t n, do
     }
 }
 
-static void FN(row_exp_affine)(const FCE_T *x, FCE_T *out, int64_t n, double shift, double a, double beta,
-                               const FCE_T *w) {
-    if (beta != 0.0) FN(exp_affine_impl)(x, out, n, shift, a, beta, w, 1);
-    else FN(exp_affine_impl)(x, out, n, shift, a, 0.0, NULL, 0);
+static void FN(row_exp_affine)(const FCE_T *x, FCE_T *out, int64_t n, double m, double l, double a,
+                               double beta, const FCE_T *w) {
+    if (beta != 0.0) FN(exp_affine_impl)(x, out, n, m, l, a, beta, w, 1);
+    else FN(exp_affine_impl)(x, out, n, m, l, a, 0.0, NULL, 0);
 }
 
-static void FN(row_sub_shift)(const FCE_T *x, FCE_T *out, int64_t n, double shift) {
-    const FCE_T hs = (FCE_T)shift;
-    const V hi = VOP(set1)(hs), lo = VOP(set1)((FCE_T)(shift - (double)hs));
+static void FN(row_sub_shift)(const FCE_T *x, FCE_T *out, int64_t n, double m, double l) {
+    V hi, lo;
+    FN(split_lse)(m, l, &hi, &lo);
     int64_t i = 0;
     for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
         V y[4];
@@ -175,63 +254,65 @@ FCE__ELEMENTWISE(vlog, FN(log))
 #undef FCE__ELEMENTWISE
 
 /* ---- fused gradient rows with one exp per element -------------------------------------
- * fused_stats   pass 1 reads the row for its exact max (and sum w*x); pass 2 writes
- *               e = exp(x - max) to out while summing it: st as row_stats, with an exact
- *               max. out may alias x (in place): read x[y] before calling.
+ * fused_stats   pass 1 reads the row for its max; pass 2 writes e = exp(x - max) to out
+ *               while summing it (and dev): st as row_stats. out may alias x (in place):
+ *               read x[y] before calling.
  * scale         pass 3, in cache: out = a * out - beta * w, so out = a/sum * e - beta w
  *               is the gradient row without a second exp. */
-static void FN(row_fused_stats)(const FCE_T *x, FCE_T *out, int64_t n, const FCE_T *w, int want_wx,
-                                fce_stats *st) {
+static inline void FN(fused_stats_impl)(const FCE_T *x, FCE_T *out, int64_t n, const FCE_T *w,
+                                        const int want_dev, fce_stats *st) {
     V m0 = VOP(set1)(FCE_LOWEST), m1 = m0;
-    ACC wx = AOP(zero)();
-    const V one = VOP(set1)((FCE_T)1);
     int64_t i = 0;
     for (; i + 2 * FCE_VN <= n; i += 2 * FCE_VN) {
-        const V x0 = VOP(loadu)(x + i), x1 = VOP(loadu)(x + i + FCE_VN);
-        m0 = VOP(max)(m0, x0);
-        m1 = VOP(max)(m1, x1);
-        if (want_wx)
-            wx = AOP(add)(wx, w ? VOP(fma)(x0, VOP(loadu)(w + i), VOP(mul)(x1, VOP(loadu)(w + i + FCE_VN)))
-                                : VOP(add)(x0, x1));
+        m0 = VOP(max)(m0, VOP(loadu)(x + i));
+        m1 = VOP(max)(m1, VOP(loadu)(x + i + FCE_VN));
     }
-    for (; i < n; i += FCE_VN) {
-        const int64_t r = n - i < FCE_VN ? n - i : FCE_VN;
-        const V xv = r == FCE_VN ? VOP(loadu)(x + i) : VOP(load_tail)(x + i, r, (FCE_T)-INFINITY);
-        m0 = VOP(max)(m0, xv);
-        if (want_wx) {
-            const V xz = r == FCE_VN ? xv : VOP(load_tail)(x + i, r, (FCE_T)0);
-            const V wz = w ? (r == FCE_VN ? VOP(loadu)(w + i) : VOP(load_tail)(w + i, r, (FCE_T)0)) : one;
-            wx = AOP(add)(wx, VOP(mul)(xz, wz));
-        }
-    }
+    for (; i < n; i += FCE_VN)
+        m0 = VOP(max)(m0, n - i >= FCE_VN ? VOP(loadu)(x + i) : VOP(load_tail)(x + i, n - i, (FCE_T)-INFINITY));
     const FCE_T gm = VOP(hmax)(VOP(max)(m0, m1));
-    /* all -inf: shift by 0 so exp gives 0, not exp(-inf + inf) = nan; the sum is then 0 */
-    const V mv = VOP(set1)(gm == FCE_LOWEST ? (FCE_T)0 : gm);
-    ACC s = AOP(zero)();
+    /* all -inf: gm stays the lowest finite value, and exp(-inf - gm) = 0: the sum is 0 */
+    const V mv = VOP(set1)(gm), one = VOP(set1)((FCE_T)1);
+    ACC s = AOP(zero)(), d = AOP(zero)(), us = AOP(zero)();
     i = 0;
     for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
-        V e[4];
-        for (int k = 0; k < 4; k++) e[k] = FN(exp)(VOP(sub)(VOP(loadu)(x + i + k * FCE_VN), mv));
+        V e[4], xv[4];
+        for (int k = 0; k < 4; k++) xv[k] = VOP(loadu)(x + i + k * FCE_VN);
+        for (int k = 0; k < 4; k++) e[k] = FN(exp)(VOP(sub)(xv[k], mv));
+        if (want_dev)
+            for (int k = 0; k < 4; k++) { /* before the store: out may alias x */
+                const V uv = w ? VOP(loadu)(w + i + k * FCE_VN) : one;
+                d = AOP(add)(d, VOP(mul)(uv, VOP(sub)(mv, xv[k])));
+                us = AOP(add)(us, uv);
+            }
         for (int k = 0; k < 4; k++) VOP(storeu)(out + i + k * FCE_VN, e[k]);
         s = AOP(add)(s, VOP(add)(VOP(add)(e[0], e[1]), VOP(add)(e[2], e[3])));
     }
     for (; i < n; i += FCE_VN) {
         const int64_t r = n - i < FCE_VN ? n - i : FCE_VN;
-        if (r == FCE_VN) {
-            const V e = FN(exp)(VOP(sub)(VOP(loadu)(x + i), mv));
-            VOP(storeu)(out + i, e);
-            s = AOP(add)(s, e);
-        } else {
-            const V e = FN(exp)(VOP(sub)(VOP(load_tail)(x + i, r, (FCE_T)-INFINITY), mv));
-            VOP(store_tail)(out + i, r, e);
-            s = AOP(add)(s, e);
+        const V xv = r == FCE_VN ? VOP(loadu)(x + i) : VOP(load_tail)(x + i, r, (FCE_T)-INFINITY);
+        const V e = FN(exp)(VOP(sub)(xv, mv));
+        if (want_dev) {
+            const V xd = r == FCE_VN ? xv : VOP(load_tail)(x + i, r, (FCE_T)0);
+            const V uv = w ? (r == FCE_VN ? VOP(loadu)(w + i) : VOP(load_tail)(w + i, r, (FCE_T)0))
+                           : (r == FCE_VN ? one : FN(ones_tail)(r));
+            d = AOP(add)(d, VOP(mul)(uv, VOP(sub)(mv, xd)));
+            us = AOP(add)(us, uv);
         }
+        if (r == FCE_VN) VOP(storeu)(out + i, e);
+        else VOP(store_tail)(out + i, r, e);
+        s = AOP(add)(s, e);
     }
-    st->wx = want_wx ? AOP(hsum)(wx) : 0.0;
-    st->wtx = st->wts = 0.0;
+    st->dev = want_dev ? AOP(hsum)(d) : 0.0;
+    st->u = want_dev ? AOP(hsum)(us) : 0.0;
     st->sum = AOP(hsum)(s);
     /* a true lowest-finite max has sum >= 1; otherwise every score was -inf (or nan) */
     st->max = (gm == FCE_LOWEST && !(st->sum >= 1.0)) ? -INFINITY : (double)gm;
+}
+
+static void FN(row_fused_stats)(const FCE_T *x, FCE_T *out, int64_t n, const FCE_T *w, int want_dev,
+                                fce_stats *st) {
+    if (want_dev) FN(fused_stats_impl)(x, out, n, w, 1, st);
+    else FN(fused_stats_impl)(x, out, n, NULL, 0, st);
 }
 
 static inline void FN(scale_impl)(FCE_T *out, int64_t n, double a, double beta, const FCE_T *w,
@@ -257,32 +338,28 @@ static void FN(row_scale)(FCE_T *out, int64_t n, double a, double beta, const FC
 }
 
 /* ---- probability targets t (a second stream, same length as the row) -----------------
- * soft_stats    row_stats with w*x always, plus wtx = sum w t x and wts = sum w t
- *               (0 * -inf = nan where a masked class has zero probability, as in torch)
- * soft_grad     out = a * exp(x - shift) - w * (beta + delta * t) */
-static void FN(row_soft_stats)(const FCE_T *x, const FCE_T *t, int64_t n, const FCE_T *w, fce_stats *st) {
-    FN(stats_acc) A = {VOP(set1)(FCE_LOWEST), AOP(zero)(), AOP(zero)()};
-    ACC wtx = AOP(zero)(), wts = AOP(zero)();
-    const V one = VOP(set1)((FCE_T)1);
+ * soft_stats    row_stats with u = w t', t' = ta t + tb (the smoothed targets), always:
+ *               dev = sum w t' (max - x), u = sum w t' (0 * inf = nan where a -inf class
+ *               has t' = 0, as in torch)
+ * soft_grad     out = a * exp(x - lse) - w * (beta + delta * t) */
+static void FN(row_soft_stats)(const FCE_T *x, const FCE_T *t, int64_t n, const FCE_T *w, double ta,
+                               double tb, fce_stats *st) {
+    FN(stats_acc) A;
+    FN(stats_init)(&A);
+    const V av = VOP(set1)((FCE_T)ta), bv = VOP(set1)((FCE_T)tb);
     int64_t i = 0;
     for (; i + FCE_VN <= n; i += FCE_VN) {
-        const V xv = VOP(loadu)(x + i), wv = w ? VOP(loadu)(w + i) : one;
-        const V wt = VOP(mul)(wv, VOP(loadu)(t + i));
-        FN(stats_step1)(&A, xv, xv, wv, 1);
-        wts = AOP(add)(wts, wt);
-        wtx = AOP(add)(wtx, VOP(mul)(wt, xv));
+        const V xv = VOP(loadu)(x + i), tp = VOP(fma)(av, VOP(loadu)(t + i), bv);
+        FN(stats_step1)(&A, xv, xv, w ? VOP(mul)(VOP(loadu)(w + i), tp) : tp, 1);
     }
     if (i < n) {
         const int64_t r = n - i;
-        const V xz = VOP(load_tail)(x + i, r, (FCE_T)0), wz = w ? VOP(load_tail)(w + i, r, (FCE_T)0) : one;
-        const V wt = VOP(mul)(wz, VOP(load_tail)(t + i, r, (FCE_T)0));
-        FN(stats_step1)(&A, VOP(load_tail)(x + i, r, (FCE_T)-INFINITY), xz, wz, 1);
-        wts = AOP(add)(wts, wt);
-        wtx = AOP(add)(wtx, VOP(mul)(wt, xz));
+        const V tp = VOP(fma)(av, VOP(load_tail)(t + i, r, (FCE_T)0), bv);
+        const V wz = w ? VOP(load_tail)(w + i, r, (FCE_T)0) : FN(ones_tail)(r);
+        FN(stats_step1)(&A, VOP(load_tail)(x + i, r, (FCE_T)-INFINITY), VOP(load_tail)(x + i, r, (FCE_T)0),
+                        VOP(mul)(wz, tp), 1);
     }
     FN(stats_finish)(&A, 1, st);
-    st->wtx = AOP(hsum)(wtx);
-    st->wts = AOP(hsum)(wts);
 }
 
 static inline V FN(soft1)(V xv, V tv, V wv, V hi, V lo, V a, V b, V d) {
@@ -290,10 +367,10 @@ static inline V FN(soft1)(V xv, V tv, V wv, V hi, V lo, V a, V b, V d) {
     return VOP(sub)(y, VOP(mul)(wv, VOP(fma)(d, tv, b)));
 }
 
-static void FN(row_soft_grad)(const FCE_T *x, const FCE_T *t, FCE_T *out, int64_t n, double shift,
+static void FN(row_soft_grad)(const FCE_T *x, const FCE_T *t, FCE_T *out, int64_t n, double m, double l,
                               double a, double beta, double delta, const FCE_T *w) {
-    const FCE_T hs = (FCE_T)shift;
-    const V hi = VOP(set1)(hs), lo = VOP(set1)((FCE_T)(shift - (double)hs));
+    V hi, lo;
+    FN(split_lse)(m, l, &hi, &lo);
     const V av = VOP(set1)((FCE_T)a), bv = VOP(set1)((FCE_T)beta), dv = VOP(set1)((FCE_T)delta);
     const V one = VOP(set1)((FCE_T)1);
     int64_t i = 0;
@@ -356,27 +433,28 @@ static inline void FN(col_store)(FCE_T *p, int64_t nl, V v) {
     else VOP(store_tail)(p, nl, v);
 }
 
-/* per-lane float64 values as vectors: hi = rounded value, lo = the rounding remainder */
-static inline void FN(col_split)(const double *v, int64_t nl, V *hi, V *lo) {
-    FCE_T h[FCE_VN], l[FCE_VN];
+/* per-lane lse pairs (m, l) as vectors: hi = m rounded, lo = the rest plus l; lanes past nl 0 */
+static inline void FN(col_split)(const double *m, const double *l, int64_t nl, V *hi, V *lo) {
+    FCE_T h[FCE_VN], r[FCE_VN];
     for (int64_t k = 0; k < FCE_VN; k++) {
-        const double d = k < nl ? v[k] : 0.0;
+        const double d = k < nl ? m[k] : 0.0;
         h[k] = (FCE_T)d;
-        l[k] = (FCE_T)(d - (double)h[k]);
+        r[k] = (FCE_T)((d - (double)h[k]) + (l && k < nl ? l[k] : 0.0));
     }
     *hi = VOP(loadu)(h);
-    *lo = VOP(loadu)(l);
+    *lo = VOP(loadu)(r);
 }
 
+/* per lane: max, sum of exp(x - max), and dev = sum w (max - x) (its u is the sum of w) */
 static void FN(col_stats)(const FCE_T *x, int64_t sc, int64_t C, int64_t nl, const FCE_T *w,
-                          int want_wx, double *mx, double *sum, double *wx) {
+                          int want_dev, double *mx, double *sum, double *dev) {
     V m = VOP(set1)(FCE_LOWEST);
     for (int64_t c = 0; c < C; c++) m = VOP(max)(m, FN(col_load)(x + c * sc, nl));
     ACC s = AOP(zero)(), a = AOP(zero)();
     for (int64_t c = 0; c < C; c++) {
         const V xv = FN(col_load)(x + c * sc, nl);
         s = AOP(add)(s, FN(exp)(VOP(sub)(xv, m)));
-        if (want_wx) a = AOP(add)(a, w ? VOP(mul)(xv, VOP(set1)(w[c])) : xv);
+        if (want_dev) a = AOP(add)(a, w ? VOP(mul)(VOP(set1)(w[c]), VOP(sub)(m, xv)) : VOP(sub)(m, xv));
     }
     FCE_T mt[FCE_VN];
     double st[FCE_VN], at[FCE_VN];
@@ -387,16 +465,35 @@ static void FN(col_stats)(const FCE_T *x, int64_t sc, int64_t C, int64_t nl, con
         sum[l] = st[l];
         /* all -inf (sum 0) or nan among -inf (sum nan); a true lowest-finite max has sum >= 1 */
         mx[l] = (mt[l] == FCE_LOWEST && !(st[l] >= 1.0)) ? -INFINITY : (double)mt[l];
-        if (want_wx) wx[l] = at[l];
+        if (want_dev) dev[l] = at[l];
     }
 }
 
+/* row_tail per lane, top[l] the lane's max */
+static void FN(col_tail)(const FCE_T *x, int64_t sc, int64_t C, int64_t nl, const double *top, double *tail) {
+    V tv, unused;
+    FN(col_split)(top, NULL, nl, &tv, &unused);
+    const V one = VOP(set1)((FCE_T)1), zero = VOP(zero)();
+    ACC s = AOP(zero)(), c1 = AOP(zero)();
+    for (int64_t c = 0; c < C; c++) {
+        const V xv = FN(col_load)(x + c * sc, nl);
+        const M below = VOP(lt)(xv, tv);
+        s = AOP(add)(s, VOP(select)(below, FN(exp)(VOP(sub)(xv, tv)), zero));
+        c1 = AOP(add)(c1, VOP(select)(below, zero, one));
+    }
+    double st[FCE_VN], ct[FCE_VN];
+    AOP(store)(st, s);
+    AOP(store)(ct, c1);
+    for (int64_t l = 0; l < nl; l++) tail[l] = st[l] + (ct[l] - 1.0);
+}
+
 static void FN(col_exp_affine)(const FCE_T *x, int64_t sc, FCE_T *out, int64_t osc, int64_t C, int64_t nl,
-                               const double *shift, const double *a, const double *beta, const FCE_T *w) {
+                               const double *m, const double *l, const double *a, const double *beta,
+                               const FCE_T *w) {
     V hi, lo, av, bv = VOP(zero)(), unused;
-    FN(col_split)(shift, nl, &hi, &lo);
-    FN(col_split)(a, nl, &av, &unused);
-    if (beta) FN(col_split)(beta, nl, &bv, &unused);
+    FN(col_split)(m, l, nl, &hi, &lo);
+    FN(col_split)(a, NULL, nl, &av, &unused);
+    if (beta) FN(col_split)(beta, NULL, nl, &bv, &unused);
     for (int64_t c = 0; c < C; c++) {
         const V xv = FN(col_load)(x + c * sc, nl);
         V y = VOP(mul)(av, FN(exp)(VOP(sub)(VOP(sub)(xv, hi), lo)));
@@ -406,9 +503,9 @@ static void FN(col_exp_affine)(const FCE_T *x, int64_t sc, FCE_T *out, int64_t o
 }
 
 static void FN(col_sub_shift)(const FCE_T *x, int64_t sc, FCE_T *out, int64_t osc, int64_t C, int64_t nl,
-                              const double *shift) {
+                              const double *m, const double *l) {
     V hi, lo;
-    FN(col_split)(shift, nl, &hi, &lo);
+    FN(col_split)(m, l, nl, &hi, &lo);
     for (int64_t c = 0; c < C; c++)
         FN(col_store)(out + c * osc, nl, VOP(sub)(VOP(sub)(FN(col_load)(x + c * sc, nl), hi), lo));
 }

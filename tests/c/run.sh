@@ -12,7 +12,8 @@
 #   CC                        native compiler (default: cc)
 #   FASTCE_REQUIRE_NEON=1     missing cross tools are a failure instead of a notice
 #   FASTCE_CTEST_SCALE        sweep density of the native run (default 1)
-#   FASTCE_CTEST_QEMU_SCALE   sweep density under qemu, which is ~20x slower (default 0.25)
+#   FASTCE_CTEST_QEMU_SCALE   sweep density under qemu, which is ~20x slower (default 0.25);
+#                             below 1 it also shortens the longest test row (32000 -> 8000)
 #   AARCH64_CC, QEMU_AARCH64  the cross compiler and emulator to use
 set -uo pipefail
 

@@ -2,26 +2,63 @@
  *
  * No Python: links src/dispatch.c and src/isa_*.c. For every table i with
  * fce_isa_supported(i), each kernel (float32 and float64) is checked against a reference
- * computed here in long double (double for the float32 exp/log sweeps):
+ * computed here in long double (double for float32 data where that is far below its ulp):
  *
- *   row_stats       lse = max + log(sum exp(x - max)) and sum w*x within error bounds
- *                   derived from the float type (max may be any reference, see
- *                   check_stats_vs_ref); -inf (masked) classes; empty and all -inf rows
- *                   give max -inf, sum 0; a nan or +inf anywhere gives lse = nan.
- *   row_exp_affine  out = a exp(x - shift) - beta w, w NULL or not, out == x (in place).
- *   row_sub_shift   out = x - shift, also in place.
+ *   row_stats       fce_stats {max, sum, dev, u} (fastce.h). max: a score of the row, at most
+ *                   16 below the row max (the lazy lane references; + ulp(ref + 16) / 2, the
+ *                   rounding of the kernels' comparison), and the row max whenever sum < 2; sum = sum exp(x - max) >= 1 for the max reported,
+ *                   within a bound derived from the float type; dev = sum u (max - x) and
+ *                   u = sum u (u = w, or 1 when w is NULL: u is then exactly n) within a
+ *                   bound relative to sum |u| |max - x| (rounding of (ref - x) and of the
+ *                   products in the float type, float64 accumulation) plus 16 eps sum |u| for
+ *                   the lane references, which sit up to 16 below a score (DEV_LAG). No term
+ *                   grows with |x|: dev is shift invariant. dev = u = 0 when not asked for.
+ *                   -inf (masked) classes (dev +inf, or nan where their weight is 0); empty
+ *                   and all -inf rows give max -inf, sum 0 (dev non-finite unless empty); a
+ *                   nan or +inf anywhere gives lse = nan (and dev non-finite).
+ *   row_tail        sum_{x < top} exp(x - top) + (#{x >= top} - 1), top the row max, to a
+ *                   RELATIVE bound (argument rounding + 2 ulp per term, float64 sums; terms
+ *                   below exp's flush point may be lost): dominated rows ([0, -40] gives
+ *                   4.2e-18), ties of the max (tail >= 1), -inf entries, the max anywhere.
+ *   fce_stats_merge row_stats of chunks (1, 3, 16, 67, n/2 classes with w; 7, n/3 without)
+ *                   merged in order: as row_stats of the whole row, bounds + the merges'
+ *                   float64 roundings.
+ *   row_exp_affine  out = a exp((x - m) - l) - beta w, w NULL or not, out == x (in place),
+ *                   for (m, l) = (row max, log sum) and (m, l) = (lse, 0): the error of the
+ *                   three roundings of (x - hi) - lo (hi = (T)m, lo = (T)((m - hi) + l)),
+ *                   turned into relative error by exp, + exp's 2 ulp and the affine ops.
+ *   row_sub_shift   out = (x - m) - l, both forms, also in place: within
+ *                   0.5 (ulp(x - hi) + ulp(lo) + ulp(out)) of the exact value.
+ *   row_fused_stats out = exp(x - max) and st as row_stats but with the EXACT row max (it is
+ *                   found first: no lag allowance either), also in place; row_scale on that
+ *                   output: out = a out - beta w, and a = 1/sum, beta = 0.
+ *   col_stats, col_tail, col_exp_affine, col_sub_shift   the same per lane of a column
+ *                   block (exact max; dense and strided, out == x, lanes >= nl untouched).
+ *   row_soft_stats  as row_stats with u_c = w_c (ta t_c + tb): dev, u against long-double
+ *                   sums of the exact u_c (ta, tb rounded to the float type), the kernel's
+ *                   rounding of u_c bounded; -inf classes: dev nan where u_c = 0, else +inf.
+ *   row_soft_grad   out = a exp((x - m) - l) - w (beta + delta t).
+ *   magnitude       rows K + small spread, K = +-1e16 (f64) / +-1e30 (f32) and +-1e13 / +-1e6
+ *                   go through all of the above with the bounds of K = 0; worked examples:
+ *                   softmax(K + [0, 0]) = [0.5, 0.5], log-softmax -log 2, the tail of
+ *                   [0, -40] and of 1e16 + [0, -40], dev of K + s k bit-equal for K = 0, +-K.
+ *   lazy reference  rows whose max creeps up (ascending: steps U(0, 1.2), exactly 16, 16-20),
+ *                   a first block 12.6 below ties of the max, and K, K + 32 with ulp(K) = 32
+ *                   (where ref + 16 rounds to ref + 32: the max may lag by 32): max, sum, dev.
  *   vexp, vlog      max ulp error over dense sweeps, and the special values of the
  *                   accuracy contract in include/fastce/vmath_impl.h.
  *
- * Row sizes 0..70, 1000 and 32000 cover the unrolled body, the one-vector loop and the
- * masked tail of every vector width. Inputs sit against a PROT_NONE page (after the row,
+ * Row sizes 0..70, 1000 and 32000 (32000 * SCALE, at least 8000, when SCALE < 1: the qemu
+ * run) cover the unrolled body, the one-vector loop and the masked tail of every vector
+ * width. Inputs sit against a PROT_NONE page (after the row,
  * then before it), so a read past either end is a SIGSEGV, reported as a failure; output
  * buffers have sentinel elements on both sides that must stay untouched, and inputs must
  * be unchanged after every call.
  *
  * Output: FAIL lines (a few per case), one summary line per ISA with the largest errors
  * measured, and a last line "N passed, M failed" (cases). Exit status 1 on any failure.
- * Options: -s SCALE (or env FASTCE_CTEST_SCALE) scales the sweep sizes (default 1);
+ * Options: -s SCALE (or env FASTCE_CTEST_SCALE) scales the sweep sizes (default 1) and,
+ *          below 1, the longest row;
  *          -v prints every case. */
 #define _GNU_SOURCE
 #include <float.h>
@@ -37,12 +74,14 @@
 #include <unistd.h>
 
 #include "fastce/fastce.h"
+#include "fastce/row.h" /* FCE_TAIL_REFINE, fce_needs_tail: the worked examples */
 
 typedef long double LD;
 
 /* ------------------------------------------------------------------------------------ */
 /* dtype descriptors: the test logic is written once, over these                         */
 
+typedef const fce_kernels KT;
 typedef struct {
     const char *name;
     int is32;
@@ -52,26 +91,31 @@ typedef struct {
     LD eps;      /* ulp of 1: 2**(1-p) */
     LD tmin;     /* smallest normal */
     LD tmax;     /* largest finite */
+    LD explo;    /* exp flushes to +0 below this argument (vmath_impl.h contract) */
     LD (*get)(const void *b, int64_t i);
     void (*set)(void *b, int64_t i, LD v); /* rounds to nearest */
     void (*setbits)(void *b, int64_t i, uint64_t bits);
     uint64_t (*getbits)(const void *b, int64_t i);
-    void (*stats)(const fce_kernels *k, const void *x, int64_t n, const void *w, int ww, fce_stats *st);
-    void (*affine)(const fce_kernels *k, const void *x, void *o, int64_t n, double s, double a, double b,
-                   const void *w);
-    void (*subsh)(const fce_kernels *k, const void *x, void *o, int64_t n, double s);
-    void (*vexp)(const fce_kernels *k, const void *x, void *o, int64_t n);
-    void (*vlog)(const fce_kernels *k, const void *x, void *o, int64_t n);
-    int (*lanes)(const fce_kernels *k);
-    void (*colstats)(const fce_kernels *k, const void *x, int64_t sc, int64_t C, int64_t nl, const void *w, int ww,
-                     double *mx, double *sum, double *wx);
-    void (*colaff)(const fce_kernels *k, const void *x, int64_t sc, void *o, int64_t osc, int64_t C, int64_t nl,
-                   const double *shift, const double *a, const double *beta, const void *w);
-    void (*colsub)(const fce_kernels *k, const void *x, int64_t sc, void *o, int64_t osc, int64_t C, int64_t nl,
-                   const double *shift);
-    void (*softstats)(const fce_kernels *k, const void *x, const void *t, int64_t n, const void *w, fce_stats *st);
-    void (*softgrad)(const fce_kernels *k, const void *x, const void *t, void *o, int64_t n, double s, double a,
-                     double b, double dl, const void *w);
+    void (*stats)(KT *k, const void *x, int64_t n, const void *w, int wd, fce_stats *st);
+    double (*tail)(KT *k, const void *x, int64_t n, double top);
+    void (*affine)(KT *k, const void *x, void *o, int64_t n, double m, double l, double a, double b, const void *w);
+    void (*subsh)(KT *k, const void *x, void *o, int64_t n, double m, double l);
+    void (*fused)(KT *k, const void *x, void *o, int64_t n, const void *w, int wd, fce_stats *st);
+    void (*scale)(KT *k, void *o, int64_t n, double a, double b, const void *w);
+    void (*vexp)(KT *k, const void *x, void *o, int64_t n);
+    void (*vlog)(KT *k, const void *x, void *o, int64_t n);
+    int (*lanes)(KT *k);
+    void (*colstats)(KT *k, const void *x, int64_t sc, int64_t C, int64_t nl, const void *w, int wd, double *mx,
+                     double *sum, double *dev);
+    void (*coltail)(KT *k, const void *x, int64_t sc, int64_t C, int64_t nl, const double *top, double *tail);
+    void (*colaff)(KT *k, const void *x, int64_t sc, void *o, int64_t osc, int64_t C, int64_t nl, const double *m,
+                   const double *l, const double *a, const double *beta, const void *w);
+    void (*colsub)(KT *k, const void *x, int64_t sc, void *o, int64_t osc, int64_t C, int64_t nl, const double *m,
+                   const double *l);
+    void (*softstats)(KT *k, const void *x, const void *t, int64_t n, const void *w, double ta, double tb,
+                      fce_stats *st);
+    void (*softgrad)(KT *k, const void *x, const void *t, void *o, int64_t n, double m, double l, double a, double b,
+                     double dl, const void *w);
 } dtype;
 
 #define DT_WRAP(DT, TT, UT)                                                                          \
@@ -86,61 +130,76 @@ typedef struct {
         memcpy(&v, (const TT *)b + i, sizeof v);                                                     \
         return v;                                                                                    \
     }                                                                                                \
-    static void stats_##DT(const fce_kernels *k, const void *x, int64_t n, const void *w, int ww,  \
+    static void stats_##DT(KT *k, const void *x, int64_t n, const void *w, int wd, fce_stats *st) { \
+        k->DT.row_stats((const TT *)x, n, (const TT *)w, wd, st);                                    \
+    }                                                                                                \
+    static double tail_##DT(KT *k, const void *x, int64_t n, double top) {                          \
+        return k->DT.row_tail((const TT *)x, n, top);                                                \
+    }                                                                                                \
+    static void affine_##DT(KT *k, const void *x, void *o, int64_t n, double m, double l, double a, \
+                            double b, const void *w) {                                               \
+        k->DT.row_exp_affine((const TT *)x, (TT *)o, n, m, l, a, b, (const TT *)w);                  \
+    }                                                                                                \
+    static void subsh_##DT(KT *k, const void *x, void *o, int64_t n, double m, double l) {          \
+        k->DT.row_sub_shift((const TT *)x, (TT *)o, n, m, l);                                        \
+    }                                                                                                \
+    static void fused_##DT(KT *k, const void *x, void *o, int64_t n, const void *w, int wd,         \
                            fce_stats *st) {                                                          \
-        k->DT.row_stats((const TT *)x, n, (const TT *)w, ww, st);                                    \
+        k->DT.row_fused_stats((const TT *)x, (TT *)o, n, (const TT *)w, wd, st);                     \
     }                                                                                                \
-    static void affine_##DT(const fce_kernels *k, const void *x, void *o, int64_t n, double s,      \
-                            double a, double b, const void *w) {                                     \
-        k->DT.row_exp_affine((const TT *)x, (TT *)o, n, s, a, b, (const TT *)w);                     \
+    static void scale_##DT(KT *k, void *o, int64_t n, double a, double b, const void *w) {          \
+        k->DT.row_scale((TT *)o, n, a, b, (const TT *)w);                                            \
     }                                                                                                \
-    static void subsh_##DT(const fce_kernels *k, const void *x, void *o, int64_t n, double s) {     \
-        k->DT.row_sub_shift((const TT *)x, (TT *)o, n, s);                                           \
+    static void vexp_##DT(KT *k, const void *x, void *o, int64_t n) { k->DT.vexp((const TT *)x, (TT *)o, n); } \
+    static void vlog_##DT(KT *k, const void *x, void *o, int64_t n) { k->DT.vlog((const TT *)x, (TT *)o, n); } \
+    static int lanes_##DT(KT *k) { return k->DT.lanes; }                                             \
+    static void colstats_##DT(KT *k, const void *x, int64_t sc, int64_t C, int64_t nl, const void *w, \
+                              int wd, double *mx, double *sum, double *dev) {                        \
+        k->DT.col_stats((const TT *)x, sc, C, nl, (const TT *)w, wd, mx, sum, dev);                  \
     }                                                                                                \
-    static void vexp_##DT(const fce_kernels *k, const void *x, void *o, int64_t n) {                \
-        k->DT.vexp((const TT *)x, (TT *)o, n);                                                       \
+    static void coltail_##DT(KT *k, const void *x, int64_t sc, int64_t C, int64_t nl,               \
+                             const double *top, double *tail) {                                      \
+        k->DT.col_tail((const TT *)x, sc, C, nl, top, tail);                                         \
     }                                                                                                \
-    static void vlog_##DT(const fce_kernels *k, const void *x, void *o, int64_t n) {                \
-        k->DT.vlog((const TT *)x, (TT *)o, n);                                                       \
+    static void colaff_##DT(KT *k, const void *x, int64_t sc, void *o, int64_t osc, int64_t C,       \
+                            int64_t nl, const double *m, const double *l, const double *a,           \
+                            const double *b, const void *w) {                                        \
+        k->DT.col_exp_affine((const TT *)x, sc, (TT *)o, osc, C, nl, m, l, a, b, (const TT *)w);     \
     }                                                                                                \
-    static int lanes_##DT(const fce_kernels *k) { return k->DT.lanes; }                              \
-    static void colstats_##DT(const fce_kernels *k, const void *x, int64_t sc, int64_t C, int64_t nl, \
-                              const void *w, int ww, double *mx, double *sum, double *wx) {          \
-        k->DT.col_stats((const TT *)x, sc, C, nl, (const TT *)w, ww, mx, sum, wx);                   \
+    static void colsub_##DT(KT *k, const void *x, int64_t sc, void *o, int64_t osc, int64_t C,       \
+                            int64_t nl, const double *m, const double *l) {                          \
+        k->DT.col_sub_shift((const TT *)x, sc, (TT *)o, osc, C, nl, m, l);                           \
     }                                                                                                \
-    static void colaff_##DT(const fce_kernels *k, const void *x, int64_t sc, void *o, int64_t osc,   \
-                            int64_t C, int64_t nl, const double *s, const double *a, const double *b, \
-                            const void *w) {                                                         \
-        k->DT.col_exp_affine((const TT *)x, sc, (TT *)o, osc, C, nl, s, a, b, (const TT *)w);        \
+    static void softstats_##DT(KT *k, const void *x, const void *t, int64_t n, const void *w,       \
+                               double ta, double tb, fce_stats *st) {                                \
+        k->DT.row_soft_stats((const TT *)x, (const TT *)t, n, (const TT *)w, ta, tb, st);            \
     }                                                                                                \
-    static void colsub_##DT(const fce_kernels *k, const void *x, int64_t sc, void *o, int64_t osc,   \
-                            int64_t C, int64_t nl, const double *s) {                                \
-        k->DT.col_sub_shift((const TT *)x, sc, (TT *)o, osc, C, nl, s);                              \
-    }                                                                                                \
-    static void softstats_##DT(const fce_kernels *k, const void *x, const void *t, int64_t n,       \
-                               const void *w, fce_stats *st) {                                       \
-        k->DT.row_soft_stats((const TT *)x, (const TT *)t, n, (const TT *)w, st);                    \
-    }                                                                                                \
-    static void softgrad_##DT(const fce_kernels *k, const void *x, const void *t, void *o, int64_t n, \
-                              double s, double a, double b, double dl, const void *w) {              \
-        k->DT.row_soft_grad((const TT *)x, (const TT *)t, (TT *)o, n, s, a, b, dl, (const TT *)w);   \
+    static void softgrad_##DT(KT *k, const void *x, const void *t, void *o, int64_t n, double m,    \
+                              double l, double a, double b, double dl, const void *w) {              \
+        k->DT.row_soft_grad((const TT *)x, (const TT *)t, (TT *)o, n, m, l, a, b, dl, (const TT *)w); \
     }
 DT_WRAP(f32, float, uint32_t)
 DT_WRAP(f64, double, uint64_t)
 
+#define DT_ENTRY(DT) get_##DT, set_##DT, setbits_##DT, getbits_##DT, stats_##DT, tail_##DT, affine_##DT, \
+    subsh_##DT, fused_##DT, scale_##DT, vexp_##DT, vlog_##DT, lanes_##DT, colstats_##DT, coltail_##DT,   \
+    colaff_##DT, colsub_##DT, softstats_##DT, softgrad_##DT
 static const dtype DTYPES[2] = {
-    {"f32", 1, 4, 24, -126, 0x1p-23L, 0x1p-126L, FLT_MAX, get_f32, set_f32, setbits_f32, getbits_f32,
-     stats_f32, affine_f32, subsh_f32, vexp_f32, vlog_f32, lanes_f32, colstats_f32, colaff_f32, colsub_f32,
-     softstats_f32, softgrad_f32},
-    {"f64", 0, 8, 53, -1022, 0x1p-52L, 0x1p-1022L, DBL_MAX, get_f64, set_f64, setbits_f64, getbits_f64,
-     stats_f64, affine_f64, subsh_f64, vexp_f64, vlog_f64, lanes_f64, colstats_f64, colaff_f64, colsub_f64,
-     softstats_f64, softgrad_f64},
+    {"f32", 1, 4, 24, -126, 0x1p-23L, 0x1p-126L, FLT_MAX, -87.33654475L, DT_ENTRY(f32)},
+    {"f64", 0, 8, 53, -1022, 0x1p-52L, 0x1p-1022L, DBL_MAX, -708.3964185322641L, DT_ENTRY(f64)},
 };
 
 /* exp / log for references: double is far more precise than a float32 ulp (and fast
  * everywhere); float64 data needs long double (80-bit on x86, 128-bit on AArch64) */
 static LD ref_exp(const dtype *d, LD x) { return d->is32 ? (LD)exp((double)x) : expl(x); }
 static LD ref_log(const dtype *d, LD x) { return d->is32 ? (LD)log((double)x) : logl(x); }
+
+/* v rounded to the float type */
+static LD rnd_dt(const dtype *d, LD v) {
+    double b[1];
+    d->set(b, 0, v);
+    return d->get(b, 0);
+}
 
 /* got within tol of ref; nan must meet nan, an infinity the same infinity */
 static int close_to(LD got, LD ref, LD tol) {
@@ -198,7 +257,8 @@ static int g_verbose;
 static int g_msgs;
 static const char *g_isa = "?";
 static const char *g_dt = "?";
-static char g_where[256]; /* what runs now, for the SIGSEGV message */
+static const char *g_wa = "", *g_wb = ""; /* what runs now (name, context), for the SIGSEGV message */
+#define WHERE(A, B) (g_wa = (A), g_wb = (B))
 
 static void check(tcase *c, int ok, const char *name, const char *fmt, ...) {
     c->checks++;
@@ -219,7 +279,7 @@ static void check(tcase *c, int ok, const char *name, const char *fmt, ...) {
 static void on_signal(int sig) {
     char buf[512];
     int len = snprintf(buf, sizeof buf,
-                       "\nFAIL [%s %s] %s: signal %d (%s)\n0 passed, 1 failed\n", g_isa, g_dt, g_where, sig,
+                       "\nFAIL [%s %s] %s %s: signal %d (%s)\n0 passed, 1 failed\n", g_isa, g_dt, g_wa, g_wb, sig,
                        sig == SIGSEGV || sig == SIGBUS ? "out-of-bounds memory access"
                        : sig == SIGILL             ? "illegal instruction: table used on a CPU without it"
                                                    : "crash");
@@ -273,157 +333,211 @@ static void *gbuf_place(const gbuf *g, size_t bytes, int at_end) { return at_end
 typedef struct {
     double exp_ulp[2], log_ulp[2];
     LD exp_worst[2], log_worst[2];
-    double sum_err[2];    /* row_stats sum: max |got - ref| / (ref * eps) */
+    double sum_err[2];    /* stats sum: max |got - ref| / (ref * eps) */
     double sum_ratio[2];  /* ... as a fraction of the allowed bound */
-    double soft_ulp[2];   /* row_exp_affine with a = 1, beta = 0 (softmax), |x - shift| <= 1: max ulp */
+    double dev_ratio[2];  /* stats dev: max error as a fraction of its bound */
+    double dev_strict[2]; /* ... of the bound without the lag allowance (row_stats, soft_stats) */
+    double tail_err[2];   /* row_tail / col_tail: max relative error in eps */
+    double tail_ratio[2]; /* ... as a fraction of the bound */
+    double soft_ulp[2];   /* row_exp_affine with a = 1, beta = 0 (softmax), |x - lse| <= 1: max ulp */
     double aff_ratio[2];  /* row_exp_affine: max error as a fraction of its bound */
     double sub_ulp[2];    /* row_sub_shift: max ulp */
     long pass, fail;
 } isa_report;
 
-/* ------------------------------------------------------------------------------------ */
-/* row kernels                                                                           */
-
-enum {
-    K_STATS, K_STATS_WX, K_STATS_WXW, K_SOFTMAX, K_AFF_AB, K_AFF_ABW, K_AFF_INPLACE, K_AFF_NEG, K_SUB, K_SUB_INPLACE,
-    K_N
-};
-static const char *KNAME[K_N] = {
-    "row_stats(want_wx=0)",         "row_stats(want_wx=1,w=NULL)",  "row_stats(want_wx=1,w)",
-    "row_exp_affine(a=1,beta=0)",   "row_exp_affine(w=NULL)",       "row_exp_affine(w)",
-    "row_exp_affine(w,out==x)",     "row_exp_affine(a<0,beta<0,w)", "row_sub_shift",
-    "row_sub_shift(out==x)",
-};
-enum {
-    V_RANDOM, V_WIDE, V_ASCENDING, V_DESCENDING, V_LARGE, V_NEGINF, V_NAN_FIRST, V_NAN_MID, V_NAN_LAST,
-    V_PINF_FIRST, V_PINF_MID, V_PINF_LAST, V_NAN_NEGINF, V_LOWEST, V_N
-};
-static const char *VNAME[V_N] = {
-    "random(-inf masked)", "wide",      "ascending", "descending", "large offset", "all -inf",
-    "nan first",           "nan middle", "nan last", "+inf first", "+inf middle",  "+inf last",
-    "nan, rest -inf",      "all lowest finite",
-};
-
-#define GUARD 40
-static const int64_t SIZES_EXTRA[] = {1000, 32000};
-#define MAXN 32000
-
-static tcase rowcase[MAXISA][2][K_N][V_N];
-
-typedef struct {
-    /* reference of one row */
-    int64_t n;
-    int n_nan, n_pinf, n_fin; /* counts of nan, +inf, finite entries */
-    LD max, sum, wx_w, wx_1;  /* max over all non-nan, sum exp(x - max), sum w x, sum x */
-    LD wxabs_w, wxabs_1;      /* sum |w x|, sum |x| */
-    LD sum_bound;             /* allowed |sum error| */
-    LD lse_fin;               /* lse over finite entries (shift for the elementwise kernels) */
-    double shift;             /* lse_fin as a double, the shift passed to the kernels */
-    refv *aff[K_AFF_NEG - K_SOFTMAX + 1]; /* row_exp_affine references, one array per config */
-    refv *sub;                            /* row_sub_shift references */
-} rowref;
-
-/* row_exp_affine configurations, K_SOFTMAX .. K_AFF_NEG */
-static const struct {
-    double a, beta;
-    int use_w;
-} AFFCFG[] = {{1, 0, 0}, {0.37, 0.21, 0}, {0.37, 0.21, 1}, {0.37, 0.21, 1}, {-1.3, -0.5, 1}};
-
-static void make_row(const dtype *d, int var, int64_t n, void *x, void *w) {
-    const LD lowest = -d->tmax;
-    int64_t p = var == V_NAN_FIRST || var == V_PINF_FIRST ? 0
-                : var == V_NAN_LAST || var == V_PINF_LAST ? n - 1
-                                                          : (n * 7) / 13;
-    for (int64_t i = 0; i < n; i++) {
-        LD v;
-        switch (var) {
-        case V_WIDE: v = d->is32 ? -60 + 120 * rng_unif() : -400 + 800 * rng_unif(); break;
-        case V_ASCENDING: v = -4 + 8.0L * (LD)i / (LD)n; break;
-        case V_DESCENDING: v = 4 - 8.0L * (LD)i / (LD)n; break;
-        case V_LARGE: v = 1e4 + 3 * rng_normal(); break;
-        case V_NEGINF: case V_NAN_NEGINF: v = -INFINITY; break;
-        case V_LOWEST: v = lowest; break;
-        default: v = 5 + 3 * rng_normal(); if (rng_unif() < 0.1) v = -INFINITY; break;
-        }
-        d->set(x, i, v);
-        /* weights in [0, 2), a few exactly 0 */
-        d->set(w, i, rng_unif() < 0.05 ? 0 : 2 * rng_unif());
-    }
-    if (n > 0) {
-        if (var == V_NAN_FIRST || var == V_NAN_MID || var == V_NAN_LAST || var == V_NAN_NEGINF) d->set(x, p, NAN);
-        if (var == V_PINF_FIRST || var == V_PINF_MID || var == V_PINF_LAST) d->set(x, p, INFINITY);
-    }
+static void note_max(double *slot, double v) {
+    if (v > *slot) *slot = v;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* row references                                                                        */
+
+/* elementwise references of a row: row_exp_affine configurations E_SOFTMAX .. E_AFF_LSE,
+ * row_sub_shift (two shift forms) and exp(x - max) (row_fused_stats) */
+enum { E_SOFTMAX, E_AFF_AB, E_AFF_ABW, E_AFF_NEG, E_SOFTMAX_LSE, E_AFF_LSE, E_SUB, E_SUB_LSE, E_FUSED, E_N };
+#define N_AFF (E_AFF_LSE + 1)
+/* lse: the shift passed as (m, l) = (lse, 0) instead of (row max, log sum) */
+static const struct {
+    double a, beta;
+    int use_w, lse;
+} AFFCFG[N_AFF] = {{1, 0, 0, 0},    {0.37, 0.21, 0, 0}, {0.37, 0.21, 1, 0},
+                   {-1.3, -0.5, 1, 0}, {1, 0, 0, 1},       {0.37, 0.21, 1, 1}};
+
+/* The lane references of row_stats and row_soft_stats move lazily (kernels_impl.h): a
+ * score may sit up to FCE_RESCALE_MARGIN above its lane's reference, so those kernels form
+ * u (ref - x) with |ref - x| <= 16 for classes near the max and add the reference moves
+ * back later: up to 0.5 ulp(16) of rounding (8 eps) and the product's 8 eps per such class,
+ * which sum |u| (max - x) does not bound. Kernels that know the max first get none. */
+#define DEV_LAG 16
+
+typedef struct {
+    LD dev;    /* sum u (max - x) */
+    LD base;   /* its bound: roundings of (ref - x) and the products in the float type,
+                * float64 accumulation, the kernel's rounding of u itself (soft targets) */
+    LD lag;    /* + this for the lazy kernels (DEV_LAG) */
+    LD scale;  /* sum |u| (max - x) + 2 DEV_LAG sum |u|: what merges may round */
+    LD u, utol, au;
+} devref;
+
+typedef struct {
+    int64_t n;
+    int n_nan, n_pinf, n_fin;
+    LD max;        /* max over all non-nan entries */
+    LD sum, sum_bound; /* sum exp(x - max) and its bound */
+    LD terr, resc;     /* the bound's parts: sum e (0.5 |x - max| + 3), the rescale multiplier */
+    LD tail, tail_tol;
+    int tail_flush;    /* some of the tail's terms are below exp's flush point (may be lost) */
+    devref dv[2];  /* [0] w = NULL (u = 1), [1] u = w */
+    double m, l;   /* lse of the finite entries as the pair (max, log sum exp(x - max)) */
+    double lse;    /* ... and as one double: the (lse, 0) form */
+    refv *el[E_N];
+} rowref;
+
+/* dev / u references for per-class weights u (NULL: 1), du an allowance per class for the
+ * kernel's own rounding of u_c (NULL: u_c exact); exact_u: u must come out exactly */
+static void dev_ref(const dtype *d, const void *x, int64_t n, LD max, const LD *u, const LD *du, int exact_u,
+                    devref *o) {
+    LD dev = 0, su = 0;
+    double adev = 0, au = 0, dud = 0, sdu = 0; /* for the bounds only: double is plenty */
+    for (int64_t i = 0; i < n; i++) {
+        const LD D = max - d->get(x, i), uc = u ? u[i] : 1;
+        dev += uc * D;
+        su += uc;
+        adev += fabs((double)uc) * (double)D;
+        au += fabs((double)uc);
+        if (du) {
+            dud += (double)du[i] * (double)D;
+            sdu += (double)du[i];
+        }
+    }
+    const LD acc = (LD)(n + 8) * 0x1p-53L; /* recursive float64 sums */
+    o->dev = dev;
+    o->base = (8 * d->eps + acc) * adev + dud + 8 * d->tmin;
+    o->lag = (DEV_LAG * d->eps + 2 * DEV_LAG * acc) * au;
+    o->scale = adev + 2 * DEV_LAG * au;
+    o->u = su;
+    o->au = au;
+    o->utol = exact_u ? 0 : (2 * d->eps + (LD)(n + 4) * 0x1p-53L) * au + sdu;
+}
+
+/* How the kernels split a shift (m, l): hi = (T)m, lo = (T)((m - hi) + l); x - lse is
+ * (x - hi) - lo, three roundings: 0.5 ulp(x - hi) + 0.5 ulp(lo) + 0.5 ulp(result) (plus
+ * the float64 rounding of (m - hi) + l). shift_split gives hi and the lo part. */
+static void shift_split(const dtype *d, double m, double l, LD *hi, LD *ulo) {
+    *hi = rnd_dt(d, m);
+    const LD lo = ((LD)m - *hi) + (LD)l;
+    *ulo = 0.5L * (LD)ulp_d(d, (double)lo) + fabsl(lo) * 0x1p-52L;
+}
+static LD arg_err(const dtype *d, LD xv, LD hi, LD ulo, LD dd) {
+    return 0.5L * ((LD)ulp_d(d, (double)(xv - hi)) + (LD)ulp_d(d, (double)dd)) + ulo;
+}
+
+static LD *g_wl, *g_e; /* MAXN weights and exp(x - max) in long double (scratch of ref_row) */
+
 static void ref_row(const dtype *d, const void *x, const void *w, int64_t n, rowref *r) {
-    rowref keep = *r;
+    refv *el[E_N];
+    memcpy(el, r->el, sizeof el);
     memset(r, 0, sizeof *r);
-    memcpy(r->aff, keep.aff, sizeof r->aff);
-    r->sub = keep.sub;
+    memcpy(r->el, el, sizeof el);
     r->n = n;
     r->max = -INFINITY;
     LD fmax = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
-        LD v = d->get(x, i), wv = d->get(w, i);
+        LD v = d->get(x, i);
         if (isnan(v)) r->n_nan++;
         else if (v == INFINITY) r->n_pinf++;
         else if (isfinite(v)) r->n_fin++;
         if (!isnan(v) && v > r->max) r->max = v;
         if (isfinite(v) && v > fmax) fmax = v;
-        r->wx_w += wv * v;
-        r->wx_1 += v;
-        r->wxabs_w += fabsl(wv * v);
-        r->wxabs_1 += fabsl(v);
     }
-    /* sum and its error bound. Each term exp(x - m) is computed in the float type:
-     * fl(x - m) costs 0.5 |x - m| eps relative, exp itself 2 ulp; the online rescaling
-     * exp(m_old - m_new) adds a few eps per rescale of a lane (bounded below by the
-     * number of times a lane's max can grow, which for these rows is small except in
-     * the ascending ones: there every block grows the max). */
-    LD s = 0, sfin = 0, terr = 0;
+    const int special = r->n_nan || r->n_pinf;
+    const LD base = r->n_fin ? fmax : 0;
+    /* sum of exp(x - max) over the finite entries and its error bound. Each term is
+     * exp(x - ref) in the float type, ref a lane reference: fl(x - ref) costs
+     * 0.5 max(|x - max|, 16) eps relative (a reference is at most 16 below a score: the
+     * 16 is in the s * 20 below), exp itself 2 ulp; moving a lane's sum to the max
+     * reported (and earlier rescales) costs 0.5 * 16 eps + 2 ulp more, a few eps per
+     * rescale in the rare rows that rescale often (ascending ones: 4 log2(n+1)). For a
+     * reported max below the row max, check_stats moves this reference to it.
+     * The tail: exp(x - top) of the scores below top, each to 0.5 ulp(x - top) + 2 ulp
+     * relative, summed in float64; terms below exp's flush point may be lost whole. */
+    LD s = 0, terr = 0, ts = 0, ttol = 0;
+    int64_t ties = 0;
     for (int64_t i = 0; i < n; i++) {
-        LD v = d->get(x, i);
-        if (isfinite(r->max) && !isnan(v)) {
-            LD dd = v - r->max, e = ref_exp(d, dd);
-            s += e;
-            if (e > 0) terr += e * (0.5L * fabsl(dd) + 3);
-            if (isfinite(v) && fmax == r->max) sfin += e;
-        } else if (isfinite(v) && isfinite(fmax)) {
-            sfin += ref_exp(d, v - fmax);
+        const LD v = d->get(x, i);
+        if (!isfinite(v)) continue;
+        const LD dd = v - base, e = ref_exp(d, dd);
+        g_e[i] = e;
+        s += e;
+        if (e > 0) terr += e * (0.5L * fabsl(dd) + 3);
+        if (v < fmax) {
+            ts += e;
+            if (dd < d->explo + 1) r->tail_flush = 1;
+            ttol += dd < d->explo + 1 ? e : e * (0.5L * (LD)ulp_d(d, (double)dd) + 2 * d->eps);
+        } else {
+            ties++;
         }
     }
-    if (isfinite(fmax) && fmax != r->max) {
-        sfin = 0;
-        for (int64_t i = 0; i < n; i++) {
-            LD v = d->get(x, i);
-            if (isfinite(v)) sfin += ref_exp(d, v - fmax);
-        }
+    if (r->n_fin) {
+        const LD lg = ref_log(d, s);
+        r->m = (double)fmax;
+        r->l = (double)lg;
+        r->lse = (double)(fmax + lg);
     }
-    r->sum = s;
-    r->lse_fin = isfinite(fmax) ? fmax + ref_log(d, sfin) : 0;
-    r->shift = (double)r->lse_fin;
+    if (!special && r->n_fin) {
+        r->sum = s;
+        r->terr = terr;
+        r->resc = 20 + 4 * log2l((LD)n + 1);
+        r->sum_bound = d->eps * (terr + s * r->resc) + s * (LD)n * 0x1p-53L + 4 * d->tmin;
+        r->tail = ts + (LD)(ties - 1);
+        r->tail_tol = ttol + (LD)(n + 4) * 0x1p-53L * (ts + (LD)ties);
+    }
+    for (int64_t i = 0; i < n; i++) g_wl[i] = d->get(w, i);
+    dev_ref(d, x, n, base, NULL, NULL, 1, &r->dv[0]);
+    dev_ref(d, x, n, base, g_wl, NULL, 0, &r->dv[1]);
 
-    /* elementwise references, shared by every ISA and placement */
-    const LD shift = (LD)r->shift, hi = d->is32 ? (LD)(float)r->shift : shift;
-    for (int64_t i = 0; i < n; i++) {
-        const LD xv = d->get(x, i), dd = xv - shift, e = ref_exp(d, dd);
-        for (int k = 0; k <= K_AFF_NEG - K_SOFTMAX; k++) {
-            /* float32 gets a and beta rounded to float */
-            const LD af = d->is32 ? (LD)(float)AFFCFG[k].a : (LD)AFFCFG[k].a;
-            const LD bf = d->is32 ? (LD)(float)AFFCFG[k].beta : (LD)AFFCFG[k].beta;
-            const LD wv = AFFCFG[k].use_w ? d->get(w, i) : 1;
-            /* fl(fl(x - hi) - lo) rounds twice: up to ulp(d) <= |d| eps of argument error,
-             * which exp turns into |d| eps relative; then exp's 2 ulp, a rounded, the
-             * product and the difference */
-            const LD terr = (e > 0 && isfinite(e)) ? fabsl(af * e) * (fabsl(dd) + 4) : 0;
-            r->aff[k][i] = mkref(af * e - bf * wv, d->eps * (terr + 1.5L * fabsl(bf * wv)) + 2 * fabsl(af) * d->tmin);
-        }
-        /* x - shift: two roundings, of x - hi and of the result */
-        r->sub[i] = mkref(dd, (LD)ulp_d(d, (double)dd) + 0.5L * (LD)ulp_d(d, (double)(xv - hi)));
+    /* elementwise references, shared by every ISA and placement. exp((x - m) - l) is
+     * exp(x - base) exp(-l) (m = base exactly), exp(x - lse) is exp(x - base) exp(base - lse) */
+    LD hi_p, ulo_p, hi_s, ulo_s;
+    shift_split(d, r->m, r->l, &hi_p, &ulo_p);
+    shift_split(d, r->lse, 0.0, &hi_s, &ulo_s);
+    const LD kp = ref_exp(d, -(LD)r->l), ks = ref_exp(d, base - (LD)r->lse);
+    LD af[N_AFF], bf[N_AFF];
+    for (int k = 0; k < N_AFF; k++) {
+        af[k] = rnd_dt(d, AFFCFG[k].a); /* the kernels round a and beta to the float type */
+        bf[k] = rnd_dt(d, AFFCFG[k].beta);
     }
-    LD rescale = 8 + 4 * log2l((LD)n + 1);
-    r->sum_bound = d->eps * (terr + s * rescale) + s * (LD)n * 0x1p-53L + 4 * d->tmin;
+    for (int64_t i = 0; i < n; i++) {
+        const LD xv = d->get(x, i), wv = g_wl[i];
+        const LD ddf = xv - base, e = isfinite(xv) ? g_e[i] : ref_exp(d, ddf);
+        const LD ddp = (xv - (LD)r->m) - (LD)r->l, dds = xv - (LD)r->lse;
+        const LD ep = e * kp, es = e * ks;
+        LD aep = 0, aes = 0;
+        if (isfinite(xv)) {
+            aep = arg_err(d, xv, hi_p, ulo_p, ddp);
+            aes = arg_err(d, xv, hi_s, ulo_s, dds);
+        }
+        for (int k = 0; k < N_AFF; k++) {
+            const LD ek = AFFCFG[k].lse ? es : ep, ae = AFFCFG[k].lse ? aes : aep;
+            const LD wk = AFFCFG[k].use_w ? wv : 1;
+            /* argument error -> relative error of exp, + exp's 2 ulp, a rounded, the product and
+             * the difference; beta rounded, its product and the difference */
+            const LD terr = (ek > 0 && isfinite(ek)) ? fabsl(af[k] * ek) * (ae + 4 * d->eps) : 0;
+            r->el[k][i] = mkref(af[k] * ek - bf[k] * wk,
+                                terr + 1.5L * d->eps * fabsl(bf[k] * wk) + 2 * fabsl(af[k]) * d->tmin);
+        }
+        r->el[E_SUB][i] = mkref(ddp, aep);
+        r->el[E_SUB_LSE][i] = mkref(dds, aes);
+        /* exp(fl(x - max)): one rounding of the argument and exp's 2 ulp */
+        r->el[E_FUSED][i] = mkref(e, (e > 0 && isfinite(e) ? e * (0.5L * (LD)ulp_d(d, (double)ddf) + 2 * d->eps) : 0) +
+                                         2 * d->tmin);
+    }
 }
+
+/* ------------------------------------------------------------------------------------ */
+/* checks shared by the row, column and soft-target tests                                */
+
+#define GUARD 40
 
 static void check_out_guards(tcase *c, const dtype *d, const unsigned char *obuf, int64_t n, const char *nm,
                              const char *ctx) {
@@ -434,141 +548,376 @@ static void check_out_guards(tcase *c, const dtype *d, const unsigned char *obuf
     check(c, ok, nm, "%s: wrote outside [0, n) of the output", ctx);
 }
 
-static void check_stats_vs_ref(tcase *c, const char *nm, const char *ctx, const dtype *d, const rowref *r,
-                               double mx, double sum, int want_wx, double wx, int use_w, isa_report *rep) {
-    const int dti = d->is32 ? 0 : 1;
+typedef struct {
+    double mx, sum, dev, u;
+    int has_u; /* the kernel reports u (col_stats does not) */
+} gstats;
+static gstats gs_of(const fce_stats *st) {
+    gstats g = {st->max, st->sum, st->dev, st->u, 1};
+    return g;
+}
+
+/* A summary against its row's reference. max: the row max exactly, or for the lazy kernels
+ * (row_stats, row_soft_stats; xrow their row) a score of the row at most 16 below the row
+ * max (fastce.h; + half an ulp of ref + 16, the comparison's rounding: 32 where ulp = 32)
+ * that is the row max whenever sum < 2. The references move to the max the
+ * kernel reported, M = row max - off: sum exp(x - M) = sum e**off, each exp argument 'off'
+ * longer (0.5 off eps more relative error), dev - off u with sum |u| |M - x| up to
+ * off sum |u| larger. sum within sum_bound (+ extra), dev and u within dv's bounds (+ the
+ * lag allowance for lazy kernels); dv NULL: not asked for dev, so dev and u must be 0. */
+static void check_stats(tcase *c, const char *nm, const char *ctx, const dtype *d, const rowref *r, gstats g,
+                        const devref *dv, const void *xrow, LD sum_extra, LD dev_extra, LD u_extra, isa_report *rep) {
+    const int dti = d->is32 ? 0 : 1, lazy = xrow != NULL;
     const int special = r->n_nan || r->n_pinf;
-    const double lse = mx + log(sum);
+    const double lse = g.mx + log(g.sum);
+    LD off = 0;
     if (special) {
-        check(c, isnan(lse), nm, "%s: lse = %.17g (max %.17g, sum %.17g), want nan", ctx, lse, mx, sum);
-    } else if (!isfinite(r->max)) {
-        check(c, mx == -INFINITY && sum == 0.0, nm, "%s: max %.17g sum %.17g, want -inf and 0", ctx, mx, sum);
+        check(c, isnan(lse), nm, "%s: lse = %.17g (max %.17g, sum %.17g), want nan", ctx, lse, g.mx, g.sum);
+    } else if (!r->n_fin) {
+        check(c, g.mx == -INFINITY && g.sum == 0.0, nm, "%s: max %.17g sum %.17g, want -inf and 0", ctx, g.mx,
+              g.sum);
     } else {
-        /* The summary must give lse = max + log(sum). Its max need not be the row max (a
-         * kernel may keep a lower reference and rescale lazily), so the sum is compared
-         * after moving it to the true max: S = sum * exp(max - row max), in long double.
-         * A reference below the row max by D makes every exp argument longer by D:
-         * 0.5 D eps more relative error. */
-        const LD off = (LD)mx - r->max;
-        const LD S = (LD)sum * (off == 0 ? 1.0L : expl(off));
-        const LD bound = r->sum_bound + 0.5L * fabsl(off) * d->eps * r->sum;
-        const int ok = isfinite(mx) && isfinite(sum) && fabsl(off) <= 100 && fabsl(S - r->sum) <= bound;
-        check(c, ok, nm, "%s: max %.17g, sum %.17g: lse %.17g, want max %.17Lg sum %.17Lg lse %.17Lg "
-              "(sum error %.3Lg eps relative, bound %.3Lg)", ctx, mx, sum, lse, r->max, r->sum, r->max + logl(r->sum),
-              fabsl(S - r->sum) / (r->sum * d->eps), bound / (r->sum * d->eps));
-        if (ok && r->sum > 0) {
-            double e = (double)(fabsl(S - r->sum) / (r->sum * d->eps));
-            double q = (double)(fabsl(S - r->sum) / bound);
-            if (e > rep->sum_err[dti]) rep->sum_err[dti] = e;
-            if (q > rep->sum_ratio[dti]) rep->sum_ratio[dti] = q;
+        if (!lazy || g.mx == (double)r->max) {
+            check(c, g.mx == (double)r->max, nm, "%s: max %.17g, want the row max %.17Lg exactly", ctx, g.mx, r->max);
+        } else {
+            int64_t at = -1;
+            for (int64_t i = 0; i < r->n && at < 0; i++)
+                if (d->get(xrow, i) == (LD)g.mx) at = i;
+            off = r->max - (LD)g.mx;
+            /* a reference moves when a score exceeds fl(ref + 16): up to 16 + ulp(ref + 16) / 2 */
+            const LD lagmax = DEV_LAG + 0.5L * (LD)ulp_d(d, fabs(g.mx) + 2 * DEV_LAG);
+            const int ok = at >= 0 && off > 0 && off <= lagmax && !(g.sum < 2);
+            check(c, ok, nm, "%s: max %.17g (%s), sum %.17g: want a score of the row in [row max - %.9Lg, row max] "
+                  "(row max %.17Lg: %.3Lg below it), the row max if sum < 2", ctx, g.mx,
+                  at >= 0 ? "a score of the row" : "not a score of the row", g.sum, lagmax, r->max, off);
+            /* compare sum and dev at the reported max all the same: one failure, not three */
+            if (!(at >= 0 && off > 0 && off < 600)) off = 0;
+        }
+        const LD k = off ? ref_exp(d, off) : 1, S = r->sum * k;
+        const LD bound = off ? d->eps * (k * (r->terr + 0.5L * off * r->sum) + S * r->resc) + S * (LD)r->n * 0x1p-53L +
+                                   4 * k * d->tmin + k * sum_extra
+                             : r->sum_bound + sum_extra;
+        const LD err = fabsl((LD)g.sum - S);
+        const int ok = isfinite(g.sum) && err <= bound && g.sum >= 1;
+        check(c, ok, nm, "%s: sum %.17g, want %.17Lg (>= 1; error %.3Lg eps relative, bound %.3Lg); lse %.17g, want %.17Lg",
+              ctx, g.sum, S, err / (S * d->eps), bound / (S * d->eps), lse, r->max + logl(r->sum));
+        if (ok) {
+            note_max(&rep->sum_err[dti], (double)(err / (S * d->eps)));
+            note_max(&rep->sum_ratio[dti], (double)(err / bound));
         }
     }
-    if (want_wx) {
-        /* products (for float32 also sums of 4 of them) in the float type, then a float64
-         * sum: n 2**-53 is the worst case of a recursive float64 sum. Where the terms
-         * overflow the float type, an infinity of the right sign is the answer. */
-        const LD want = use_w ? r->wx_w : r->wx_1, wabs = use_w ? r->wxabs_w : r->wxabs_1;
-        const LD tol = (8 * d->eps + (LD)r->n * 0x1p-53L) * wabs + 8 * d->tmin;
-        const int ovf = wabs > d->tmax / 8 && isinf(wx) && (wx < 0) == (want < 0);
-        if (isnan(want)) check(c, isnan(wx), nm, "%s: wx %.17g, want nan", ctx, wx);
-        else if (!special)
-            check(c, ovf || close_to(wx, want, tol), nm, "%s: wx %.17g, want %.17Lg (tol %.3Lg)", ctx, wx, want, tol);
+    if (!dv) {
+        check(c, g.dev == 0 && (!g.has_u || g.u == 0), nm, "%s: dev %.17g, u %.17g: want 0 when not asked for",
+              ctx, g.dev, g.u);
+        return;
+    }
+    if (special) {
+        check(c, r->n_nan ? isnan(g.dev) : !isfinite(g.dev), nm, "%s: dev %.17g, want %s", ctx, g.dev,
+              r->n_nan ? "nan" : "non-finite (a +inf score)");
+    } else if (!r->n_fin) {
+        check(c, r->n == 0 ? g.dev == 0 : !isfinite(g.dev), nm, "%s: dev %.17g of an %s row, want %s", ctx, g.dev,
+              r->n ? "all -inf" : "empty", r->n ? "non-finite" : "0");
+    } else {
+        const LD want = off ? dv->dev - off * dv->u : dv->dev;
+        const LD base = dv->base + (off ? (8 * d->eps + (LD)(r->n + 8) * 0x1p-53L) * off * dv->au : 0) + dev_extra;
+        const LD tol = base + (lazy ? dv->lag : 0);
+        const int ok = close_to(g.dev, want, tol);
+        check(c, ok, nm, "%s: dev %.17g, want %.17Lg (error %.3Lg, tol %.3Lg = %.3Lg eps * sum|u||max-x|)", ctx, g.dev,
+              want, fabsl((LD)g.dev - want), tol, tol / (d->eps * (dv->scale - 2 * DEV_LAG * dv->au + off * dv->au)));
+        if (ok && isfinite(want)) {
+            const LD err = fabsl((LD)g.dev - want);
+            note_max(&rep->dev_ratio[dti], (double)(err / tol));
+            if (lazy) note_max(&rep->dev_strict[dti], (double)(err / base));
+        }
+    }
+    if (g.has_u)
+        check(c, close_to(g.u, dv->u, dv->utol + u_extra), nm, "%s: u %.17g, want %.17Lg (tol %.3Lg)", ctx, g.u,
+              dv->u, dv->utol + u_extra);
+}
+
+static void check_tail(tcase *c, const char *nm, const char *ctx, const dtype *d, const rowref *r, double got,
+                       isa_report *rep) {
+    const int dti = d->is32 ? 0 : 1;
+    const int ok = close_to(got, r->tail, r->tail_tol);
+    check(c, ok, nm, "%s: tail %.17g, want %.17Lg (relative error %.3Lg eps, bound %.3Lg)", ctx, got, r->tail,
+          r->tail > 0 ? fabsl(got - r->tail) / (r->tail * d->eps) : (LD)INFINITY,
+          r->tail > 0 ? r->tail_tol / (r->tail * d->eps) : (LD)r->tail_tol);
+    if (ok && r->tail > 0 && !r->tail_flush) {
+        note_max(&rep->tail_err[dti], (double)(fabsl(got - r->tail) / (r->tail * d->eps)));
+        note_max(&rep->tail_ratio[dti], (double)(fabsl(got - r->tail) / r->tail_tol));
+    }
+}
+
+/* elementwise outputs out[off + i * os], i < n, against rf[i]; stat: what to measure */
+enum { ST_NONE, ST_AFF, ST_SOFTMAX, ST_SUB };
+static void check_elems(tcase *c, const char *nm, const char *ctx, const dtype *d, const void *out, int64_t off,
+                        int64_t os, int64_t n, const refv *rf, const void *x0, double m, double l, int stat,
+                        isa_report *rep) {
+    const int dti = d->is32 ? 0 : 1;
+    for (int64_t i = 0; i < n; i++) {
+        const double got = (double)d->get(out, off + i * os);
+        if (!meets(got, &rf[i])) {
+            check(c, 0, nm, "%s: out[%lld] = %.17g, want %.17g (error %.3g, tol %.3g; x %.17Lg, m %.17g, l %.17g)", ctx,
+                  (long long)i, got, rf[i].hi, ref_err(got, &rf[i]), rf[i].tol, d->get(x0, i), m, l);
+            return;
+        }
+        if (!isfinite(rf[i].hi)) continue;
+        if ((stat == ST_AFF || stat == ST_SOFTMAX) && rf[i].tol > 0)
+            note_max(&rep->aff_ratio[dti], ref_err(got, &rf[i]) / rf[i].tol);
+        if (stat == ST_SOFTMAX && rf[i].hi >= 0.36787944 && rf[i].hi <= 1) /* |x - lse| <= 1 */
+            note_max(&rep->soft_ulp[dti], ref_err(got, &rf[i]) / ulp_d(d, rf[i].hi));
+        if (stat == ST_SUB && rf[i].hi != 0) note_max(&rep->sub_ulp[dti], ref_err(got, &rf[i]) / ulp_d(d, rf[i].hi));
+    }
+    check(c, 1, nm, " ");
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* row kernels                                                                           */
+
+enum {
+    K_STATS, K_STATS_DEV, K_STATS_DEVW, K_TAIL, K_MERGE_W, K_MERGE_1,
+    K_SOFTMAX, K_AFF_AB, K_AFF_ABW, K_AFF_INPLACE, K_AFF_NEG, K_SOFTMAX_LSE, K_AFF_LSE,
+    K_SUB, K_SUB_INPLACE, K_SUB_LSE,
+    K_FUSED, K_FUSED_DEVW, K_FUSED_INPLACE, K_SCALE, K_SCALE_SOFTMAX,
+    K_N
+};
+static const char *KNAME[K_N] = {
+    "row_stats(want_dev=0)", "row_stats(want_dev=1,w=NULL)", "row_stats(want_dev=1,w)", "row_tail(top=max)",
+    "fce_stats_merge(row_stats of chunks,w)", "fce_stats_merge(row_stats of chunks,w=NULL)",
+    "row_exp_affine(a=1,beta=0)", "row_exp_affine(w=NULL)", "row_exp_affine(w)", "row_exp_affine(w,out==x)",
+    "row_exp_affine(a<0,beta<0,w)", "row_exp_affine(a=1,beta=0,(m,l)=(lse,0))", "row_exp_affine(w,(m,l)=(lse,0))",
+    "row_sub_shift", "row_sub_shift(out==x)", "row_sub_shift((m,l)=(lse,0))",
+    "row_fused_stats(want_dev=0)", "row_fused_stats(want_dev=1,w)", "row_fused_stats(want_dev=1,w=NULL,out==x)",
+    "row_scale(w) of row_fused_stats", "row_scale(a=1/sum,beta=0) of row_fused_stats",
+};
+/* the elementwise kernels: K, its reference, sub_shift or exp_affine, in place */
+static const struct {
+    int k, e, sub, inplace;
+} ELEM[] = {{K_SOFTMAX, E_SOFTMAX, 0, 0},     {K_AFF_AB, E_AFF_AB, 0, 0},   {K_AFF_ABW, E_AFF_ABW, 0, 0},
+            {K_AFF_INPLACE, E_AFF_ABW, 0, 1}, {K_AFF_NEG, E_AFF_NEG, 0, 0}, {K_SOFTMAX_LSE, E_SOFTMAX_LSE, 0, 0},
+            {K_AFF_LSE, E_AFF_LSE, 0, 0},     {K_SUB, E_SUB, 1, 0},         {K_SUB_INPLACE, E_SUB, 1, 1},
+            {K_SUB_LSE, E_SUB_LSE, 1, 0}};
+#define N_ELEM ((int)(sizeof ELEM / sizeof ELEM[0]))
+
+enum {
+    V_RANDOM, V_WIDE, V_ASCENDING, V_DESCENDING, V_LARGE, V_NEGINF, V_NAN_FIRST, V_NAN_MID, V_NAN_LAST,
+    V_PINF_FIRST, V_PINF_MID, V_PINF_LAST, V_NAN_NEGINF, V_LOWEST,
+    V_HUGE, V_HUGE_NEG, V_BIG, V_BIG_NEG, V_DOM, V_DOM_TIES, V_DOM_FAR, V_CREEP, V_CREEP16, V_LEAP, V_LAG,
+    V_ULP32, V_N
+};
+static const char *VNAME[V_N] = {
+    "random(-inf masked)", "wide",      "ascending", "descending", "large offset", "all -inf",
+    "nan first",           "nan middle", "nan last", "+inf first", "+inf middle",  "+inf last",
+    "nan, rest -inf",      "all lowest finite",
+    "K + ulp spread, K = 1e16 (f64) / 1e30 (f32)", "-K + ulp spread",
+    "K + 3 N(0,1), K = 1e13 (f64) / 1e6 (f32)", "-K + 3 N(0,1)",
+    "dominated: one max, rest >= 18 (f32) / 38 (f64) below, -inf masked",
+    "dominated, max tied 2-3 times (tail >= 1)",
+    "dominated, rest 60-120 (f32) / 690-770 (f64) below (exp flushes)",
+    "max creeping up: ascending, steps U(0, 1.2)", "ascending, steps exactly 16", "ascending, steps 16-20",
+    "first block 12 below, then ties of the max (lagging lane references)",
+    "K, then K + 32 where ulp(K) = 32 (K = 2^28 + 32 (f32) / 2^57 + 32 (f64): ref + 16 rounds to K + 32)",
+};
+
+#define MAXN 32000
+/* row sizes: 0..70, 1000 and MAXN, the longest scaled by -s below 1 (the qemu run) */
+static int64_t g_nlong = MAXN;
+static int row_sizes(int64_t *sizes) {
+    int ns = 0;
+    for (int i = 0; i <= 70; i++) sizes[ns++] = i;
+    sizes[ns++] = 1000;
+    sizes[ns++] = g_nlong;
+    return ns;
+}
+
+static tcase rowcase[MAXISA][2][K_N][V_N];
+
+/* "kernel / row kind", formatted once */
+static const char *rowname(int k, int var) {
+    static char names[K_N][V_N][200];
+    if (!names[k][var][0]) snprintf(names[k][var], sizeof names[k][var], "%s / %s", KNAME[k], VNAME[var]);
+    return names[k][var];
+}
+
+static void make_row(const dtype *d, int var, int64_t n, void *x, void *w) {
+    const LD lowest = -d->tmax;
+    const LD huge = d->is32 ? 1e30L : 1e16L, hulp = (LD)ulp_d(d, (double)huge), big = d->is32 ? 1e6L : 1e13L;
+    const LD gap = d->is32 ? 18 : 38, far = d->is32 ? 60 : 690, farw = d->is32 ? 60 : 80, top = 5;
+    const int64_t p = var == V_NAN_FIRST || var == V_PINF_FIRST ? 0
+                      : var == V_NAN_LAST || var == V_PINF_LAST ? n - 1
+                                                                : (n * 7) / 13;
+    const int64_t lagn = n / 2 < 64 ? n / 2 : 64; /* > the first 4-vector block of every ISA */
+    LD acc = var == V_LEAP ? -3000 : -20;
+    for (int64_t i = 0; i < n; i++) {
+        LD v;
+        switch (var) {
+        case V_WIDE: v = d->is32 ? -60 + 120 * rng_unif() : -400 + 800 * rng_unif(); break;
+        case V_ASCENDING: v = -4 + 8.0L * (LD)i / (LD)n; break;
+        case V_DESCENDING: v = 4 - 8.0L * (LD)i / (LD)n; break;
+        case V_LARGE: v = 1e4 + 3 * rng_normal(); break;
+        case V_NEGINF: case V_NAN_NEGINF: v = -INFINITY; break;
+        case V_LOWEST: v = lowest; break;
+        case V_HUGE: case V_HUGE_NEG: v = (var == V_HUGE ? huge : -huge) + hulp * roundl(2 * rng_normal()); break;
+        case V_BIG: case V_BIG_NEG: v = (var == V_BIG ? big : -big) + 3 * rng_normal(); break;
+        case V_DOM: case V_DOM_TIES:
+            v = top - gap - 6 * rng_unif();
+            if (rng_unif() < 0.1) v = -INFINITY;
+            break;
+        case V_DOM_FAR: v = top - far - farw * rng_unif(); break;
+        case V_CREEP: v = acc; acc += 1.2L * rng_unif(); break;
+        case V_CREEP16: v = -2000 + 16.0L * (LD)i; break;
+        case V_LEAP: v = acc; acc += 16 + 4 * rng_unif(); break;
+        case V_ULP32: v = (d->is32 ? 0x1p28L : 0x1p57L) + (i < (n + 1) / 2 ? 32 : 64); break;
+        case V_LAG: v = i < lagn ? -9.3L : (i % 7 == 3 ? 3.2L : 3.3L); break; /* ref - x inexact */
+        default: v = 5 + 3 * rng_normal(); if (rng_unif() < 0.1) v = -INFINITY; break;
+        }
+        d->set(x, i, v);
+        /* weights in [0, 2), a few exactly 0 */
+        d->set(w, i, rng_unif() < 0.05 ? 0 : 2 * rng_unif());
+    }
+    if (n > 0) {
+        if (var == V_NAN_FIRST || var == V_NAN_MID || var == V_NAN_LAST || var == V_NAN_NEGINF) d->set(x, p, NAN);
+        if (var == V_PINF_FIRST || var == V_PINF_MID || var == V_PINF_LAST) d->set(x, p, INFINITY);
+        if (var == V_DOM || var == V_DOM_TIES || var == V_DOM_FAR) {
+            const int64_t at = (int64_t)(rng_u64() % (uint64_t)n); /* the max anywhere: body, loop, tail */
+            d->set(x, at, top);
+            if (var == V_DOM_TIES) {
+                d->set(x, n - 1, top);
+                d->set(x, (at * 5 + 1) % n, top);
+            }
+        }
     }
 }
 
 static void run_rows(const dtype *d, const fce_kernels *K, int isa, int var, int64_t n, int at_end, const void *x,
                      const void *w, const void *x0, const void *w0, const rowref *r, unsigned char *obuf,
-                     isa_report *rep) {
+                     unsigned char *obuf2, isa_report *rep) {
     const int dti = d->is32 ? 0 : 1;
+    const size_t es = d->esz;
     char ctx[96];
     snprintf(ctx, sizeof ctx, "n=%lld placed %s", (long long)n, at_end ? "before a guard page" : "after a guard page");
-    void *out = obuf + GUARD * d->esz;
-    const size_t nb = (size_t)n * d->esz;
+    void *out = obuf + GUARD * es, *out2 = obuf2 + GUARD * es;
+    const size_t nb = (size_t)n * es;
+    const int special = r->n_nan || r->n_pinf;
+#define BEGIN(K_)                                                                                   \
+    tcase *c = &rowcase[isa][dti][K_][var];                                                         \
+    const char *nm = rowname(K_, var);                                                              \
+    WHERE(nm, ctx)
 
     /* ---- row_stats ---- */
-    for (int k = K_STATS; k <= K_STATS_WXW; k++) {
-        tcase *c = &rowcase[isa][dti][k][var];
-        char nm[128];
-        snprintf(nm, sizeof nm, "%s / %s", KNAME[k], VNAME[var]);
-        snprintf(g_where, sizeof g_where, "%s %s", nm, ctx);
-        int ww = k != K_STATS;
-        const void *wp = k == K_STATS_WXW ? w : NULL;
-        fce_stats st = {.max = 1234.5, .sum = 1234.5, .wx = 1234.5};
-        d->stats(K, x, n, wp, ww, &st);
+    for (int k = K_STATS; k <= K_STATS_DEVW; k++) {
+        BEGIN(k);
+        const int wd = k != K_STATS;
+        fce_stats st = {1234.5, 1234.5, 1234.5, 1234.5};
+        d->stats(K, x, n, k == K_STATS_DEVW ? w : NULL, wd, &st);
         check(c, memcmp(x, x0, nb) == 0 && memcmp(w, w0, nb) == 0, nm, "%s: input modified", ctx);
-        check_stats_vs_ref(c, nm, ctx, d, r, st.max, st.sum, ww, st.wx, k == K_STATS_WXW, rep);
+        check_stats(c, nm, ctx, d, r, gs_of(&st), wd ? &r->dv[k == K_STATS_DEVW] : NULL, x0, 0, 0, 0, rep);
     }
 
-    /* ---- row_exp_affine ---- */
-    const double shift = r->shift;
-    for (int k = K_SOFTMAX; k <= K_AFF_NEG; k++) {
-        tcase *c = &rowcase[isa][dti][k][var];
-        char nm[128];
-        snprintf(nm, sizeof nm, "%s / %s", KNAME[k], VNAME[var]);
-        snprintf(g_where, sizeof g_where, "%s %s", nm, ctx);
-        const double a = AFFCFG[k - K_SOFTMAX].a, beta = AFFCFG[k - K_SOFTMAX].beta;
-        const void *wp = AFFCFG[k - K_SOFTMAX].use_w ? w : NULL;
-        memset(obuf, 0xA5, (size_t)(n + 2 * GUARD) * d->esz);
-        if (k == K_AFF_INPLACE) {
+    /* ---- row_tail: checked where the row has a finite max (called on every row: reads stay inside) ---- */
+    {
+        BEGIN(K_TAIL);
+        const double t = d->tail(K, x, n, r->n_fin ? r->m : 0.0);
+        check(c, memcmp(x, x0, nb) == 0, nm, "%s: input modified", ctx);
+        if (!special && r->n_fin) check_tail(c, nm, ctx, d, r, t, rep);
+    }
+
+    /* ---- fce_stats_merge of chunk statistics, in order ---- */
+    for (int k = K_MERGE_W; k <= K_MERGE_1; k++) {
+        BEGIN(k);
+        const int use_w = k == K_MERGE_W;
+        const int64_t sizes[] = {use_w ? 1 : 7, use_w ? 3 : (n + 2) / 3, 16, 67, (n + 1) / 2};
+        const int nsz = use_w ? 5 : 2;
+        for (int si = 0; si < nsz; si++) {
+            const int64_t cs = sizes[si] < 1 ? 1 : sizes[si];
+            fce_stats acc = {0, 0, 0, 0};
+            int64_t nch = 0;
+            for (int64_t off = 0; off < n || nch == 0; off += cs) {
+                const int64_t len = n - off < cs ? n - off : cs;
+                fce_stats st = {1234.5, 1234.5, 1234.5, 1234.5};
+                d->stats(K, (const unsigned char *)x + off * es, len, use_w ? (const unsigned char *)w + off * es : NULL,
+                         1, &st);
+                acc = nch++ ? fce_stats_merge(acc, st) : st;
+            }
+            char mctx[160];
+            snprintf(mctx, sizeof mctx, "%s, %lld chunks of %lld", ctx, (long long)nch, (long long)cs);
+            /* each merge: sum * exp(max - M) in float64 (libm), dev + (M - max) u, u + u */
+            const devref *dv = &r->dv[use_w];
+            check_stats(c, nm, mctx, d, r, gs_of(&acc), dv, x0, (LD)(nch + 2) * 0x1p-51L * r->sum,
+                        (LD)(nch + 2) * 0x1p-52L * dv->scale, use_w ? (LD)(nch + 2) * 0x1p-53L * dv->au : 0, rep);
+        }
+        check(c, memcmp(x, x0, nb) == 0 && memcmp(w, w0, nb) == 0, nm, "%s: input modified", ctx);
+    }
+
+    /* ---- row_exp_affine, row_sub_shift ---- */
+    for (int j = 0; j < N_ELEM; j++) {
+        const int k = ELEM[j].k, e = ELEM[j].e;
+        BEGIN(k);
+        const int lse = ELEM[j].sub ? e == E_SUB_LSE : AFFCFG[e].lse;
+        const double m = lse ? r->lse : r->m, l = lse ? 0.0 : r->l;
+        const double a = ELEM[j].sub ? 0 : AFFCFG[e].a, beta = ELEM[j].sub ? 0 : AFFCFG[e].beta;
+        const void *wp = !ELEM[j].sub && AFFCFG[e].use_w ? w : NULL;
+        memset(obuf, 0xA5, (size_t)(n + 2 * GUARD) * es);
+        const void *src = x;
+        if (ELEM[j].inplace) {
             memcpy(out, x, nb);
-            d->affine(K, out, out, n, shift, a, beta, wp);
+            src = out;
+        }
+        if (ELEM[j].sub) d->subsh(K, src, out, n, m, l);
+        else d->affine(K, src, out, n, m, l, a, beta, wp);
+        if (!ELEM[j].inplace) check(c, memcmp(x, x0, nb) == 0, nm, "%s: input modified", ctx);
+        check(c, memcmp(w, w0, nb) == 0, nm, "%s: weights modified", ctx);
+        check_out_guards(c, d, obuf, n, nm, ctx);
+        check_elems(c, nm, ctx, d, out, 0, 1, n, r->el[e], x0, m, l,
+                    ELEM[j].sub ? ST_SUB : e == E_SOFTMAX ? ST_SOFTMAX : ST_AFF, rep);
+    }
+
+    /* ---- row_fused_stats (then row_scale on its output) ---- */
+    for (int k = K_FUSED; k <= K_FUSED_INPLACE; k++) {
+        BEGIN(k);
+        const int wd = k != K_FUSED, use_w = k == K_FUSED_DEVW;
+        memset(obuf, 0xA5, (size_t)(n + 2 * GUARD) * es);
+        fce_stats st = {1234.5, 1234.5, 1234.5, 1234.5};
+        if (k == K_FUSED_INPLACE) {
+            memcpy(out, x, nb);
+            d->fused(K, out, out, n, NULL, wd, &st);
         } else {
-            d->affine(K, x, out, n, shift, a, beta, wp);
+            d->fused(K, x, out, n, use_w ? w : NULL, wd, &st);
             check(c, memcmp(x, x0, nb) == 0, nm, "%s: input modified", ctx);
         }
         check(c, memcmp(w, w0, nb) == 0, nm, "%s: weights modified", ctx);
         check_out_guards(c, d, obuf, n, nm, ctx);
-        const refv *rf = r->aff[k - K_SOFTMAX];
-        for (int64_t i = 0; i < n; i++) {
-            const double got = (double)d->get(out, i);
-            if (!meets(got, &rf[i])) {
-                check(c, 0, nm, "%s: out[%lld] = %.17g, want %.17g (x %.17Lg, shift %.17g, a %g, beta %g, w %.9Lg)",
-                      ctx, (long long)i, got, rf[i].hi, d->get(x0, i), shift, a, beta, wp ? d->get(w0, i) : 1.0L);
-                break;
+        check_stats(c, nm, ctx, d, r, gs_of(&st), wd ? &r->dv[use_w] : NULL, NULL, 0, 0, 0, rep);
+        if (!special) check_elems(c, nm, ctx, d, out, 0, 1, n, r->el[E_FUSED], x0, st.max, 0, ST_NONE, rep);
+        if (k != K_FUSED_DEVW) continue;
+        /* out = a out - beta w on the kernel's own exp(x - max) */
+        for (int ks = K_SCALE; ks <= K_SCALE_SOFTMAX; ks++) {
+            tcase *cs = &rowcase[isa][dti][ks][var];
+            const char *snm = rowname(ks, var);
+            WHERE(snm, ctx);
+            const double a = ks == K_SCALE ? 0.37 : (st.sum > 0 && isfinite(st.sum) ? 1.0 / st.sum : 1.0);
+            const double beta = ks == K_SCALE ? 0.21 : 0.0;
+            const void *wp = ks == K_SCALE ? w : NULL;
+            memset(obuf2, 0xA5, (size_t)(n + 2 * GUARD) * es);
+            memcpy(out2, out, nb);
+            d->scale(K, out2, n, a, beta, wp);
+            check(cs, memcmp(w, w0, nb) == 0, snm, "%s: weights modified", ctx);
+            check_out_guards(cs, d, obuf2, n, snm, ctx);
+            const LD af = rnd_dt(d, a), bf = rnd_dt(d, beta);
+            for (int64_t i = 0; i < n; i++) {
+                const LD ev = d->get(out, i), wv = wp ? d->get(w0, i) : 1, got = d->get(out2, i);
+                const LD want = af * ev - bf * wv;
+                const LD tol = d->eps * (fabsl(af * ev) + 1.5L * fabsl(bf * wv)) + 2 * d->tmin;
+                if (!close_to(got, want, tol)) {
+                    check(cs, 0, snm, "%s: out[%lld] = %.17Lg, want %.17Lg (e %.17Lg, a %.17g, beta %g, w %.9Lg)", ctx,
+                          (long long)i, got, want, ev, a, beta, wv);
+                    break;
+                }
             }
-            if (isfinite(rf[i].hi) && rf[i].tol > 0) {
-                double q = ref_err(got, &rf[i]) / rf[i].tol;
-                if (q > rep->aff_ratio[dti]) rep->aff_ratio[dti] = q;
-            }
-            if (k == K_SOFTMAX && isfinite(rf[i].hi) && rf[i].hi >= d->tmin &&
-                fabs((double)d->get(x0, i) - shift) <= 1) {
-                double u = ref_err(got, &rf[i]) / ulp_d(d, rf[i].hi);
-                if (u > rep->soft_ulp[dti]) rep->soft_ulp[dti] = u;
-            }
+            check(cs, 1, snm, " ");
         }
-        check(c, 1, nm, " ");
     }
-
-    /* ---- row_sub_shift ---- */
-    for (int k = K_SUB; k <= K_SUB_INPLACE; k++) {
-        tcase *c = &rowcase[isa][dti][k][var];
-        char nm[128];
-        snprintf(nm, sizeof nm, "%s / %s", KNAME[k], VNAME[var]);
-        snprintf(g_where, sizeof g_where, "%s %s", nm, ctx);
-        memset(obuf, 0xA5, (size_t)(n + 2 * GUARD) * d->esz);
-        if (k == K_SUB_INPLACE) {
-            memcpy(out, x, nb);
-            d->subsh(K, out, out, n, shift);
-        } else {
-            d->subsh(K, x, out, n, shift);
-            check(c, memcmp(x, x0, nb) == 0, nm, "%s: input modified", ctx);
-        }
-        check_out_guards(c, d, obuf, n, nm, ctx);
-        for (int64_t i = 0; i < n; i++) {
-            const refv *rf = &r->sub[i];
-            const double got = (double)d->get(out, i);
-            if (!meets(got, rf)) {
-                check(c, 0, nm, "%s: out[%lld] = %.17g, want %.17g (x %.17Lg, shift %.17g)", ctx, (long long)i, got,
-                      rf->hi, d->get(x0, i), shift);
-                break;
-            }
-            if (isfinite(rf->hi) && rf->hi != 0) {
-                double u = ref_err(got, rf) / ulp_d(d, rf->hi);
-                if (u > rep->sub_ulp[dti]) rep->sub_ulp[dti] = u;
-            }
-        }
-        check(c, 1, nm, " ");
-    }
+#undef BEGIN
 }
 
 static void test_rows(const dtype *d, const fce_kernels **tabs, const int *isa_idx, int nact, isa_report *reps) {
@@ -581,13 +930,11 @@ static void test_rows(const dtype *d, const fce_kernels **tabs, const int *isa_i
     }
     unsigned char *x0 = malloc(MAXN * sizeof(double)), *w0 = malloc(MAXN * sizeof(double));
     unsigned char *obuf = malloc((MAXN + 2 * GUARD) * sizeof(double));
+    unsigned char *obuf2 = malloc((MAXN + 2 * GUARD) * sizeof(double));
     rowref r;
-    for (int k = 0; k <= K_AFF_NEG - K_SOFTMAX; k++) r.aff[k] = malloc(MAXN * sizeof(refv));
-    r.sub = malloc(MAXN * sizeof(refv));
+    for (int k = 0; k < E_N; k++) r.el[k] = malloc(MAXN * sizeof(refv));
     int64_t sizes[71 + 2];
-    int ns = 0;
-    for (int i = 0; i <= 70; i++) sizes[ns++] = i;
-    for (int i = 0; i < 2; i++) sizes[ns++] = SIZES_EXTRA[i];
+    const int ns = row_sizes(sizes);
     for (int var = 0; var < V_N; var++) {
         for (int si = 0; si < ns; si++) {
             const int64_t n = sizes[si];
@@ -603,7 +950,7 @@ static void test_rows(const dtype *d, const fce_kernels **tabs, const int *isa_i
                     g_isa = tabs[a]->name;
                     memcpy(x, x0, nb);
                     memcpy(w, w0, nb);
-                    run_rows(d, tabs[a], isa_idx[a], var, n, at_end, x, w, x0, w0, &r, obuf, &reps[a]);
+                    run_rows(d, tabs[a], isa_idx[a], var, n, at_end, x, w, x0, w0, &r, obuf, obuf2, &reps[a]);
                 }
             }
         }
@@ -611,25 +958,29 @@ static void test_rows(const dtype *d, const fce_kernels **tabs, const int *isa_i
     free(x0);
     free(w0);
     free(obuf);
-    for (int k = 0; k <= K_AFF_NEG - K_SOFTMAX; k++) free(r.aff[k]);
-    free(r.sub);
+    free(obuf2);
+    for (int k = 0; k < E_N; k++) free(r.el[k]);
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* column blocks (col_*: `lanes` rows side by side, element (c, l) at x[c * sc + l]) and  */
-/* probability targets (row_soft_stats, row_soft_grad)                                   */
+/* column blocks (col_*: `lanes` rows side by side, element (c, l) at x[c * sc + l]),    */
+/* probability targets (row_soft_stats, row_soft_grad) and worked examples               */
 
 enum {
-    X_COL_STATS, X_COL_STATS_WX, X_COL_STATS_WXW, X_COL_SOFTMAX, X_COL_AFF_AB, X_COL_AFF_ABW, X_COL_AFF_INPLACE,
-    X_COL_SUB, X_COL_SUB_INPLACE, X_SOFT_STATS, X_SOFT_STATS_W, X_SOFT_STATS_MASKED, X_SOFT_GRAD, X_SOFT_GRAD_W,
-    X_SOFT_GRAD_INPLACE, X_N
+    X_COL_STATS, X_COL_STATS_DEV, X_COL_STATS_DEVW, X_COL_TAIL, X_COL_SOFTMAX, X_COL_AFF_AB, X_COL_AFF_ABW,
+    X_COL_AFF_INPLACE, X_COL_SOFTMAX_LSE, X_COL_SUB, X_COL_SUB_INPLACE, X_COL_SUB_LSE,
+    X_SOFT_STATS, X_SOFT_STATS_W, X_SOFT_STATS_MASKED, X_SOFT_STATS_MASKED_LS, X_SOFT_GRAD, X_SOFT_GRAD_W,
+    X_SOFT_GRAD_INPLACE, X_EXAMPLES, X_N
 };
 static const char *XNAME[X_N] = {
-    "col_stats(want_wx=0)", "col_stats(want_wx=1,w=NULL)", "col_stats(want_wx=1,w)",
+    "col_stats(want_dev=0)", "col_stats(want_dev=1,w=NULL)", "col_stats(want_dev=1,w)", "col_tail(top=lane max)",
     "col_exp_affine(a=1,beta=NULL)", "col_exp_affine(w=NULL)", "col_exp_affine(w)", "col_exp_affine(w,out==x)",
-    "col_sub_shift", "col_sub_shift(out==x)", "row_soft_stats(w=NULL)", "row_soft_stats(w)",
-    "row_soft_stats(-inf classes with t=0: wtx nan)", "row_soft_grad(w=NULL)", "row_soft_grad(w)",
-    "row_soft_grad(w,out==x)",
+    "col_exp_affine(a=1,beta=NULL,(m,l)=(lse,0))", "col_sub_shift", "col_sub_shift(out==x)",
+    "col_sub_shift((m,l)=(lse,0))", "row_soft_stats(w=NULL,ta=1,tb=0)", "row_soft_stats(w,ta=0.9,tb=0.1/n)",
+    "row_soft_stats(w,tb=0; -inf classes with u=0: dev nan)",
+    "row_soft_stats(w=NULL,tb=0.1/n; -inf classes with u>0: dev +inf)", "row_soft_grad(w=NULL)",
+    "row_soft_grad(w)", "row_soft_grad(w,out==x)",
+    "worked examples (K+[0,0] softmax, [0,-40] tail, shifted dev)",
 };
 static tcase xcase[MAXISA][2][X_N];
 
@@ -638,8 +989,18 @@ static tcase xcase[MAXISA][2][X_N];
 
 /* lane kinds of a column block; the row variants they borrow */
 static const int LANE_VARS[] = {V_RANDOM, V_NEGINF, V_WIDE, V_NAN_MID, V_LARGE, V_PINF_FIRST, V_DESCENDING,
-                                V_NAN_NEGINF, V_LOWEST};
+                                V_NAN_NEGINF, V_LOWEST, V_HUGE, V_DOM, V_HUGE_NEG, V_DOM_TIES, V_BIG_NEG,
+                                V_DOM_FAR};
 #define N_LANE_VARS ((int)(sizeof LANE_VARS / sizeof LANE_VARS[0]))
+
+/* the column elementwise kernels: X, reference, sub_shift, in place, beta = NULL */
+static const struct {
+    int x, e, sub, inplace, nobeta;
+} CELEM[] = {{X_COL_SOFTMAX, E_SOFTMAX, 0, 0, 1},         {X_COL_AFF_AB, E_AFF_AB, 0, 0, 0},
+             {X_COL_AFF_ABW, E_AFF_ABW, 0, 0, 0},         {X_COL_AFF_INPLACE, E_AFF_ABW, 0, 1, 0},
+             {X_COL_SOFTMAX_LSE, E_SOFTMAX_LSE, 0, 0, 1}, {X_COL_SUB, E_SUB, 1, 0, 0},
+             {X_COL_SUB_INPLACE, E_SUB, 1, 1, 0},         {X_COL_SUB_LSE, E_SUB_LSE, 1, 0, 0}};
+#define N_CELEM ((int)(sizeof CELEM / sizeof CELEM[0]))
 
 static void test_cols(const dtype *d, const fce_kernels **tabs, int nact, isa_report *reps) {
     const int dti = d->is32 ? 0 : 1;
@@ -655,10 +1016,8 @@ static void test_cols(const dtype *d, const fce_kernels **tabs, int nact, isa_re
     unsigned char *blk = malloc((size_t)MAXC * (MAXLANES + 3) * sizeof(double));
     unsigned char *obuf = malloc(((size_t)MAXC * (MAXLANES + 3) + 2 * GUARD) * sizeof(double));
     rowref *refs = calloc(MAXLANES, sizeof(rowref));
-    for (int l = 0; l < MAXLANES; l++) {
-        for (int k = 0; k <= K_AFF_NEG - K_SOFTMAX; k++) refs[l].aff[k] = malloc(MAXC * sizeof(refv));
-        refs[l].sub = malloc(MAXC * sizeof(refv));
-    }
+    for (int l = 0; l < MAXLANES; l++)
+        for (int k = 0; k < E_N; k++) refs[l].el[k] = malloc(MAXC * sizeof(refv));
     static const int64_t CS[] = {0, 1, 2, 3, 5, 8, 17, 64, 257};
     for (int a = 0; a < nact; a++) {
         const fce_kernels *K = tabs[a];
@@ -689,53 +1048,76 @@ static void test_cols(const dtype *d, const fce_kernels **tabs, int nact, isa_re
                     for (int64_t c = 0; c < C; c++)
                         for (int l = 0; l < nl; l++) d->set(blk, c * sc + l, d->get(rows + (size_t)l * MAXC * es, c));
                     memcpy(x, blk, (size_t)span * es);
-                    char ctx[128];
+                    char ctx[128], lctx[MAXLANES][200];
                     snprintf(ctx, sizeof ctx, "C=%lld nl=%d of %d lanes, stride %lld", (long long)C, nl, L, (long long)sc);
+                    for (int l = 0; l < nl; l++)
+                        snprintf(lctx[l], sizeof lctx[l], "%s, lane %d (%s)", ctx, l, VNAME[LANE_VARS[(l + C) % N_LANE_VARS]]);
 
                     /* ---- col_stats ---- */
-                    for (int k = X_COL_STATS; k <= X_COL_STATS_WXW; k++) {
+                    double mx[MAXLANES + 1], sm[MAXLANES + 1], dv[MAXLANES + 1];
+                    for (int k = X_COL_STATS; k <= X_COL_STATS_DEVW; k++) {
                         tcase *c = &xcase[a][dti][k];
-                        snprintf(g_where, sizeof g_where, "%s %s", XNAME[k], ctx);
-                        double mx[MAXLANES + 1], sm[MAXLANES + 1], wx[MAXLANES + 1];
-                        for (int l = 0; l <= MAXLANES; l++) mx[l] = sm[l] = wx[l] = 1234.5;
-                        const int ww = k != X_COL_STATS, use_w = k == X_COL_STATS_WXW;
-                        d->colstats(K, x, sc, C, nl, use_w ? wrow : NULL, ww, mx, sm, wx);
+                        WHERE(XNAME[k], ctx);
+                        for (int l = 0; l <= MAXLANES; l++) mx[l] = sm[l] = dv[l] = 1234.5;
+                        const int wd = k != X_COL_STATS, use_w = k == X_COL_STATS_DEVW;
+                        d->colstats(K, x, sc, C, nl, use_w ? wrow : NULL, wd, mx, sm, dv);
                         check(c, memcmp(x, blk, (size_t)span * es) == 0, XNAME[k], "%s: input modified", ctx);
                         int untouched = 1;
                         for (int l = nl; l <= MAXLANES; l++)
-                            if (mx[l] != 1234.5 || sm[l] != 1234.5 || wx[l] != 1234.5) untouched = 0;
+                            if (mx[l] != 1234.5 || sm[l] != 1234.5 || dv[l] != 1234.5) untouched = 0;
                         check(c, untouched, XNAME[k], "%s: wrote results for lanes >= nl", ctx);
                         for (int l = 0; l < nl; l++) {
-                            char lctx[160];
-                            snprintf(lctx, sizeof lctx, "%s, lane %d (%s)", ctx, l, VNAME[LANE_VARS[(l + C) % N_LANE_VARS]]);
-                            check_stats_vs_ref(c, XNAME[k], lctx, d, &refs[l], mx[l], sm[l], ww, wx[l], use_w, &reps[a]);
+                            gstats g = {mx[l], sm[l], wd ? dv[l] : 0.0, 0, 0};
+                            check_stats(c, XNAME[k], lctx[l], d, &refs[l], g, wd ? &refs[l].dv[use_w] : NULL, NULL, 0, 0, 0,
+                                        &reps[a]);
+                        }
+                    }
+
+                    /* ---- col_tail: top = each lane's max (whatever it is: only finite lanes are checked) ---- */
+                    {
+                        tcase *c = &xcase[a][dti][X_COL_TAIL];
+                        WHERE(XNAME[X_COL_TAIL], ctx);
+                        double top[MAXLANES], tl[MAXLANES + 1];
+                        for (int l = 0; l < L; l++) top[l] = l < nl && !isnan(refs[l].max) ? (double)refs[l].max : 0;
+                        for (int l = 0; l <= MAXLANES; l++) tl[l] = 1234.5;
+                        d->coltail(K, x, sc, C, nl, top, tl);
+                        check(c, memcmp(x, blk, (size_t)span * es) == 0, XNAME[X_COL_TAIL], "%s: input modified", ctx);
+                        int untouched = 1;
+                        for (int l = nl; l <= MAXLANES; l++)
+                            if (tl[l] != 1234.5) untouched = 0;
+                        check(c, untouched, XNAME[X_COL_TAIL], "%s: wrote results for lanes >= nl", ctx);
+                        for (int l = 0; l < nl; l++) {
+                            if (refs[l].n_nan || refs[l].n_pinf || !refs[l].n_fin) continue;
+                            check_tail(c, XNAME[X_COL_TAIL], lctx[l], d, &refs[l], tl[l], &reps[a]);
                         }
                     }
 
                     /* ---- col_exp_affine, col_sub_shift ---- */
-                    double shift[MAXLANES], av[MAXLANES], bv[MAXLANES];
-                    for (int k = X_COL_SOFTMAX; k <= X_COL_SUB_INPLACE; k++) {
+                    double mv[MAXLANES], lv[MAXLANES], av[MAXLANES], bv[MAXLANES];
+                    for (int j = 0; j < N_CELEM; j++) {
+                        const int k = CELEM[j].x, e = CELEM[j].e, is_sub = CELEM[j].sub, inplace = CELEM[j].inplace;
                         tcase *c = &xcase[a][dti][k];
-                        snprintf(g_where, sizeof g_where, "%s %s", XNAME[k], ctx);
-                        const int is_sub = k >= X_COL_SUB, inplace = k == X_COL_AFF_INPLACE || k == X_COL_SUB_INPLACE;
-                        const int cfg = is_sub ? 0 : k - X_COL_SOFTMAX; /* AFFCFG index */
+                        WHERE(XNAME[k], ctx);
+                        const int lse = is_sub ? e == E_SUB_LSE : AFFCFG[e].lse;
                         for (int l = 0; l < L; l++) {
-                            shift[l] = l < nl ? refs[l].shift : 0;
-                            av[l] = AFFCFG[cfg].a;
-                            bv[l] = AFFCFG[cfg].beta;
+                            mv[l] = l < nl ? (lse ? refs[l].lse : refs[l].m) : 0;
+                            lv[l] = l < nl && !lse ? refs[l].l : 0;
+                            av[l] = is_sub ? 0 : AFFCFG[e].a;
+                            bv[l] = is_sub ? 0 : AFFCFG[e].beta;
                         }
                         const int64_t os = inplace ? sc : osc;
                         unsigned char *ob = obuf + GUARD * es;
                         memset(obuf, 0xA5, ((size_t)C * os + 2 * GUARD) * es);
-                        const void *wp = AFFCFG[cfg].use_w ? wrow : NULL;
+                        const void *wp = !is_sub && AFFCFG[e].use_w ? wrow : NULL;
+                        const double *bp = CELEM[j].nobeta ? NULL : bv;
                         if (inplace) {
                             /* the whole block, gaps included, so untouched gaps can be checked */
                             memcpy(ob, blk, (size_t)C * sc * es);
-                            if (is_sub) d->colsub(K, ob, sc, ob, sc, C, nl, shift);
-                            else d->colaff(K, ob, sc, ob, sc, C, nl, shift, av, bv, wp);
+                            if (is_sub) d->colsub(K, ob, sc, ob, sc, C, nl, mv, lv);
+                            else d->colaff(K, ob, sc, ob, sc, C, nl, mv, lv, av, bp, wp);
                         } else {
-                            if (is_sub) d->colsub(K, x, sc, ob, os, C, nl, shift);
-                            else d->colaff(K, x, sc, ob, os, C, nl, shift, av, k == X_COL_SOFTMAX ? NULL : bv, wp);
+                            if (is_sub) d->colsub(K, x, sc, ob, os, C, nl, mv, lv);
+                            else d->colaff(K, x, sc, ob, os, C, nl, mv, lv, av, bp, wp);
                             check(c, memcmp(x, blk, (size_t)span * es) == 0, XNAME[k], "%s: input modified", ctx);
                         }
                         /* guards and every element outside the nl real lanes are untouched */
@@ -751,27 +1133,16 @@ static void test_cols(const dtype *d, const fce_kernels **tabs, int nact, isa_re
                             }
                         check(c, untouched, XNAME[k], "%s: wrote outside the nl real lanes", ctx);
                         for (int l = 0; l < nl; l++) {
-                            const refv *rf = is_sub ? refs[l].sub : refs[l].aff[cfg];
-                            for (int64_t cc = 0; cc < C; cc++) {
-                                const double got = (double)d->get(ob, cc * os + l);
-                                if (!meets(got, &rf[cc])) {
-                                    check(c, 0, XNAME[k], "%s: lane %d class %lld = %.17g, want %.17g (x %.17Lg, shift %.17g)",
-                                          ctx, l, (long long)cc, got, rf[cc].hi,
-                                          d->get(rows + (size_t)l * MAXC * es, cc), shift[l]);
-                                    break;
-                                }
-                            }
+                            check_elems(c, XNAME[k], lctx[l], d, ob, l, os, C, refs[l].el[e], rows + (size_t)l * MAXC * es,
+                                        mv[l], lv[l], is_sub ? ST_SUB : ST_AFF, &reps[a]);
                         }
-                        check(c, 1, XNAME[k], " ");
                     }
                 }
             }
         }
     }
-    for (int l = 0; l < MAXLANES; l++) {
-        for (int k = 0; k <= K_AFF_NEG - K_SOFTMAX; k++) free(refs[l].aff[k]);
-        free(refs[l].sub);
-    }
+    for (int l = 0; l < MAXLANES; l++)
+        for (int k = 0; k < E_N; k++) free(refs[l].el[k]);
     free(refs);
     free(rows);
     free(wrow);
@@ -779,6 +1150,12 @@ static void test_cols(const dtype *d, const fce_kernels **tabs, int nact, isa_re
     free(obuf);
 }
 
+/* probability targets: u_c = w_c (ta t_c + tb), ta and tb rounded to the float type */
+typedef struct {
+    int k, use_w; /* case, weighted */
+    double ta, tb;
+    devref dv;
+} softcfg;
 static void test_soft(const dtype *d, const fce_kernels **tabs, int nact, isa_report *reps) {
     const int dti = d->is32 ? 0 : 1;
     const size_t es = d->esz;
@@ -793,23 +1170,22 @@ static void test_soft(const dtype *d, const fce_kernels **tabs, int nact, isa_re
     unsigned char *x0 = malloc(MAXN * sizeof(double)), *t0 = malloc(MAXN * sizeof(double));
     unsigned char *w0 = malloc(MAXN * sizeof(double));
     unsigned char *obuf = malloc((MAXN + 2 * GUARD) * sizeof(double));
+    LD *uc = malloc(MAXN * sizeof(LD)), *du = malloc(MAXN * sizeof(LD));
     refv *gref[2];
     for (int j = 0; j < 2; j++) gref[j] = malloc(MAXN * sizeof(refv));
     rowref r;
-    for (int k = 0; k <= K_AFF_NEG - K_SOFTMAX; k++) r.aff[k] = malloc(MAXN * sizeof(refv));
-    r.sub = malloc(MAXN * sizeof(refv));
+    for (int k = 0; k < E_N; k++) r.el[k] = malloc(MAXN * sizeof(refv));
     const double ga = 0.7, gb = 0.01, gd = 0.6; /* row_soft_grad: a, beta, delta */
-    const LD gaf = d->is32 ? (LD)(float)ga : (LD)ga, gbf = d->is32 ? (LD)(float)gb : (LD)gb;
-    const LD gdf = d->is32 ? (LD)(float)gd : (LD)gd;
+    const LD gaf = rnd_dt(d, ga), gbf = rnd_dt(d, gb), gdf = rnd_dt(d, gd);
+    static const int SOFT_VARS[] = {V_WIDE, V_RANDOM, V_HUGE, V_HUGE_NEG, V_LAG};
     int64_t sizes[71 + 2];
-    int ns = 0;
-    for (int i = 0; i <= 70; i++) sizes[ns++] = i;
-    for (int i = 0; i < 2; i++) sizes[ns++] = SIZES_EXTRA[i];
-    for (int masked = 0; masked <= 1; masked++) {
+    const int ns = row_sizes(sizes);
+    for (size_t vi = 0; vi < sizeof SOFT_VARS / sizeof SOFT_VARS[0]; vi++) {
+        const int var = SOFT_VARS[vi], masked = var == V_RANDOM;
         for (int si = 0; si < ns; si++) {
             const int64_t n = sizes[si];
-            rng_state = 0x50f7ull + (uint64_t)n * 3 + (uint64_t)masked;
-            make_row(d, masked ? V_RANDOM : V_WIDE, n, x0, w0);
+            rng_state = 0x50f7ull + (uint64_t)n * 3 + (uint64_t)var * 7919;
+            make_row(d, var, n, x0, w0);
             /* targets: probabilities (some exactly 0), 0 on masked classes */
             LD tsum = 0;
             for (int64_t i = 0; i < n; i++) {
@@ -821,23 +1197,41 @@ static void test_soft(const dtype *d, const fce_kernels **tabs, int nact, isa_re
             if (tsum > 0)
                 for (int64_t i = 0; i < n; i++) d->set(t0, i, d->get(t0, i) / tsum);
             ref_row(d, x0, w0, n, &r);
-            /* references for wtx = sum w t x, wts = sum w t */
-            LD wtx[2] = {0, 0}, wts[2] = {0, 0}, awtx[2] = {0, 0}, awts[2] = {0, 0};
+            const LD base = r.n_fin ? (LD)r.m : 0;
+            /* the stats configurations of this row: which case, w, ta, tb */
+            softcfg cfg[2];
+            int ncfg = 0;
+            const double tbs = 0.1 / (double)(n > 0 ? n : 1);
+            if (!masked) {
+                cfg[ncfg++] = (softcfg){.k = X_SOFT_STATS, .use_w = 0, .ta = 1.0, .tb = 0.0};
+                cfg[ncfg++] = (softcfg){.k = X_SOFT_STATS_W, .use_w = 1, .ta = 0.9, .tb = tbs};
+            } else {
+                cfg[ncfg++] = (softcfg){.k = X_SOFT_STATS_MASKED, .use_w = 1, .ta = 1.0, .tb = 0.0};
+                cfg[ncfg++] = (softcfg){.k = X_SOFT_STATS_MASKED_LS, .use_w = 0, .ta = 0.9, .tb = tbs};
+            }
+            for (int q = 0; q < ncfg; q++) {
+                /* u_c exactly from the rounded ta, tb; the kernel rounds t' = ta t + tb (once with
+                 * an fma, twice without) and w t': within 1.5 eps |w| (|ta t| + |tb|) */
+                const LD taf = rnd_dt(d, cfg[q].ta), tbf = rnd_dt(d, cfg[q].tb);
+                for (int64_t i = 0; i < n; i++) {
+                    const LD wv = cfg[q].use_w ? d->get(w0, i) : 1, tv = d->get(t0, i);
+                    uc[i] = wv * (taf * tv + tbf);
+                    du[i] = 1.5L * d->eps * fabsl(wv) * (fabsl(taf * tv) + fabsl(tbf));
+                }
+                dev_ref(d, x0, n, base, uc, du, 0, &cfg[q].dv);
+            }
+            /* row_soft_grad references, (m, l) = (max, log sum) */
+            LD hi, ulo;
+            shift_split(d, r.m, r.l, &hi, &ulo);
             for (int64_t i = 0; i < n; i++) {
                 const LD xv = d->get(x0, i), tv = d->get(t0, i);
-                for (int j = 0; j < 2; j++) {
-                    const LD wv = j ? d->get(w0, i) : 1;
-                    wtx[j] += wv * tv * xv;
-                    wts[j] += wv * tv;
-                    awtx[j] += fabsl(wv * tv * xv);
-                    awts[j] += fabsl(wv * tv);
-                }
-                const LD dd = xv - (LD)r.shift, e = ref_exp(d, dd);
-                const LD terr = (e > 0 && isfinite(e)) ? fabsl(gaf * e) * (fabsl(dd) + 4) : 0;
+                const LD dd = (xv - (LD)r.m) - (LD)r.l, e = ref_exp(d, dd);
+                const LD ae = isfinite(xv) ? arg_err(d, xv, hi, ulo, dd) : 0;
+                const LD terr = (e > 0 && isfinite(e)) ? fabsl(gaf * e) * (ae + 4 * d->eps) : 0;
                 for (int j = 0; j < 2; j++) {
                     const LD wv = j ? d->get(w0, i) : 1;
                     const LD sub = wv * (gbf + gdf * tv);
-                    gref[j][i] = mkref(gaf * e - sub, d->eps * (terr + 2 * fabsl(wv) * (fabsl(gbf) + fabsl(gdf * tv))) +
+                    gref[j][i] = mkref(gaf * e - sub, terr + 2 * d->eps * fabsl(wv) * (fabsl(gbf) + fabsl(gdf * tv)) +
                                                           2 * gaf * d->tmin);
                 }
             }
@@ -849,62 +1243,179 @@ static void test_soft(const dtype *d, const fce_kernels **tabs, int nact, isa_re
                 memcpy(x, x0, nb);
                 memcpy(t, t0, nb);
                 memcpy(w, w0, nb);
-                char ctx[96];
-                snprintf(ctx, sizeof ctx, "n=%lld%s", (long long)n, masked ? ", -inf masked classes" : "");
-                for (int j = 0; j < 2; j++) {
-                    const int k = masked ? X_SOFT_STATS_MASKED : (j ? X_SOFT_STATS_W : X_SOFT_STATS);
-                    if (masked && !j) continue;
+                char ctx[128];
+                snprintf(ctx, sizeof ctx, "n=%lld, %s", (long long)n, VNAME[var]);
+                for (int q = 0; q < ncfg; q++) {
+                    const int k = cfg[q].k;
                     tcase *c = &xcase[a][dti][k];
-                    snprintf(g_where, sizeof g_where, "%s %s", XNAME[k], ctx);
-                    fce_stats st = {.max = 1234.5, .sum = 1234.5, .wx = 1234.5};
-                    st.wtx = st.wts = 1234.5;
-                    d->softstats(K, x, t, n, j ? w : NULL, &st);
+                    WHERE(XNAME[k], ctx);
+                    fce_stats st = {1234.5, 1234.5, 1234.5, 1234.5};
+                    d->softstats(K, x, t, n, cfg[q].use_w ? w : NULL, cfg[q].ta, cfg[q].tb, &st);
                     check(c, memcmp(x, x0, nb) == 0 && memcmp(t, t0, nb) == 0 && memcmp(w, w0, nb) == 0, XNAME[k],
                           "%s: input modified", ctx);
-                    check_stats_vs_ref(c, XNAME[k], ctx, d, &r, st.max, st.sum, 1, st.wx, j, &reps[a]);
-                    const LD tx = (2 * d->eps + (LD)n * 0x1p-53L) * awtx[j] + 8 * d->tmin;
-                    const LD ts = (2 * d->eps + (LD)n * 0x1p-53L) * awts[j] + 8 * d->tmin;
-                    check(c, close_to(st.wtx, wtx[j], tx), XNAME[k], "%s: wtx %.17g, want %.17Lg (tol %.3Lg)", ctx, st.wtx,
-                          wtx[j], tx);
-                    check(c, close_to(st.wts, wts[j], ts), XNAME[k], "%s: wts %.17g, want %.17Lg (tol %.3Lg)", ctx, st.wts,
-                          wts[j], ts);
+                    check_stats(c, XNAME[k], ctx, d, &r, gs_of(&st), &cfg[q].dv, x0, 0, 0, 0, &reps[a]);
                 }
                 if (masked) continue;
                 for (int k = X_SOFT_GRAD; k <= X_SOFT_GRAD_INPLACE; k++) {
                     tcase *c = &xcase[a][dti][k];
-                    snprintf(g_where, sizeof g_where, "%s %s", XNAME[k], ctx);
+                    WHERE(XNAME[k], ctx);
                     const int j = k != X_SOFT_GRAD;
                     void *out = obuf + GUARD * es;
                     memset(obuf, 0xA5, (size_t)(n + 2 * GUARD) * es);
                     if (k == X_SOFT_GRAD_INPLACE) {
                         memcpy(out, x0, nb);
-                        d->softgrad(K, out, t, out, n, r.shift, ga, gb, gd, w);
+                        d->softgrad(K, out, t, out, n, r.m, r.l, ga, gb, gd, w);
                     } else {
-                        d->softgrad(K, x, t, out, n, r.shift, ga, gb, gd, j ? w : NULL);
+                        d->softgrad(K, x, t, out, n, r.m, r.l, ga, gb, gd, j ? w : NULL);
                         check(c, memcmp(x, x0, nb) == 0, XNAME[k], "%s: input modified", ctx);
                     }
                     check(c, memcmp(t, t0, nb) == 0 && memcmp(w, w0, nb) == 0, XNAME[k], "%s: t or w modified", ctx);
                     check_out_guards(c, d, obuf, n, XNAME[k], ctx);
-                    for (int64_t i = 0; i < n; i++) {
-                        const double got = (double)d->get(out, i);
-                        if (!meets(got, &gref[j][i])) {
-                            check(c, 0, XNAME[k], "%s: out[%lld] = %.17g, want %.17g (x %.17Lg, t %.9Lg, shift %.17g)", ctx,
-                                  (long long)i, got, gref[j][i].hi, d->get(x0, i), d->get(t0, i), r.shift);
-                            break;
-                        }
-                    }
-                    check(c, 1, XNAME[k], " ");
+                    check_elems(c, XNAME[k], ctx, d, out, 0, 1, n, gref[j], x0, r.m, r.l, ST_NONE, &reps[a]);
                 }
             }
         }
     }
-    for (int k = 0; k <= K_AFF_NEG - K_SOFTMAX; k++) free(r.aff[k]);
-    free(r.sub);
+    for (int k = 0; k < E_N; k++) free(r.el[k]);
     for (int j = 0; j < 2; j++) free(gref[j]);
+    free(uc);
+    free(du);
     free(x0);
     free(t0);
     free(w0);
     free(obuf);
+}
+
+static int is_score(const dtype *d, const void *x, int64_t n, double v) {
+    for (int64_t i = 0; i < n; i++)
+        if (d->get(x, i) == (LD)v) return 1;
+    return 0;
+}
+
+/* worked examples, with exact or near-exact answers */
+static void test_examples(const dtype *d, const fce_kernels *K, int a) {
+    const int dti = d->is32 ? 0 : 1;
+    tcase *c = &xcase[a][dti][X_EXAMPLES];
+    const char *nm = XNAME[X_EXAMPLES];
+    WHERE(nm, "");
+    double xb[8], ob[8], wb[8], mx[2], sm[2], dv[2];
+    const double one = 1.0;
+    fce_stats st;
+
+    /* softmax and log-softmax of K + [0, ..., 0]: 1/n and -log n (the old single-double
+     * shift lost log n against K: softmax([1e16, 1e16]) came out [1, 1]) */
+    const LD huge = d->is32 ? 1e30L : 1e16L;
+    for (int sg = -1; sg <= 1; sg += 2) {
+        const LD Kv = rnd_dt(d, sg * huge);
+        for (int nn = 2; nn <= 4; nn += 2) {
+            for (int i = 0; i < nn; i++) d->set(xb, i, Kv);
+            d->stats(K, xb, nn, NULL, 0, &st);
+            check(c, st.max == (double)Kv && st.sum == nn, nm, "row_stats(%d x %.9Lg): max %.17g sum %.17g, want %.17Lg, %d",
+                  nn, Kv, st.max, st.sum, Kv, nn);
+            const double l = log((double)nn);
+            d->affine(K, xb, ob, nn, (double)Kv, l, 1, 0, NULL);
+            for (int i = 0; i < nn; i++)
+                check(c, fabsl(d->get(ob, i) - 1.0L / nn) <= (LD)ulp_d(d, 1.0 / nn), nm,
+                      "softmax(%d x %.9Lg)[%d] = %.17Lg, want %.17g", nn, Kv, i, d->get(ob, i), 1.0 / nn);
+            d->subsh(K, xb, ob, nn, (double)Kv, l);
+            for (int i = 0; i < nn; i++)
+                check(c, fabsl(d->get(ob, i) + logl(nn)) <= (LD)ulp_d(d, l), nm,
+                      "log_softmax(%d x %.9Lg)[%d] = %.17Lg, want %.17Lg", nn, Kv, i, d->get(ob, i), -logl(nn));
+            d->fused(K, xb, ob, nn, NULL, 0, &st);
+            check(c, st.max == (double)Kv && st.sum == nn && d->get(ob, 0) == 1 && d->get(ob, nn - 1) == 1, nm,
+                  "row_fused_stats(%d x %.9Lg): max %.17g sum %.17g out[0] %.17Lg, want %.17Lg, %d, 1", nn, Kv, st.max,
+                  st.sum, d->get(ob, 0), Kv, nn);
+            /* one lane of a column block, stride 1 */
+            d->colstats(K, xb, 1, nn, 1, NULL, 0, mx, sm, dv);
+            check(c, mx[0] == (double)Kv && sm[0] == nn, nm, "col_stats(%d x %.9Lg): max %.17g sum %.17g", nn, Kv,
+                  mx[0], sm[0]);
+            d->colaff(K, xb, 1, ob, 1, nn, 1, mx, &l, &one, NULL, NULL);
+            check(c, fabsl(d->get(ob, nn - 1) - 1.0L / nn) <= (LD)ulp_d(d, 1.0 / nn), nm,
+                  "col_exp_affine: softmax(%d x %.9Lg) = %.17Lg, want %.17g", nn, Kv, d->get(ob, nn - 1), 1.0 / nn);
+        }
+    }
+
+    /* dominated rows: [K, K - G] has sum 1 + e^-G, which float64 cannot hold; the tail is
+     * e^-G to a few ulp, and lse - max = log1p(tail) keeps it */
+    const LD G = d->is32 ? 20 : 40, Kt = d->is32 ? 0x1p20L : 1e16L;
+    for (int kk = 0; kk < 2; kk++) {
+        const LD Kv = kk ? Kt : 0;
+        const LD want = ref_exp(d, -G), lwant = log1pl(want);
+        d->set(xb, 0, Kv);
+        d->set(xb, 1, Kv - G);
+        d->stats(K, xb, 2, NULL, 0, &st);
+        check(c, st.max == (double)Kv && fce_needs_tail(st.sum), nm,
+              "row_stats([%.17Lg, %.17Lg]): max %.17g, sum %.17g: want the max and sum - 1 < FCE_TAIL_REFINE", Kv,
+              Kv - G, st.max, st.sum);
+        const double t = d->tail(K, xb, 2, st.max), lse = st.max + log1p(t);
+        check(c, fabsl(t - want) <= 3 * d->eps * want, nm, "row_tail([%.17Lg, %.17Lg]) = %.17g, want %.17Lg", Kv,
+              Kv - G, t, want);
+        if (kk == 0)
+            check(c, fabsl(lse - lwant) <= 4 * d->eps * lwant, nm, "lse([0, %.17Lg]) = %.17g, want %.17Lg", -G, lse,
+                  lwant);
+        const double top = st.max;
+        double tl[2] = {1234.5, 1234.5};
+        d->coltail(K, xb, 1, 2, 1, &top, tl);
+        check(c, fabsl(tl[0] - want) <= 3 * d->eps * want && tl[1] == 1234.5, nm,
+              "col_tail([%.17Lg, %.17Lg]) = %.17g, want %.17Lg", Kv, Kv - G, tl[0], want);
+    }
+    /* a tied max: the tail counts the other copy (1 + e^-G); -inf entries add nothing */
+    d->set(xb, 0, 3);
+    d->set(xb, 1, 3 - G);
+    d->set(xb, 2, 3);
+    {
+        const LD want = 1 + ref_exp(d, -G);
+        const double t = d->tail(K, xb, 3, 3.0);
+        check(c, fabsl(t - want) <= 0x1p-52L + 3 * d->eps * (want - 1), nm, "row_tail([3, %.17Lg, 3]) = %.17g, want %.17Lg",
+              3 - G, t, want);
+    }
+    d->set(xb, 0, -INFINITY);
+    d->set(xb, 1, 0);
+    d->set(xb, 2, -INFINITY);
+    d->stats(K, xb, 3, NULL, 0, &st);
+    {
+        const double t = d->tail(K, xb, 3, 0.0);
+        check(c, st.max == 0 && st.sum == 1 && t == 0, nm, "[-inf, 0, -inf]: max %.17g sum %.17g tail %.17g, want 0, 1, 0",
+              st.max, st.sum, t);
+    }
+
+    /* dev is shift invariant: K + s k with every operation exact, dev bit-equal at K = 0, +-K
+     * (measured from the max reported: row_stats and row_soft_stats may report a score up
+     * to 16 below the row max, 4 s here, and dev is then sum u (max - x) from that one) */
+    static const int KS[6] = {1, -2, 4, 3, 0, 4};
+    static const double WS[6] = {1, 2, 0.5, 1, 3, 0.25};
+    const LD s = d->is32 ? 0x1p17L : 2, Kd = d->is32 ? 0x1p40L : 1e16L; /* s = ulp(K) */
+    for (int i = 0; i < 6; i++) d->set(wb, i, WS[i]);
+    for (int kk = -1; kk <= 1; kk++) {
+        const LD Kv = kk * Kd;
+        for (int i = 0; i < 6; i++) d->set(xb, i, Kv + s * KS[i]);
+        const double dw = (double)(28 * s), d1 = (double)(14 * s), top = (double)(Kv + 4 * s);
+        /* sum u (M - x) for a reported max M = top - j s, j in 0..6 (a score of the row) */
+#define DEV_AT(M, U) ((U) - (LD)(top - (M)) * ((U) == dw ? 7.75L : 6.0L)) /* dev - (top - M) u */
+#define LAZY_OK(M) ((M) <= top && (M) >= top - DEV_LAG && is_score(d, xb, 6, (M)))
+        d->stats(K, xb, 6, wb, 1, &st);
+        check(c, LAZY_OK(st.max) && st.dev == DEV_AT(st.max, dw) && st.u == 7.75, nm,
+              "row_stats(K + s k, w), K = %.9Lg: max %.17g dev %.17g u %.17g, want %.17Lg (for that max), 7.75", Kv,
+              st.max, st.dev, st.u, DEV_AT(st.max, dw));
+        d->stats(K, xb, 6, NULL, 1, &st);
+        check(c, LAZY_OK(st.max) && st.dev == DEV_AT(st.max, d1) && st.u == 6, nm,
+              "row_stats(K + s k, w=NULL), K = %.9Lg: max %.17g dev %.17g u %.17g, want %.17Lg, 6", Kv, st.max, st.dev,
+              st.u, DEV_AT(st.max, d1));
+        d->softstats(K, xb, wb, 6, NULL, 1.0, 0.0, &st); /* t = the weights: u = w */
+        check(c, LAZY_OK(st.max) && st.dev == DEV_AT(st.max, dw) && st.u == 7.75, nm,
+              "row_soft_stats(K + s k, t=w), K = %.9Lg: max %.17g dev %.17g u %.17g, want %.17Lg, 7.75", Kv, st.max,
+              st.dev, st.u, DEV_AT(st.max, dw));
+#undef DEV_AT
+#undef LAZY_OK
+        d->fused(K, xb, ob, 6, wb, 1, &st);
+        check(c, st.max == top && st.dev == dw && st.u == 7.75, nm,
+              "row_fused_stats(K + s k, w), K = %.9Lg: max %.17g dev %.17g u %.17g, want %.17g, %.17g, 7.75", Kv, st.max,
+              st.dev, st.u, top, dw);
+        d->colstats(K, xb, 1, 6, 1, wb, 1, mx, sm, dv);
+        check(c, mx[0] == top && dv[0] == dw, nm, "col_stats(K + s k, w), K = %.9Lg: max %.17g dev %.17g, want %.17g",
+              Kv, mx[0], dv[0], dw);
+    }
+    check(c, 1, nm, " ");
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -933,7 +1444,7 @@ static void sweep_chunk(const dtype *d, int is_log, const fce_kernels **tabs, in
     for (int64_t i = 0; i < m; i++) ref[i] = ref_fn(d, is_log, d->get(xin, i));
     for (int a = 0; a < nact; a++) {
         g_isa = tabs[a]->name;
-        snprintf(g_where, sizeof g_where, "%s sweep", is_log ? "vlog" : "vexp");
+        WHERE(is_log ? "vlog sweep" : "vexp sweep", "");
         (is_log ? d->vlog : d->vexp)(tabs[a], xin, out, m);
         for (int64_t i = 0; i < m; i++) {
             const double got = (double)d->get(out, i);
@@ -1108,7 +1619,7 @@ static void special_values(const dtype *d, const fce_kernels *K, int isa, int is
 #undef SV
     tcase *c = &misccase[isa][dti][is_log ? M_LOG_SPECIAL : M_EXP_SPECIAL];
     const char *nm = MNAME[is_log ? M_LOG_SPECIAL : M_EXP_SPECIAL];
-    snprintf(g_where, sizeof g_where, "%s", nm);
+    WHERE(nm, "");
     double xb[40], ob[40];
     const int L = 37;
     for (int s = 0; s < m; s++) {
@@ -1146,6 +1657,7 @@ int main(int argc, char **argv) {
         }
     }
     if (!(scale > 0)) scale = 1.0;
+    if (scale < 1) g_nlong = (int64_t)(MAXN * (scale > 0.25 ? scale : 0.25));
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGSEGV, on_signal);
     signal(SIGBUS, on_signal);
@@ -1162,7 +1674,8 @@ int main(int argc, char **argv) {
 #else
     const char *arch = "other";
 #endif
-    printf("fastce kernel tests: %s, %d table(s) in this build, sweep scale %g\n", arch, count, scale);
+    printf("fastce kernel tests: %s, %d table(s) in this build, sweep scale %g, rows up to %lld\n", arch, count,
+           scale, (long long)g_nlong);
     for (int i = 0; i < count && i < MAXISA; i++) {
         const fce_kernels *t = fce_isa_table(i);
         if (!t) {
@@ -1181,6 +1694,8 @@ int main(int argc, char **argv) {
         printf("FAIL fce_isa_table/fce_isa_supported accept an index out of range\n");
         return 1;
     }
+    g_wl = malloc(MAXN * sizeof(LD));
+    g_e = malloc(MAXN * sizeof(LD));
     isa_report reps[MAXISA];
     memset(reps, 0, sizeof reps);
     clock_t t0 = clock();
@@ -1191,6 +1706,10 @@ int main(int argc, char **argv) {
         test_rows(d, tabs, isa_idx, nact, reps);
         test_cols(d, tabs, nact, reps);
         test_soft(d, tabs, nact, reps);
+        for (int a = 0; a < nact; a++) {
+            g_isa = tabs[a]->name;
+            test_examples(d, tabs[a], a);
+        }
         clock_t c1 = clock();
         run_sweeps(d, tabs, isa_idx, nact, scale, reps);
         clock_t c2 = clock();
@@ -1202,7 +1721,7 @@ int main(int argc, char **argv) {
             special_values(d, tabs[a], a, 1);
         }
     }
-    g_where[0] = 0;
+    WHERE("", "");
 
     long pass = 0, fail = 0;
     for (int a = 0; a < nact; a++) {
@@ -1245,11 +1764,15 @@ int main(int argc, char **argv) {
     for (int a = 0; a < nact; a++) {
         const isa_report *r = &reps[a];
         printf("[%s] %d-bit: exp max ulp f32 %.3f f64 %.3f | log max ulp f32 %.3f f64 %.3f | "
-               "row_stats sum err f32 %.1f eps (%.0f%% of bound) f64 %.1f eps (%.0f%%) | "
-               "exp_affine %.0f%% of bound f32, %.0f%% f64 (softmax, |x-shift|<=1: max ulp f32 %.2f f64 %.2f) | "
+               "stats sum err f32 %.1f eps (%.0f%% of bound) f64 %.1f eps (%.0f%%) | "
+               "dev %.0f%% of bound f32, %.0f%% f64 (lazy kernels without the lag allowance: %.0f%%, %.0f%%) | "
+               "tail err f32 %.1f eps (%.0f%%) f64 %.1f eps (%.0f%%) | "
+               "exp_affine %.0f%% of bound f32, %.0f%% f64 (softmax, |x-lse|<=1: max ulp f32 %.2f f64 %.2f) | "
                "sub_shift max ulp f32 %.2f f64 %.2f | %ld passed, %ld failed\n",
                tabs[a]->name, tabs[a]->vector_bits, r->exp_ulp[0], r->exp_ulp[1], r->log_ulp[0], r->log_ulp[1],
-               r->sum_err[0], 100 * r->sum_ratio[0], r->sum_err[1], 100 * r->sum_ratio[1], 100 * r->aff_ratio[0],
+               r->sum_err[0], 100 * r->sum_ratio[0], r->sum_err[1], 100 * r->sum_ratio[1], 100 * r->dev_ratio[0],
+               100 * r->dev_ratio[1], 100 * r->dev_strict[0], 100 * r->dev_strict[1], r->tail_err[0],
+               100 * r->tail_ratio[0], r->tail_err[1], 100 * r->tail_ratio[1], 100 * r->aff_ratio[0],
                100 * r->aff_ratio[1], r->soft_ulp[0], r->soft_ulp[1], r->sub_ulp[0], r->sub_ulp[1], r->pass, r->fail);
         pass += r->pass;
         fail += r->fail;
