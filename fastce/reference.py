@@ -19,6 +19,10 @@ The LLM options, in this order: ``logit_scale = s`` (x <- s x), ``softcap = c``
 (x <- c tanh(x / c)), then the loss above plus ``z_loss * lse_i**2`` on every row not
 ignored; 'mean' divides the z-term by the number of rows not ignored, and both terms by
 ``num_items`` when it is given.
+
+Accuracy: ``logp`` is computed as ``(x - max) - log1p(sum of exp(x - max) without one
+maximum)``, never as ``x - lse``, so it is exact at any magnitude of ``x`` and keeps a
+tail far below the maximum (SciPy's ``logsumexp`` does the same).
 """
 import numpy as np
 
@@ -54,7 +58,8 @@ def logsumexp(x, axis=-1):
         ``nan`` gives ``+inf`` (as NumPy, SciPy and torch).
     """
     x = np.asarray(x, dtype=np.float64)
-    lse = _lse_keepdims(x, axis)
+    shift, logsum = _shift_logsum(x, axis)
+    lse = shift + logsum
     posinf = np.isposinf(x).any(axis=axis, keepdims=True) & ~np.isnan(x).any(axis=axis, keepdims=True)
     lse = np.where(posinf, np.inf, lse)
     return _squeeze(lse, axis)
@@ -77,8 +82,9 @@ def log_softmax(x, axis=-1):
         or holding ``nan``/``+inf``, are ``nan``.
     """
     x = np.asarray(x, dtype=np.float64)
+    shift, logsum = _shift_logsum(x, axis)
     with np.errstate(invalid="ignore"):
-        return x - _lse_keepdims(x, axis)
+        return (x - shift) - logsum  # never x - lse: lse is rounded at the scale of max(x)
 
 
 def softmax(x, axis=-1):
@@ -99,19 +105,27 @@ def softmax(x, axis=-1):
     return np.exp(log_softmax(x, axis))
 
 
-def _lse_keepdims(x, axis):
+def _shift_logsum(x, axis):
+    """``(m, l)`` with ``lse = m + l`` (keepdims): ``m`` the row max, ``l`` the log of
+    ``sum exp(x - m)`` as SciPy computes it, ``log1p`` of the sum without one maximum, so
+    that a tail far below the max keeps its digits (``logsumexp([0, -40]) = 4.2e-18``)."""
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension")
     if x.shape[axis] == 0:
         shape = list(x.shape)
         shape[axis] = 1
-        return np.full(shape, -np.inf)
+        return np.zeros(shape), np.full(shape, -np.inf)
     m = np.max(x, axis=axis, keepdims=True)
     # an all -inf row keeps shift 0 (so the sum is 0 and lse -inf); +inf or nan
     # shifts make x - m nan, which propagates
     shift = np.where(m == -np.inf, 0.0, m)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.log(np.sum(np.exp(x - shift), axis=axis, keepdims=True)) + shift
+        e = np.exp(x - shift)
+        top = np.expand_dims(np.argmax(x == m, axis=axis), axis)
+        # one maximum's exp(0) = 1 taken out (nan, from +inf or nan, stays nan)
+        np.put_along_axis(e, top, np.take_along_axis(e, top, axis=axis) - 1.0, axis=axis)
+        logsum = np.where(m == -np.inf, -np.inf, np.log1p(np.sum(e, axis=axis, keepdims=True)))
+    return shift, logsum
 
 
 def _squeeze(a, axis):
@@ -158,8 +172,9 @@ def _reduce(rows, w_y, reduction, one_d):
     total = np.float64(np.sum(rows))
     if reduction == "sum":
         return total
+    norm = np.sum(w_y)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.float64(total / np.sum(w_y))
+        return np.float64(total / norm if norm != 0 else np.nan)
 
 
 def _row_losses(logp, y, ignored, w, w_y, label_smoothing):
@@ -200,6 +215,34 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
     return _reduce(rows, w_y, reduction, np.ndim(log_probs) == 1)
 
 
+def _is_soft(logits, target):
+    """Class probabilities: a floating target of the logits' shape (torch's rule)."""
+    t = np.asarray(target)
+    return np.issubdtype(t.dtype, np.floating) and t.shape == np.shape(logits)
+
+
+def _soft_target_setup(logits, target, weight, ignore_index, reduction, label_smoothing):
+    """2-D float64 rows and smoothed targets ``t' = (1 - eps) t + eps / C``; every row
+    counts (w_y is 1 per row: 'mean' divides by the number of rows, as in torch)."""
+    x = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if ignore_index != -100:
+        raise ValueError("ignore_index is not supported with probability targets")
+    x2, t2 = (x[None, :], t[None, :]) if x.ndim == 1 else (x, t)
+    if x2.ndim != 2:
+        raise ValueError(f"logits must be 1-D or 2-D, got shape {x.shape}")
+    n, n_classes = x2.shape
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
+    if w.shape != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},), got {w.shape}")
+    t2 = (1.0 - label_smoothing) * t2 + label_smoothing / n_classes
+    return x2, t2, w, np.ones(n), np.zeros(n, dtype=bool)
+
+
 def _transform(x, logit_scale, softcap):
     """The logits as the loss sees them: scaled, then capped; and d(that)/dx."""
     x1 = logit_scale * x
@@ -231,14 +274,17 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     ----------
     logits : array_like, shape (N, C) or (C,)
         Unnormalised class scores.
-    target : array_like of int, shape (N,) or ()
-        Class indices in ``[0, C)`` or ``ignore_index``.
+    target : array_like of int, shape (N,) or (); or of float, the logits' shape
+        Class indices in ``[0, C)`` or ``ignore_index``; or class probabilities ``t``,
+        for which the row loss is ``-sum_c w_c t'_c logp_c`` with
+        ``t' = (1 - eps) t + eps / C`` and 'mean' divides by the number of rows.
     weight : array_like, shape (C,), optional
         Class weights.
     ignore_index : int, default -100
         Target value whose rows give loss 0 and gradient 0.
     reduction : {'mean', 'sum', 'none'}, default 'mean'
-        'mean' divides by ``sum_{i not ignored} w[y_i]`` (nan when no row counts).
+        'mean' divides by ``sum_{i not ignored} w[y_i]``: nan when no row counts or
+        when that sum is 0 (torch's nll term is then 0 / 0).
     label_smoothing : float in [0, 1], default 0.0
         Mixes ``eps / C`` of the weighted uniform target into every row.
     z_loss, softcap, logit_scale, num_items
@@ -249,14 +295,24 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     numpy.float64 or numpy.ndarray
         Scalar for 'mean'/'sum'; per-row losses of ``target.shape`` for 'none'.
     """
-    x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index,
-                                               reduction, label_smoothing)
+    if _is_soft(logits, target):
+        x, t, w, w_y, ignored = _soft_target_setup(logits, target, weight, ignore_index,
+                                                   reduction, label_smoothing)
+    else:
+        x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index,
+                                                   reduction, label_smoothing)
     xc, _ = _transform(x, logit_scale, softcap)
-    rows = _row_losses(log_softmax(xc, axis=1), y, ignored, w, w_y, label_smoothing)
+    if _is_soft(logits, target):
+        with np.errstate(invalid="ignore"):
+            rows = -np.sum(w * t * log_softmax(xc, axis=1), axis=1)
+    else:
+        rows = _row_losses(log_softmax(xc, axis=1), y, ignored, w, w_y, label_smoothing)
     z = _z_rows(xc, ignored, z_loss)
     if reduction == "none":
-        return (rows + z).reshape(()) if np.ndim(logits) == 1 else rows + z
+        return (rows + z).reshape(np.shape(logits)[:1] if np.ndim(logits) > 1 else ())
     norm, znorm = _normalisers(w_y, ignored, reduction, num_items)
+    if norm == 0:  # torch: the nll term is 0 / 0 whatever the smoothing term is
+        return np.float64(np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.float64(np.sum(rows) / norm + np.sum(z) / znorm)
 
@@ -281,13 +337,18 @@ def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None,
     numpy.ndarray
         Same shape as ``logits``; ignored rows are 0.
     """
-    x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index,
-                                               reduction, label_smoothing)
+    soft = _is_soft(logits, target)
+    if soft:
+        x, t, w, w_y, ignored = _soft_target_setup(logits, target, weight, ignore_index,
+                                                   reduction, label_smoothing)
+    else:
+        x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index,
+                                                   reduction, label_smoothing)
     n, n_classes = x.shape
     g = np.asarray(grad_output, dtype=np.float64)
     if reduction != "none" and g.shape != ():
         raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
-    g = np.broadcast_to(g, np.shape(target)).reshape(n)
+    g = np.broadcast_to(g, np.shape(logits)[:1] if soft else np.shape(target)).reshape(n)
     norm, znorm = _normalisers(w_y, ignored, reduction, num_items)
     with np.errstate(invalid="ignore", divide="ignore"):
         scale, zscale = g / norm, g / znorm
@@ -295,11 +356,15 @@ def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None,
     eps = label_smoothing
     with np.errstate(invalid="ignore"):
         p = softmax(xc, axis=1)
-        onehot = np.zeros_like(p)
-        onehot[np.arange(n), y] = 1.0
-        d = w_y[:, None] * (p - onehot)
-        if eps > 0:
-            d = (1.0 - eps) * d + (eps / n_classes) * (np.sum(w) * p - w)
+        if soft:  # d/dx of -sum_c w_c t'_c logp_c
+            wt = w * t
+            d = np.sum(wt, axis=1, keepdims=True) * p - wt
+        else:
+            onehot = np.zeros_like(p)
+            onehot[np.arange(n), y] = 1.0
+            d = w_y[:, None] * (p - onehot)
+            if eps > 0:
+                d = (1.0 - eps) * d + (eps / n_classes) * (np.sum(w) * p - w)
         d = d * scale[:, None]
         if z_loss:
             d = d + (zscale * 2.0 * z_loss * logsumexp(xc, axis=1))[:, None] * p
