@@ -521,6 +521,31 @@ class OptionTests:
         y = make_target(shape[0], shape[1], ignore="some", seed=35)
         check_against_cpu(h, x, y, weight=make_weight(shape[1], "random"), **opts)
 
+    @pytest.mark.parametrize("shape", [(10, 37), (3, 2500), (2, 40000)], ids=str)
+    @pytest.mark.parametrize("magnitude", [1e16, -1e30])
+    def test_huge_magnitudes(self, h, reference, shape, magnitude):
+        """lse travels as (max, log sum): x - lse is exact at any magnitude in every
+        kernel shape (a rounded lse gave softmax [1, 1] for [1e16, 1e16])."""
+        d = np.round(make_logits(shape, np.float64, seed=41))
+        x = magnitude + d * np.spacing(magnitude)
+        y = make_target(shape[0], shape[1], ignore="some", seed=41)
+        xd = h.dev(x)
+        assert_close(h.host(h.ops.log_softmax(xd)), reference.log_softmax(x), rtol=1e-14, atol=1e-14,
+                     what=f"log_softmax at {magnitude:g}")
+        assert_close(h.host(h.ops.softmax(xd)), reference.softmax(x), rtol=1e-14, atol=1e-16,
+                     what=f"softmax at {magnitude:g}")
+        # lse=None: no backward from a returned lse, a float64 that at 1e16 cannot hold
+        # the log-sum (its ulp is 2); the fused forms carry (max, log sum) instead
+        check_against_cpu(h, x, y, lse=None)
+
+    def test_mean_over_zero_total_weight_is_nan(self, h, reference):
+        x = make_logits((4, 5), np.float64, seed=42)
+        w = np.array([0.0, 0.0, 1.0, 2.0, 3.0])
+        y = np.array([0, 1, 0, 1])  # every target weighs 0: torch's 0 / 0
+        for eps in (0.0, 0.1):
+            assert np.isnan(h.host(h.ops.cross_entropy(h.dev(x), h.dev(y), weight=h.dev(w),
+                                                       label_smoothing=eps)))
+
     @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
     def test_zloss_identity(self, h, reference, dtype):
         check_zloss_identity(h, reference, dtype)

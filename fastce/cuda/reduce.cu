@@ -134,7 +134,8 @@ extern "C" __global__ void __launch_bounds__(256) fastce_nll_f64(FCE_NLL_PARAMS(
 }
 
 /* ------------------------------------------------------------------ final reduction */
-/* out[0] = (T)(sum_i row_loss[i] / denom) when mean, else (T)sum_i row_loss[i].
+/* out[0] = (T)(sum_i row_loss[i] / denom) when mean, else (T)sum_i row_loss[i]. A zero
+ * 'mean' normaliser gives nan whatever the sum (torch: its nll term is then 0 / 0).
  * Launch: one block (grid 1), blockDim.x a multiple of 32. */
 template <typename T>
 __device__ void fce_finalize(const double *row_loss, long long n, double denom, int mean, T *out) {
@@ -142,7 +143,8 @@ __device__ void fce_finalize(const double *row_loss, long long n, double denom, 
     long long z3 = 0;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) s += row_loss[i];
     fce_r_block_reduce(s, z1, z2, z3);
-    if (threadIdx.x == 0) out[0] = (T)(mean ? s / denom : s);
+    if (threadIdx.x == 0)
+        out[0] = (T)(!mean ? s : denom != 0.0 ? s / denom : __longlong_as_double(0x7ff8000000000000LL));
 }
 
 extern "C" __global__ void __launch_bounds__(1024)

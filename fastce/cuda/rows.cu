@@ -283,17 +283,25 @@ __device__ __forceinline__ double fce_rescale(double s, T m, T M) {
     return (m == M) ? s : s * (double)fce_num<T>::ex(m - M);  /* m == M covers -inf == -inf */
 }
 
-/* The row's lse from its statistics, or the caller's. */
+/* A row's lse as the pair lse = m + l: m its max, l = log(sum exp(x - m)); or the
+ * caller's lse and 0. x - lse is then (x - m) - l, exact at any magnitude of x (a rounded
+ * lse would lose everything below one ulp of max(x): softmax([1e16, 1e16]) = [1, 1]). */
+struct fce_lse2 { double m, l; };
+
 template <class P>
-__device__ __forceinline__ double fce_lse(const P &p, long long r, double m, double s) {
-    return p.lse_in ? p.lse_in[r] : m + log(s);
+__device__ __forceinline__ fce_lse2 fce_lse(const P &p, long long r, double m, double s) {
+    fce_lse2 v;
+    v.m = p.lse_in ? p.lse_in[r] : m;
+    v.l = p.lse_in ? 0.0 : log(s);
+    return v;
 }
 
 /* Per-row results (one thread per row calls this). */
 template <class P>
-__device__ void fce_row_result(const P &p, long long r, const fce_row &q, double lse,
+__device__ void fce_row_result(const P &p, long long r, const fce_row &q, fce_lse2 ls,
                                const fce_stat &st) {
     typedef typename P::T T;
+    const double lse = ls.m + ls.l;
     if (p.lse_out) p.lse_out[r] = lse;  /* ignored rows too: only their loss is masked */
     if (p.mode == FCE_MODE_LSE) {
         p.row_out[q.a * p.ra + q.b * p.rb] = (T)lse;
@@ -311,7 +319,7 @@ __device__ void fce_row_result(const P &p, long long r, const fce_row &q, double
             loss = T1 * lse - wtx;
         } else {
             const double wy = p.weight_y ? p.weight_y[q.y] : 1.0;
-            if (q.owns) loss = (1.0 - e) * wy * (lse - st.xy);
+            if (q.owns) loss = (1.0 - e) * wy * ((ls.m - st.xy) + ls.l);
             if (e != 0.0)  /* skipped at eps == 0: 0 * inf would turn masked rows into nan */
                 loss += e / p.Ctot * (p.W * lse - st.wx);
             zterm = q.owns;
@@ -326,7 +334,7 @@ __device__ void fce_row_result(const P &p, long long r, const fce_row &q, double
  *   log_softmax  x - lse                  softmax  exp(x - lse)
  *   CE gradient  (ca p_c - w_c (cb + cd t_c) - [c == yl] cy) * (1 - (x_c / cap)^2) */
 template <typename T> struct fce_apply {
-    T hi, lo;      /* lse = hi + lo: x - lse is computed as (x - hi) - lo        */
+    T hi, lo;      /* lse = hi + lo, hi = m rounded: (x - hi) - lo at any magnitude */
     T ca, cb, cd, cy, icap;
     long long yl;
     int mode;
@@ -336,15 +344,16 @@ template <typename T> struct fce_apply {
 
 template <class P>
 __device__ __forceinline__ fce_apply<typename P::T> fce_make_apply(const P &p, long long r,
-                                                                   const fce_row &q, double lse,
+                                                                   const fce_row &q, fce_lse2 ls,
                                                                    const fce_stat &st) {
     typedef typename P::T T;
+    const double lse = ls.m + ls.l;
     fce_apply<T> k;
     k.mode = p.mode;
     k.zero = q.ignored;
     k.yl = q.yl;
-    k.hi = (T)lse;
-    k.lo = (T)(lse - (double)k.hi);
+    k.hi = (T)ls.m;
+    k.lo = (T)((ls.m - (double)k.hi) + ls.l);
     k.ca = k.cb = k.cd = k.cy = (T)0;
     k.icap = (T)(p.cap != 0.0 ? 1.0 / p.cap : 0.0);
     k.use_w = false;
@@ -500,7 +509,7 @@ __device__ void fce_rows_warp(const P &p) {
         const S *xr = p.x + q.a * p.xa + q.b * p.xb;
         fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         if (q.ignored && !p.lse_out) {  /* an ignored row's lse is still wanted */
-            if (lane == 0) fce_row_result(p, r, q, 0.0, st);
+            if (lane == 0) fce_row_result(p, r, q, fce_lse2{0.0, 0.0}, st);
             fce_zero_row(p, q, lane, p.C, 32);
             continue;
         }
@@ -521,7 +530,7 @@ __device__ void fce_rows_warp(const P &p) {
             if (c < p.C) fce_accumulate(p, q, v[k], c, want_wx, st, mm);  /* mm stays m */
         }
         fce_warp_stats(st, want_wx, soft);
-        const double lse = fce_lse(p, r, (double)m, st.s);
+        const fce_lse2 lse = fce_lse(p, r, (double)m, st.s);
         if (lane == 0) fce_row_result(p, r, q, lse, st);
         if (p.out && p.mode != FCE_MODE_LSE) {
             const fce_apply<T> k = fce_make_apply(p, r, q, lse, st);
@@ -560,11 +569,11 @@ __device__ void fce_rows_block(const P &p) {
         fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         if (q.ignored && !p.lse_out) {  /* uniform over the block; lse still wanted */
             if (p.phase == 1) continue;
-            if (tid == 0 && finisher) fce_row_result(p, r, q, 0.0, st);
+            if (tid == 0 && finisher) fce_row_result(p, r, q, fce_lse2{0.0, 0.0}, st);
             fce_zero_row(p, q, c0 + tid, c1, nt);
             continue;
         }
-        double lse;
+        fce_lse2 lse;
         T v[VPT > 0 ? VPT : 1];
         if (p.phase == 2) {
             if (tid == 0) {  /* combine the partials in a fixed order */
@@ -698,7 +707,7 @@ __device__ void fce_rows_thread(const P &p) {
         const S *xr = p.x + q.a * p.xa + q.b * p.xb;
         fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         if (q.ignored && !p.lse_out) {  /* an ignored row's lse is still wanted */
-            fce_row_result(p, r, q, 0.0, st);
+            fce_row_result(p, r, q, fce_lse2{0.0, 0.0}, st);
             fce_zero_row(p, q, 0, p.C, 1);
             continue;
         }
@@ -706,7 +715,7 @@ __device__ void fce_rows_thread(const P &p) {
         T m = NINF;
         for (long long c = 0; c < p.C; ++c)
             fce_accumulate(p, q, fce_score(p, fce_io<S>::ld(xr + c * p.xc)), c, want_wx, st, m);
-        const double lse = fce_lse(p, r, (double)m, st.s);
+        const fce_lse2 lse = fce_lse(p, r, (double)m, st.s);
         fce_row_result(p, r, q, lse, st);
         if (p.out && p.mode != FCE_MODE_LSE) {
             const fce_apply<T> k = fce_make_apply(p, r, q, lse, st);
