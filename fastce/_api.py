@@ -64,9 +64,10 @@ def logsumexp(x, axis=-1, *, out=None, n_threads=None):
     Parameters
     ----------
     x : array_like of float32 or float64
-        Input; any layout.
+        Input; any layout (float16/bfloat16 too). Integer, bool and complex input raise
+        TypeError (SciPy converts them; convert first); a 0-d array raises ValueError.
     axis : int, default -1
-        The axis to reduce.
+        The axis to reduce: one int (``axis=None`` or a tuple raise TypeError).
     out : ndarray, optional
         Receives the result: ``x``'s shape without ``axis``, ``x``'s dtype.
     n_threads : int, optional
@@ -112,9 +113,10 @@ def log_softmax(x, axis=-1, *, out=None, n_threads=None):
     Parameters
     ----------
     x : array_like of float32 or float64
-        Input; any layout.
+        Input; any layout (float16/bfloat16 too). Integer, bool and complex input raise
+        TypeError (SciPy converts them; convert first); a 0-d array raises ValueError.
     axis : int, default -1
-        The class axis.
+        The class axis: one int (``axis=None`` or a tuple raise TypeError).
     out : ndarray, optional
         Receives the result (``x``'s shape and dtype, any strides, must not overlap ``x``).
     n_threads : int, optional
@@ -208,7 +210,9 @@ _CE_PARAMS = """Parameters
     lse : array_like, optional
         Each row's log-sum-exp over all classes (target's shape, e.g. from a previous
         call's ``return_lse`` or from combining vocabulary shards): reused instead of
-        recomputed.
+        recomputed. One float64 per row: it carries the lse to an ulp of its own
+        magnitude, so far from 0 (``|lse| > 2**40`` or so) the fused forms, which carry
+        the exact pair ``(max, log sum)``, are more accurate than a reuse.
     class_start, num_classes : int, optional
         Vocabulary sharding (Megatron-style): ``logits`` holds classes
         ``[class_start, class_start + C)`` of ``num_classes``; targets are global class
