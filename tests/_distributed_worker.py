@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import traceback
+import zlib
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class _ThreadComm(fd.Communicator):
 # ------------------------------------------------------------------ inputs
 def split(V, size, layout="even"):
     """[(start, stop)] per rank: 'even' (np.array_split), 'skew' (uneven, reversed ranks)."""
-    if layout == "even":
+    if layout == "even" or size == 1:
         b = [len(a) for a in np.array_split(np.arange(V), size)]
     else:  # rank 0 gets the last, smallest piece; sizes differ
         b = [1] + [(V - 1) // (size - 1)] * (size - 2)
@@ -209,7 +210,7 @@ def options_cases(rec, comm, rank, size):
                 if "num_items" in spec and reduction != "mean":
                     continue
                 ign = (1, 4, 5) if spec.get("ignore") else ()
-                x, y, w = make(N, V, dtype, seed=hash(name) % 1000, ignore=ign)
+                x, y, w = make(N, V, dtype, seed=zlib.crc32(name.encode()), ignore=ign)
                 if "ignore_index" in spec:
                     y[[0, 2]] = 3
                 opts = build_opts(spec, w, reduction)
@@ -416,9 +417,10 @@ def error_cases(rec, comm, rank, size):
             lambda: expect_error(lambda: call(comm="world"), TypeError, ["comm", "str"]))
     rec.run("errors", "dp_comm of the wrong type",
             lambda: expect_error(lambda: call(dp_comm=3), TypeError, ["dp_comm", "int"]))
-    rec.run("errors", "num_classes differs across ranks",
-            lambda: expect_error(lambda: call(num_classes=V + rank), ValueError,
-                                 ["num_classes differs"]))
+    if size > 1:
+        rec.run("errors", "num_classes differs across ranks",
+                lambda: expect_error(lambda: call(num_classes=V + rank), ValueError,
+                                     ["num_classes differs"]))
     rec.run("errors", "overlapping shards", lambda: _overlap(call, rank, V))
     bad = y.copy()
     bad[2] = V + 5
@@ -540,10 +542,10 @@ def autograd_cases(rec, group, rank, size):
                     (ref * g).sum().backward() if g is not None else ref.backward()
                     el = rel(loss.detach().numpy(), ref.detach().numpy())
                     eg = rel(local.grad.numpy(), ref_in.grad[:, lo:hi].numpy())
-                    nz = bool((local.grad.abs().sum(1) > 0).all())
+                    nz = bool((local.grad.abs().sum(1) > 0)[y != -100].all())
                     return (el <= tol and eg <= tol and nz and loss.dtype == ref.dtype,
                             f"loss vs torch {el:.2e}, grad vs torch {eg:.2e}, "
-                            f"all rows nonzero {nz} (tol {tol:g})")
+                            f"every kept row's gradient nonzero {nz} (tol {tol:g})")
                 rec.run("autograd", f"{dtype} {red} {name}", run)
     # the LLM options torch lacks: against fastce.torch on the full logits
     for red in ("mean", "none"):
@@ -569,11 +571,13 @@ def autograd_cases(rec, group, rank, size):
         rec.run("autograd", f"z_loss+softcap+logit_scale {red} vs fastce.torch", run_llm)
 
     def run_nograd():
-        full = torch.randn(N, V, dtype=torch.float64)
-        y = torch.randint(0, V, (N,))
+        gen = torch.Generator().manual_seed(24)
+        full = torch.randn(N, V, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, V, (N,), generator=gen)
         loss = ftd.cross_entropy(full[:, lo:hi], y, class_start=lo, num_classes=V, comm=group)
         ref = F.cross_entropy(full, y)
-        return rel(loss.numpy(), ref.numpy()) <= 1e-12 and not loss.requires_grad, "no grad"
+        e = rel(loss.numpy(), ref.numpy())
+        return e <= 1e-12 and not loss.requires_grad, f"loss vs torch {e:.2e}, no grad"
     rec.run("autograd", "no grad", run_nograd)
 
     def run_numpy_vs_torch():  # the NumPy entry point on a torch group, against torch

@@ -183,7 +183,7 @@ def _forward(logits, target, class_start, num_classes, comm, dp_comm, weight, ig
         n = call.n
     except Exception as exc:  # raised on every rank below, after the same all-reduces
         err = exc
-        n = int(np.asarray(target).size) if _sized(target) else 0
+        n = _rows(logits)  # the buffers' length must still agree with the other ranks'
     dp_mean = (dp is not None and reduction == "mean" and num_items is None)
 
     # 1. MAX: the local lse, the error flag and the argument checks
@@ -258,12 +258,13 @@ def _forward(logits, target, class_start, num_classes, comm, dp_comm, weight, ig
     return call, lse, ce, zt, norms
 
 
-def _sized(target):
+def _rows(logits):
+    """The row count of logits that failed the checks (0 if it has no shape)."""
     try:
-        np.asarray(target).size
-        return True
+        shape = np.shape(logits)
     except Exception:
-        return False
+        return 0
+    return 1 if len(shape) <= 1 else int(np.prod(shape[:1] + shape[2:]))
 
 
 def _loss(call, ce, zt, norms):
