@@ -390,6 +390,34 @@ def count_cases(rec, comm, rank, size):
             rec.run("counts", f"{fn_name} {red}", run)
 
 
+def linear_cases(rec, comm, rank, size):
+    """Vocabulary-parallel linear + cross-entropy against fastce's unsharded fused call."""
+    N, H, V = 9, 6, 27
+    lo, hi = split(V, size, "skew")[rank]
+    for dtype in (np.float64, np.float32):
+        rng = np.random.default_rng(14)
+        h = rng.standard_normal((N, H)).astype(dtype)
+        W = rng.standard_normal((V, H)).astype(dtype)
+        b = rng.standard_normal(V).astype(dtype)
+        y = rng.integers(0, V, N)
+        y[2] = -100
+        for red in ("mean", "sum"):
+            opts = dict(reduction=red, label_smoothing=0.1, z_loss=1e-3)
+
+            def run():
+                cc = CountingCommunicator(fd.as_communicator(comm))
+                loss, dh, dw, db = fd.linear_cross_entropy_with_grad(
+                    h, W[lo:hi], y, class_start=lo, num_classes=V, comm=cc, local_bias=b[lo:hi],
+                    n_threads=1, **opts)
+                rl, rdh, rdw, rdb = fastce.linear_cross_entropy_with_grad(h, W, y, bias=b, **opts)
+                tol = TOL[dtype] * 5
+                errs = [rel(loss, rl), rel(dh, rdh), rel(dw, rdw[lo:hi]), rel(db, rdb[lo:hi])]
+                want = [("max", N + 5), ("sum", 3 * N + 2), ("sum", N * H)]
+                ok = max(errs) <= tol and cc.log == want and dh.dtype == dtype
+                return ok, f"loss, d_hidden, d_weight, d_bias: {errs} (tol {tol:g}); {cc.log}"
+            rec.run("linear", f"{np.dtype(dtype).name} {red}", run)
+
+
 def expect_error(fn, etype, words):
     try:
         fn()
@@ -597,7 +625,7 @@ def run_all(comm, rank, size, grid=None, group=None):
     torch process group for the autograd cases (None: skip them)."""
     rec = Recorder()
     for fn in (options_cases, shard_cases, no_target_cases, ignored_cases, extreme_cases,
-               out_cases, count_cases, error_cases):
+               out_cases, count_cases, error_cases, linear_cases):
         fn(rec, comm, rank, size)
     if grid is not None:
         grid_cases(rec, *grid)

@@ -30,7 +30,8 @@ ROOT = HERE.parent
 WORKER = HERE / "_distributed_worker.py"
 LAUNCH_TIMEOUT = 240  # seconds per launch; a launch takes ~5-25 s here
 
-GROUPS = ["options", "shards", "no_target", "all_ignored", "extreme", "out", "counts", "errors"]
+GROUPS = ["options", "shards", "no_target", "all_ignored", "extreme", "out", "counts", "errors",
+          "linear"]
 
 
 def child_env():
