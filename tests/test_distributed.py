@@ -26,7 +26,6 @@ import pytest
 from conftest import require_in_ci
 
 HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent
 WORKER = HERE / "_distributed_worker.py"
 LAUNCH_TIMEOUT = 240  # seconds per launch; a launch takes ~5-25 s here
 
@@ -35,9 +34,13 @@ GROUPS = ["options", "shards", "no_target", "all_ignored", "extreme", "out", "co
 
 
 def child_env():
+    """The launch environment: the fastce this process imported (a built tree on
+    PYTHONPATH, or the installed one -- never an unbuilt source tree) and the engines'
+    settings for one machine."""
+    import fastce
     env = dict(os.environ)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + paths)
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(fastce.__file__).parents[1])] + paths)
     env.update(
         OMP_NUM_THREADS="1",            # P ranks on 2 cores: no OpenMP teams on top
         MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo",
