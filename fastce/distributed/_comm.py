@@ -24,9 +24,11 @@ class Communicator:
     size = 1
 
     def allreduce_max(self, buf):
+        """Replace ``buf`` by its elementwise max over the group's ranks."""
         raise NotImplementedError
 
     def allreduce_sum(self, buf):
+        """Replace ``buf`` by its elementwise sum over the group's ranks."""
         raise NotImplementedError
 
 
