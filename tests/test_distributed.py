@@ -194,3 +194,12 @@ def test_wrong_comm_type():
     for bad in ("world", 3, object()):
         with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
             fd.cross_entropy(x, np.zeros(2, np.int64), class_start=0, num_classes=3, comm=bad)
+
+
+def test_default_group_not_initialised():
+    """comm=None without init_process_group: a clear error, not torch's."""
+    import fastce.distributed as fd
+    import torch.distributed as dist
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        fd.cross_entropy(np.zeros((2, 3)), np.zeros(2, np.int64), class_start=0, num_classes=3)
