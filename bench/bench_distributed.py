@@ -205,7 +205,8 @@ def main():
     if args.worker:
         return worker(*args.worker)
     import tempfile
-    up = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    def up():
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"# {' '.join(sys.argv)}  ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores)")
     print(f"load before: {up()}")
     t0 = time.perf_counter()

@@ -57,7 +57,8 @@ class Counting(fd.Communicator):
     """Counts the float64 values this rank sends into all-reduces."""
 
     def __init__(self, inner):
-        self.inner, self.rank, self.size, self.values, self.calls = inner, inner.rank, inner.size, 0, 0
+        self.inner, self.rank, self.size = inner, inner.rank, inner.size
+        self.values = self.calls = 0
 
     def allreduce_max(self, buf):
         self.values += buf.size
@@ -93,7 +94,8 @@ def main():
     # every rank draws the same parameters; rank r keeps its rows of the head
     rng = np.random.default_rng(0)
     E = rng.standard_normal((V, EMBED)).astype(np.float32) * 0.1
-    W1 = (rng.standard_normal((CONTEXT * EMBED, HIDDEN)) / np.sqrt(CONTEXT * EMBED)).astype(np.float32)
+    W1 = rng.standard_normal((CONTEXT * EMBED, HIDDEN)) / np.sqrt(CONTEXT * EMBED)
+    W1 = W1.astype(np.float32)
     head = rng.standard_normal((V, HIDDEN)).astype(np.float32) * 0.02
     bounds = np.linspace(0, V, size + 1).astype(int)
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
@@ -153,7 +155,8 @@ def main():
     dt = time.perf_counter() - t0
     after = val_bits()
     say(f"validation loss before training: {before:.3f} bits/char")
-    say(f"validation loss after {steps} steps: {after:.3f} bits/char ({dt / steps * 1e3:.1f} ms/step)")
+    say(f"validation loss after {steps} steps: {after:.3f} bits/char "
+        f"({dt / steps * 1e3:.1f} ms/step)")
     # the replicated layers stayed identical on every rank
     chk = np.array([float(np.abs(W1).sum()), float(np.abs(E).sum())])
     mx, mn = chk.copy(), -chk

@@ -531,7 +531,8 @@ def grid_cases(rec, vp, dp, vp_rank, dp_rank, vp_size, dp_size):
         opts = build_opts({"weight": True, "z_loss": 1e-2, "num_items": 13.0}, w, "mean")
 
         def run_items():
-            cv, cd = CountingCommunicator(fd.as_communicator(vp)), CountingCommunicator(fd.as_communicator(dp))
+            cv = CountingCommunicator(fd.as_communicator(vp))
+            cd = CountingCommunicator(fd.as_communicator(dp))
             ok, detail = compare(x[rows], y[rows], V, lo, hi, cv, opts, dtype, dp_comm=cd,
                                  rows=rows, ref_x=x, ref_y=y)
             return (ok and len(cd.log) == 1,
@@ -573,7 +574,9 @@ def autograd_cases(rec, group, rank, size):
                     y = torch.randint(0, hi_t, (N,), generator=gen)
                     if name.startswith("weight"):
                         y[3] = -100
-                    w = torch.rand(V, generator=gen, dtype=dtype) + 0.5 if kw.get("weight") else None
+                    w = None
+                    if kw.get("weight"):
+                        w = torch.rand(V, generator=gen, dtype=dtype) + 0.5
                     opts = dict(reduction=red, weight=w,
                                 label_smoothing=kw.get("label_smoothing", 0.0))
                     local = full[:, lo:hi].clone().requires_grad_(True)

@@ -155,7 +155,9 @@ def _thread_run(size, grid):
 
     def rank(r):
         try:
-            gr = (vps[r // 2].comm(r % 2), dps[r % 2].comm(r // 2), r % 2, r // 2, 2, 2) if grid else None
+            gr = None
+            if grid:
+                gr = (vps[r // 2].comm(r % 2), dps[r % 2].comm(r // 2), r % 2, r // 2, 2, 2)
             res[r] = {"rank": r, "groups": W.run_all(g.comm(r), r, size, gr)}
         except BaseException as e:  # noqa: BLE001  (reported below)
             errs.append(repr(e))
