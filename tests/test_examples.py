@@ -77,3 +77,51 @@ def test_char_lm(tmp_path):
     before = number(r"validation loss before training: ([\d.]+)", out)
     after = number(r"validation loss after \d+ steps: ([\d.]+)", out)
     assert after < before - 1.5, out  # from ~log2(V) = 6.6 bits to < 5 in 40 steps
+
+
+# ------------------------------------------------------------------ distributed_lm.py
+def _launch_example(cmd, tmp_path):
+    """A launcher command, bounded, in its own session (killed whole on timeout)."""
+    import os
+    import signal
+
+    from test_distributed import child_env
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=child_env(), text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"distributed_lm.py timed out:\n{out[-4000:]}")
+    assert proc.returncode == 0, f"distributed_lm.py failed (exit {proc.returncode}):\n{out[-4000:]}"
+    return out
+
+
+def _check_distributed_lm(out):
+    m = re.search(r"check vs unsharded: loss ([\d.]+) vs ([\d.]+); max relative difference "
+                  r"d_hidden ([\d.eE+-]+), d_weight ([\d.eE+-]+)", out)
+    assert m, out
+    assert abs(float(m.group(1)) - float(m.group(2))) < 1e-5, out
+    assert max(float(m.group(3)), float(m.group(4))) < 1e-5, out
+    assert "communication per step: 3 all-reduces" in out, out
+    before = number(r"validation loss before training: ([\d.]+)", out)
+    after = number(r"validation loss after \d+ steps: ([\d.]+)", out)
+    assert after < before - 0.8, out  # 30 steps: ~6.6 -> ~5.3 bits per character
+    assert "replicated parameters identical on every rank: True" in out, out
+
+
+def test_distributed_lm_torchrun(tmp_path):
+    out = _launch_example([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", str(EXAMPLES / "distributed_lm.py"), "--quick"],
+                          tmp_path)
+    assert "engine torch, 2 processes" in out, out
+    _check_distributed_lm(out)
+
+
+def test_distributed_lm_mpirun(tmp_path):
+    from test_distributed import mpirun
+    out = _launch_example([mpirun(), "-n", "2", "--oversubscribe", sys.executable,
+                           str(EXAMPLES / "distributed_lm.py"), "--quick"], tmp_path)
+    assert "engine mpi, 2 processes" in out, out
+    _check_distributed_lm(out)

@@ -1,0 +1,351 @@
+"""fastce.distributed's cross-entropy: the semantics, written once over the Communicator
+interface (the package docstring and docs/design.md §6 state the communication)."""
+import numpy as np
+
+from .. import _kernels
+from .._api import cross_entropy as _ce
+from .._api import cross_entropy_backward as _ce_backward
+from ._comm import as_communicator
+
+# the fixed parts of the two vocabulary-group buffers (after the N row values)
+_MAX_HEAD = 5   # error flag, num_classes, -num_classes, shard end, -shard start
+_SUM_HEAD = 2   # classes held, sum of end**2 - start**2 (the shards tile [0, V) iff == V**2)
+
+_OPTIONS_DOC = """local_logits : array_like of float32, float64, float16 or bfloat16
+        This rank's logits, shape ``(N, C_local)``, ``(C_local,)`` or
+        ``(N, C_local, d1, ..., dk)``: the classes ``[class_start, class_start + C_local)``.
+    target : array_like of int
+        Global class indices in ``[0, num_classes)`` or ``ignore_index``, the same on every
+        rank of ``comm``. Probability targets are refused (ValueError): their exact
+        sharded gradient is not in fastce's shard kernels.
+    class_start : int
+        The first global class of this rank's shard.
+    num_classes : int
+        The number of classes of the whole vocabulary, the same on every rank. The shards
+        of ``comm``'s ranks must tile ``[0, num_classes)`` (any sizes, any order of ranks;
+        checked collectively).
+    comm : mpi4py communicator, torch.distributed ProcessGroup, Communicator or None
+        The vocabulary group; None is torch.distributed's default group.
+    dp_comm : same types, optional
+        The data-parallel group (ranks holding other rows of the same classes). Used only
+        by ``reduction='mean'`` without ``num_items``: the normalisers are summed over it,
+        and the loss is this group's share of the global-batch mean (the shares sum to
+        the mean over every rank's rows; the gradient is that mean's gradient).
+    weight : array_like, shape (num_classes,), optional
+        The GLOBAL class-weight vector, the same on every rank (a local slice is refused:
+        assemble it once with :func:`global_weight`).
+    ignore_index, reduction, label_smoothing, z_loss, softcap, logit_scale, num_items
+        As :func:`fastce.cross_entropy`, over the global vocabulary: label smoothing
+        spreads ``eps`` over ``num_classes`` classes, and ``num_items`` is the global
+        'mean' divisor (no data-parallel communication then).
+    return_lse : bool, default False
+        Also return each row's global log-sum-exp (float64, target's shape).
+    n_threads : int, optional
+        Threads for this rank's sweeps; default :func:`fastce.get_num_threads`."""
+
+
+def global_weight(local_weight, *, class_start, num_classes, comm=None):
+    """Assemble the global class-weight vector from every rank's slice (one SUM
+    all-reduce of ``num_classes`` values; do it once, not per call).
+
+    Parameters
+    ----------
+    local_weight : array_like, shape (C_local,)
+        This rank's weights of the classes ``[class_start, class_start + C_local)``.
+    class_start, num_classes, comm
+        As :func:`cross_entropy`; the slices must tile ``[0, num_classes)``.
+
+    Returns
+    -------
+    ndarray of float64, shape (num_classes,)
+        The same vector on every rank.
+    """
+    c = as_communicator(comm)
+    w = np.asarray(local_weight, dtype=np.float64)
+    if w.ndim != 1:
+        raise ValueError(f"local_weight must be 1-D, got shape {w.shape}")
+    start, total = _kernels.check_shard(class_start, num_classes, w.shape[0])
+    buf = np.zeros(total + 1)
+    buf[start:start + w.shape[0]] = w
+    buf[total] = w.shape[0]
+    c.allreduce_sum(buf)
+    if buf[total] != total:
+        raise ValueError(f"the weight slices of comm's ranks hold {int(buf[total])} classes in "
+                         f"all, not num_classes={total}: check class_start and local_weight")
+    return buf[:total].copy()
+
+
+class _Call:
+    """One call's local state: the arguments checked, the two local sweeps, the buffers."""
+
+    def __init__(self, x, target, class_start, num_classes, weight, ignore_index,
+                 reduction, label_smoothing, z_loss, softcap, logit_scale, num_items,
+                 n_threads):
+        self.red = _kernels.check_reduction(reduction)
+        self.eps = float(_kernels.check_label_smoothing(label_smoothing))
+        self.z = float(_kernels.check_z_loss(z_loss))
+        self.num_items = _kernels.check_num_items(num_items, reduction)
+        self.ignore_index = _kernels.check_ignore_index(ignore_index)
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if x.ndim == 0:
+            raise ValueError("local_logits must have shape (C,), (N, C) or (N, C, d1, ..., dk), "
+                             "got a 0-d array")
+        self.x = x
+        axis = 0 if x.ndim == 1 else 1
+        C = x.shape[axis]
+        if num_classes is None:
+            raise TypeError("num_classes is required: the number of classes of the whole "
+                            "vocabulary")
+        self.start, self.V = _kernels.check_shard(class_start, num_classes, C)
+        self.C = C
+        t = np.asarray(target)
+        if t.dtype.kind == "f" and t.shape == x.shape:
+            raise ValueError("target: probability targets are not supported by "
+                             "fastce.distributed (their sharded gradient is not exact in "
+                             "fastce's shard kernels); pass class indices")
+        self.t = t
+        self.tshape = x.shape[:axis] + x.shape[axis + 1:]
+        if weight is not None:
+            w = np.asarray(weight)
+            if w.shape != (self.V,):
+                hint = (" (this looks like the local slice: assemble the global vector once "
+                        "with fastce.distributed.global_weight)" if w.shape == (C,) else "")
+                raise ValueError(f"weight must be the global class-weight vector of shape "
+                                 f"(num_classes,) = ({self.V},), got shape {w.shape}{hint}")
+            weight = w
+        self.weight = weight
+        self.opts = dict(ignore_index=self.ignore_index, softcap=softcap,
+                         logit_scale=logit_scale, n_threads=n_threads)
+        # sweep 1: the transformed local lse of every row (all rows ignored: no target read)
+        ignored = np.full(self.tshape, self.ignore_index, dtype=np.int64)
+        _, lse_loc = _ce(x, ignored, reduction="none", return_lse=True, **self.opts)
+        self.lse_loc = lse_loc.reshape(-1)
+        # sweep 2: the shard's share at lse = lam_s, its own lse (0 where that is -inf):
+        # share_s = lam_s * b_s - A_s, the linear part A_s (target logit and smoothing sum)
+        # in a value of the loss's size (docs/design.md §6)
+        self.lam = np.where(np.isfinite(self.lse_loc), self.lse_loc, 0.0)
+        share = _ce(x, t, reduction="none", lse=self.lam.reshape(self.tshape), weight=weight,
+                    label_smoothing=self.eps, class_start=self.start, num_classes=self.V,
+                    **self.opts)
+        self.share = np.asarray(share, dtype=np.float64).reshape(-1)
+        # the kept rows and their target weights (the targets were checked by sweep 2)
+        ti = t.reshape(-1).astype(np.int64, copy=False)
+        self.kept = ti != self.ignore_index
+        if weight is None:
+            self.wy = self.kept.astype(np.float64)
+            self.W = float(self.V)
+            w_local_sum = float(C)
+        else:
+            wd = weight.astype(np.float64, copy=False)
+            self.wy = np.where(self.kept, wd[np.where(self.kept, ti, 0)], 0.0)
+            self.W = float(wd.sum())
+            w_local_sum = float(wd[self.start:self.start + C].sum())
+        owner = self.kept & (ti >= self.start) & (ti < self.start + C)
+        # b_s: this shard's coefficient of the lse in the row loss (sum over shards: B)
+        self.b_s = ((1.0 - self.eps) * np.where(owner, self.wy, 0.0)
+                    + self.eps / self.V * w_local_sum)
+        self.n = self.lse_loc.shape[0]
+
+
+def _forward(logits, target, class_start, num_classes, comm, dp_comm, weight, ignore_index,
+             reduction, label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads):
+    c = as_communicator(comm, "comm")
+    dp = as_communicator(dp_comm, "dp_comm", default_torch=False)
+    err, call = None, None
+    try:
+        call = _Call(logits, target, class_start, num_classes, weight, ignore_index, reduction,
+                     label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads)
+        n = call.n
+    except Exception as exc:  # raised on every rank below, after the same all-reduces
+        err = exc
+        n = _rows(logits)  # the buffers' length must still agree with the other ranks'
+    dp_mean = (dp is not None and reduction == "mean" and num_items is None)
+
+    # 1. MAX: the local lse, the error flag and the argument checks
+    mx = np.empty(n + _MAX_HEAD)
+    if call is not None:
+        mx[:n] = call.lse_loc
+        mx[n:] = (0.0, call.V, -call.V, call.start + call.C, -call.start)
+    else:
+        mx[:] = 0.0
+        mx[n] = c.rank + 1
+    c.allreduce_max(mx)
+    problem = None
+    if mx[n] > 0:
+        problem = err or RuntimeError(
+            f"fastce.distributed: rank {int(mx[n]) - 1} of comm raised an error before the "
+            f"all-reduce (its traceback says which argument)")
+    elif mx[n + 1] != -mx[n + 2]:
+        problem = ValueError(f"num_classes differs across the ranks of comm: from "
+                             f"{int(-mx[n + 2])} to {int(mx[n + 1])}")
+    else:
+        V = call.V
+        m = mx[:n]
+        # 2. SUM: the exps of the non-maximal shards, the count of maximal ones, and the
+        # shares moved to the common shift m (every term >= 0: no cancellation, §6)
+        sm = np.empty(3 * n + _SUM_HEAD)
+        top = call.lse_loc == m
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.exp(call.lse_loc - m, out=sm[:n])
+            sm[:n][top] = 0.0
+            sm[n:2 * n] = top
+            sm[2 * n:3 * n] = call.share + (m - call.lam) * call.b_s
+        sm[3 * n:] = (call.C, float(call.start + call.C) ** 2 - float(call.start) ** 2)
+        c.allreduce_sum(sm)
+        if (sm[3 * n] != V or sm[3 * n + 1] != float(V) ** 2 or mx[n + 3] != V
+                or mx[n + 4] != 0):
+            problem = ValueError(
+                f"class_start: the shards [class_start, class_start + C_local) of comm's "
+                f"ranks do not tile [0, num_classes={V}): they hold {int(sm[3 * n])} classes "
+                f"from {int(-mx[n + 4])} to {int(mx[n + 3])}, overlapping or with gaps")
+
+    # 3. the data-parallel normalisers (also when failing: the peers wait on this one)
+    if dp_mean:
+        d = np.zeros(3)
+        if problem is None:
+            d[:2] = call.wy.sum(), float(call.kept.sum())
+        else:
+            d[2] = 1.0
+        dp.allreduce_sum(d)
+        if problem is None and d[2] > 0:
+            problem = RuntimeError("fastce.distributed: a rank of dp_comm raised an error "
+                                   "before its all-reduce (its traceback says which argument)")
+        norms = (d[0], d[1])
+    elif problem is None and call.red == "mean":
+        if call.num_items is not None:
+            norms = (float(call.num_items),) * 2
+        else:
+            norms = (call.wy.sum(), float(call.kept.sum()))
+    else:
+        norms = None
+    if problem is not None:
+        raise problem
+
+    # 4. lse = m + log1p(ties - 1 + the others' exps); the row loss (design.md §6)
+    #    l_i = d_i * B_i + sum_s [share_s + (m_i - lam_s) b_s] + z lse_i^2, masked
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        d = np.log1p((sm[n:2 * n] - 1.0) + sm[:n])
+        lse = np.where(m == -np.inf, -np.inf, m + d)
+        B = (1.0 - call.eps) * call.wy + call.eps * call.W / V
+        ce = np.where(call.kept, d * B + sm[2 * n:3 * n], 0.0)
+        ce[call.kept & ~np.isfinite(m)] = np.nan  # all -inf, +inf or nan: nan, as unsharded
+        zt = np.where(call.kept, call.z * lse * lse, 0.0) if call.z else None
+    return call, lse, ce, zt, norms
+
+
+def _rows(logits):
+    """The row count of logits that failed the checks (0 if it has no shape)."""
+    try:
+        shape = np.shape(logits)
+    except Exception:
+        return 0
+    return 1 if len(shape) <= 1 else int(np.prod(shape[:1] + shape[2:]))
+
+
+def _loss(call, ce, zt, norms):
+    dt = np.float64 if call.x.dtype == np.float64 else np.float32
+    if call.red == "none":
+        rows = ce if zt is None else ce + zt
+        return rows.astype(dt).reshape(call.tshape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if call.red == "sum":
+            total = ce.sum() + (zt.sum() if zt is not None else 0.0)
+        else:  # 0 / 0 = nan when no row counts, like torch
+            total = ce.sum() / norms[0] + (zt.sum() / norms[1] if zt is not None else 0.0)
+    return dt(total)
+
+
+def _grad(call, lse, norms, dp_mean, grad_output, out, inplace, grad_dtype):
+    """The gradient slice: fastce's shard kernel at the global lse; the data-parallel
+    'mean' through its normalisers (weight and z scaled when they differ)."""
+    red, weight, z, items = call.red, call.weight, call.z, call.num_items
+    if dp_mean and norms[0] != 0 and norms[1] != 0:
+        if weight is None or z == 0.0:
+            items = norms[0]  # unweighted: both normalisers are the kept rows
+        else:  # the loss is linear in (w, z): sum with w / Dw and z / Dn is the mean
+            red, weight, z = "sum", weight / norms[0], z / norms[1]
+    # (an all-ignored global batch keeps the local 'mean': 0 / 0, the unsharded result)
+    return _ce_backward(call.x, call.t, grad_output, lse=lse.reshape(call.tshape),
+                        weight=weight, reduction=red, label_smoothing=call.eps, z_loss=z,
+                        num_items=items, class_start=call.start, num_classes=call.V,
+                        out=out, inplace=inplace, grad_dtype=grad_dtype, **call.opts)
+
+
+def cross_entropy(local_logits, target, *, class_start, num_classes, comm=None, dp_comm=None,
+                  weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                  z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None, return_lse=False,
+                  n_threads=None):
+    call, lse, ce, zt, norms = _forward(
+        local_logits, target, class_start, num_classes, comm, dp_comm, weight, ignore_index,
+        reduction, label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads)
+    loss = _loss(call, ce, zt, norms)
+    return (loss, lse.reshape(call.tshape)) if return_lse else loss
+
+
+def cross_entropy_with_grad(local_logits, target, *, class_start, num_classes, comm=None,
+                            dp_comm=None, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0,
+                            num_items=None, return_lse=False, grad_output=1.0, out=None,
+                            inplace=False, grad_dtype=None, n_threads=None):
+    call, lse, ce, zt, norms = _forward(
+        local_logits, target, class_start, num_classes, comm, dp_comm, weight, ignore_index,
+        reduction, label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads)
+    loss = _loss(call, ce, zt, norms)
+    dp_mean = dp_comm is not None and reduction == "mean" and num_items is None
+    grad = _grad(call, lse, norms, dp_mean, grad_output, out, inplace, grad_dtype)
+    return (loss, grad, lse.reshape(call.tshape)) if return_lse else (loss, grad)
+
+
+cross_entropy.__doc__ = f"""Vocabulary-parallel cross-entropy: the full loss from this rank's shard.
+
+    Every rank of ``comm`` calls it with its own class range and the same rows; every rank
+    gets the unsharded loss (the value :func:`fastce.cross_entropy` gives on the
+    concatenated logits). Two local sweeps of the logits, then one MAX all-reduce of
+    N + 5 and one SUM all-reduce of 3N + 2 float64 values over ``comm`` (plus 3 values
+    over ``dp_comm`` for a data-parallel 'mean'). Argument errors found on any rank are
+    raised on every rank (the others raise RuntimeError naming it), not left to hang.
+
+    Parameters
+    ----------
+    {_OPTIONS_DOC}
+
+    Returns
+    -------
+    loss : NumPy scalar (float64 for float64 logits, else float32) for 'mean'/'sum';
+        ndarray of target's shape for 'none'. The same on every rank of ``comm``.
+    lse : ndarray of float64, target's shape (only with ``return_lse=True``)
+
+    Examples
+    --------
+    >>> # rank r of P holds classes [r * V // P, (r + 1) * V // P)
+    >>> loss = fastce.distributed.cross_entropy(x_local, y, class_start=start,
+    ...                                         num_classes=V, comm=MPI.COMM_WORLD)
+    """
+
+cross_entropy_with_grad.__doc__ = f"""Vocabulary-parallel loss and this rank's gradient slice.
+
+    As :func:`cross_entropy` (the same two all-reduces), then one local read-and-write
+    sweep for ``d loss / d local_logits`` at the global lse; no more communication. The
+    slices of ``comm``'s ranks concatenate to the unsharded gradient, on every rank,
+    including ranks whose shard holds no target.
+
+    Parameters
+    ----------
+    {_OPTIONS_DOC}
+    grad_output : float or ndarray, default 1.0
+        Upstream gradient, as :func:`fastce.cross_entropy_with_grad`.
+    out : ndarray, optional
+        Receives the gradient slice (local_logits' shape and dtype).
+    inplace : bool, default False
+        Write the gradient slice over ``local_logits``.
+    grad_dtype : dtype, optional
+        As :func:`fastce.cross_entropy_with_grad`.
+
+    Returns
+    -------
+    loss : as :func:`cross_entropy`
+    grad : ndarray, local_logits' shape
+    lse : ndarray of float64, target's shape (only with ``return_lse=True``)
+    """
+

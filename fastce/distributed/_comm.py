@@ -1,0 +1,123 @@
+"""The communicator interface of fastce.distributed, and its two engines.
+
+Everything fastce.distributed needs from an engine is an in-place MAX or SUM all-reduce
+of a contiguous float64 buffer (docs/design.md §6), so the semantics are written once,
+against :class:`Communicator`, and an engine is a dozen lines.  Neither torch nor mpi4py
+is imported here: a communicator is recognised by the modules its type comes from, so
+``import fastce.distributed`` costs neither.
+"""
+import sys
+
+__all__ = ["Communicator", "TorchCommunicator", "MPICommunicator", "as_communicator"]
+
+
+class Communicator:
+    """The interface: ``rank``, ``size``, and two in-place all-reduces.
+
+    ``buf`` is always a C-contiguous, writeable 1-D float64 NumPy array; after the call
+    every rank holds the elementwise max (or sum) over the group's ranks, in place.
+    Subclass it to run fastce.distributed over another engine, or to wrap one (the tests
+    count calls and bytes that way).
+    """
+
+    rank = 0
+    size = 1
+
+    def allreduce_max(self, buf):
+        """Replace ``buf`` by its elementwise max over the group's ranks."""
+        raise NotImplementedError
+
+    def allreduce_sum(self, buf):
+        """Replace ``buf`` by its elementwise sum over the group's ranks."""
+        raise NotImplementedError
+
+
+class TorchCommunicator(Communicator):
+    """A ``torch.distributed`` process group (None: the default group).
+
+    The buffer travels as ``torch.from_numpy(buf)`` (no copy), so a CPU backend (gloo,
+    or MPI) is needed for NumPy buffers; NCCL groups take CUDA tensors, which fastce's
+    CPU path does not compute on.
+    """
+
+    def __init__(self, group=None):
+        import torch.distributed as dist
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "fastce.distributed: comm=None means torch.distributed's default process "
+                "group, which is not initialised: call torch.distributed.init_process_group "
+                "first, or pass an mpi4py communicator as comm=")
+        self._dist, self._group = dist, group
+        self._torch = sys.modules["torch"]
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+
+    def _allreduce(self, buf, op):
+        self._dist.all_reduce(self._torch.from_numpy(buf), op=op, group=self._group)
+
+    def allreduce_max(self, buf):
+        self._allreduce(buf, self._dist.ReduceOp.MAX)
+
+    def allreduce_sum(self, buf):
+        self._allreduce(buf, self._dist.ReduceOp.SUM)
+
+
+class MPICommunicator(Communicator):
+    """An mpi4py intracommunicator: ``Allreduce`` in place on the buffer (no pickling)."""
+
+    def __init__(self, comm):
+        from mpi4py import MPI
+        self._comm, self._mpi = comm, MPI
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+
+    def allreduce_max(self, buf):
+        self._comm.Allreduce(self._mpi.IN_PLACE, [buf, self._mpi.DOUBLE], op=self._mpi.MAX)
+
+    def allreduce_sum(self, buf):
+        self._comm.Allreduce(self._mpi.IN_PLACE, [buf, self._mpi.DOUBLE], op=self._mpi.SUM)
+
+
+def _is_torch_group(obj):
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not hasattr(dist, "ProcessGroup"):
+        return False
+    return isinstance(obj, dist.ProcessGroup)
+
+
+def _is_mpi_comm(obj):
+    MPI = sys.modules.get("mpi4py.MPI")
+    return MPI is not None and isinstance(obj, MPI.Intracomm)
+
+
+def as_communicator(comm, name="comm", default_torch=True):
+    """A :class:`Communicator` for ``comm``: a Communicator (returned as it is), an
+    mpi4py intracommunicator, a torch.distributed ProcessGroup, or None (torch's default
+    group when ``default_torch``, else None).  Anything else is a TypeError naming
+    ``name``."""
+    if isinstance(comm, Communicator):
+        return comm
+    if comm is None:
+        if not default_torch:
+            return None
+        if "torch.distributed" not in sys.modules:
+            try:
+                import torch.distributed  # noqa: F401
+            except ImportError:
+                raise RuntimeError(
+                    f"fastce.distributed: {name}=None means torch.distributed's default "
+                    f"process group, but torch is not installed; pass an mpi4py "
+                    f"communicator as {name}=") from None
+        return TorchCommunicator(None)
+    if _is_mpi_comm(comm):
+        return MPICommunicator(comm)
+    if _is_torch_group(comm):
+        return TorchCommunicator(comm)
+    MPI = sys.modules.get("mpi4py.MPI")
+    if MPI is not None and isinstance(comm, MPI.Comm):
+        raise TypeError(f"{name} must be an mpi4py intracommunicator, got {type(comm).__name__}")
+    raise TypeError(
+        f"{name} must be an mpi4py communicator, a torch.distributed ProcessGroup, a "
+        f"fastce.distributed.Communicator or None (torch's default group), got "
+        f"{type(comm).__module__}.{type(comm).__qualname__}")
+
