@@ -83,18 +83,6 @@ def worker(engine, outdir):
         rank, size, barrier = comm.Get_rank(), comm.Get_size(), comm.Barrier
     base = fd.as_communicator(comm)
 
-    class Counting(fd.Communicator):
-        def __init__(self):
-            self.rank, self.size, self.values = base.rank, base.size, 0
-
-        def allreduce_max(self, buf):
-            self.values += buf.size
-            base.allreduce_max(buf)
-
-        def allreduce_sum(self, buf):
-            self.values += buf.size
-            base.allreduce_sum(buf)
-
     def slowest(t):  # the slowest rank's time of one repetition
         b = np.array([t])
         base.allreduce_max(b)
@@ -117,7 +105,7 @@ def worker(engine, outdir):
         x, y = make(N)
         xl = np.ascontiguousarray(x[:, lo:hi])
         scratch = xl.copy()
-        cc = Counting()
+        cc = fd.CountingCommunicator(base)
         fd.cross_entropy(xl, y, class_start=lo, num_classes=V, comm=cc, n_threads=1)
         res[f"{N} bytes"] = 8 * cc.values
         res[f"{N} forward"] = timed(lambda: fd.cross_entropy(

@@ -53,24 +53,6 @@ def setup(engine):
     return comm, comm.Get_rank(), comm.Get_size(), engine
 
 
-class Counting(fd.Communicator):
-    """Counts the float64 values this rank sends into all-reduces."""
-
-    def __init__(self, inner):
-        self.inner, self.rank, self.size = inner, inner.rank, inner.size
-        self.values = self.calls = 0
-
-    def allreduce_max(self, buf):
-        self.values += buf.size
-        self.calls += 1
-        self.inner.allreduce_max(buf)
-
-    def allreduce_sum(self, buf):
-        self.values += buf.size
-        self.calls += 1
-        self.inner.allreduce_sum(buf)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=("auto", "torch", "mpi"), default="auto")
@@ -79,7 +61,7 @@ def main():
     args = ap.parse_args()
     steps = 30 if args.quick else args.steps
     comm, rank, size, engine = setup(args.engine)
-    comm = Counting(fd.as_communicator(comm))
+    comm = fd.CountingCommunicator(comm)  # counts the float64 values sent
     say = print if rank == 0 else (lambda *a, **k: None)
 
     text = load_text()

@@ -205,3 +205,32 @@ def test_default_group_not_initialised():
     assert not dist.is_initialized()
     with pytest.raises(RuntimeError, match="init_process_group"):
         fd.cross_entropy(np.zeros((2, 3)), np.zeros(2, np.int64), class_start=0, num_classes=3)
+
+
+def test_communicator_interface():
+    """Communicator is abstract (an engine must define both all-reduces), and
+    CountingCommunicator logs what passes through it."""
+    import fastce
+    import fastce.distributed as fd
+
+    class HalfDone(fd.Communicator):
+        def allreduce_max(self, buf):
+            pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        HalfDone()
+
+    class One(fd.Communicator):  # a group of one rank: the all-reduces change nothing
+        def allreduce_max(self, buf):
+            pass
+
+        def allreduce_sum(self, buf):
+            pass
+
+    cc = fd.CountingCommunicator(One())
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    t = np.array([0, 4, 2, 1])
+    np.testing.assert_allclose(fd.cross_entropy(x, t, class_start=0, num_classes=5, comm=cc),
+                               fastce.cross_entropy(x, t), rtol=1e-14)
+    assert [op for op, _ in cc.log] == ["max", "sum"]
+    assert cc.calls == 2 and cc.values == (4 + 5) + (3 * 4 + 2)

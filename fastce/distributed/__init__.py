@@ -22,9 +22,10 @@ groups and mpi4py communicators, behind one interface, :class:`Communicator`
 (docs/design.md §6).  ``import fastce.distributed`` imports neither torch nor mpi4py.
 """
 from ._ce import cross_entropy, cross_entropy_with_grad, global_weight
-from ._comm import Communicator, MPICommunicator, TorchCommunicator, as_communicator
+from ._comm import (Communicator, CountingCommunicator, MPICommunicator, TorchCommunicator,
+                    as_communicator)
 from ._linear import linear_cross_entropy_with_grad
 
 __all__ = ["cross_entropy", "cross_entropy_with_grad", "linear_cross_entropy_with_grad",
            "global_weight", "Communicator", "TorchCommunicator", "MPICommunicator",
-           "as_communicator"]
+           "CountingCommunicator", "as_communicator"]

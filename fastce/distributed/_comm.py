@@ -6,30 +6,58 @@ against :class:`Communicator`, and an engine is a dozen lines.  Neither torch no
 is imported here: a communicator is recognised by the modules its type comes from, so
 ``import fastce.distributed`` costs neither.
 """
+import abc
 import sys
 
-__all__ = ["Communicator", "TorchCommunicator", "MPICommunicator", "as_communicator"]
+__all__ = ["Communicator", "TorchCommunicator", "MPICommunicator", "CountingCommunicator",
+           "as_communicator"]
 
 
-class Communicator:
+class Communicator(abc.ABC):
     """The interface: ``rank``, ``size``, and two in-place all-reduces.
 
     ``buf`` is always a C-contiguous, writeable 1-D float64 NumPy array; after the call
     every rank holds the elementwise max (or sum) over the group's ranks, in place.
-    Subclass it to run fastce.distributed over another engine, or to wrap one (the tests
-    count calls and bytes that way).
+    Subclass it to run fastce.distributed over another engine (both all-reduces must be
+    defined), or wrap one (:class:`CountingCommunicator`).
     """
 
     rank = 0
     size = 1
 
+    @abc.abstractmethod
     def allreduce_max(self, buf):
         """Replace ``buf`` by its elementwise max over the group's ranks."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def allreduce_sum(self, buf):
         """Replace ``buf`` by its elementwise sum over the group's ranks."""
-        raise NotImplementedError
+
+
+class CountingCommunicator(Communicator):
+    """Wraps a communicator and records its traffic: ``log`` lists each all-reduce as
+    ``(op, values)`` ('max' or 'sum', float64 values sent), ``calls`` and ``values`` are
+    the totals (bytes = 8 * values)."""
+
+    def __init__(self, inner):
+        self.inner = as_communicator(inner)
+        self.rank, self.size, self.log = self.inner.rank, self.inner.size, []
+
+    @property
+    def calls(self):
+        return len(self.log)
+
+    @property
+    def values(self):
+        return sum(n for _, n in self.log)
+
+    def allreduce_max(self, buf):
+        self.log.append(("max", buf.size))
+        self.inner.allreduce_max(buf)
+
+    def allreduce_sum(self, buf):
+        self.log.append(("sum", buf.size))
+        self.inner.allreduce_sum(buf)
 
 
 class TorchCommunicator(Communicator):
