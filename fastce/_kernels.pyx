@@ -73,6 +73,8 @@ cdef extern from "fastce/fastce.h" nogil:
                                const double *beta, const float *w) noexcept nogil
         void (*col_sub_shift)(const float *x, int64_t sc, float *out, int64_t osc, int64_t C,
                               int64_t nl, const double *m, const double *l) noexcept nogil
+        void (*col_pack)(const float *x, int64_t rs, int64_t C, int64_t nl, float *blk) noexcept nogil
+        void (*col_unpack)(const float *blk, int64_t C, int64_t nl, float *x, int64_t rs) noexcept nogil
         void (*vexp)(const float *x, float *out, int64_t n) noexcept nogil
         void (*vlog)(const float *x, float *out, int64_t n) noexcept nogil
         # --- binary cross-entropy with logits (_bce.pxi) ---
@@ -106,6 +108,8 @@ cdef extern from "fastce/fastce.h" nogil:
                                const double *beta, const double *w) noexcept nogil
         void (*col_sub_shift)(const double *x, int64_t sc, double *out, int64_t osc, int64_t C,
                               int64_t nl, const double *m, const double *l) noexcept nogil
+        void (*col_pack)(const double *x, int64_t rs, int64_t C, int64_t nl, double *blk) noexcept nogil
+        void (*col_unpack)(const double *blk, int64_t C, int64_t nl, double *x, int64_t rs) noexcept nogil
         void (*vexp)(const double *x, double *out, int64_t n) noexcept nogil
         void (*vlog)(const double *x, double *out, int64_t n) noexcept nogil
         # --- binary cross-entropy with logits (_bce.pxi) ---
@@ -410,11 +414,13 @@ cdef int64_t scan_targets(const Sweep *s, double *valid, double *wsum) noexcept 
         if y < 0 or y >= s.Ctot:
             return r
         n += 1.0
+        if s.wd == NULL and s.wdf == NULL:
+            continue  # unweighted: the total is the count
         v = weight_of(s, y)  # Neumaier's compensated sum: the weight total to ~1 ulp
         t = w + v
         comp += (w - t) + v if fabs(w) >= fabs(v) else (v - t) + w
         w = t
-    valid[0], wsum[0] = n, w + comp
+    valid[0], wsum[0] = n, (w + comp) if (s.wd != NULL or s.wdf != NULL) else n
     return -1
 
 
@@ -453,6 +459,8 @@ cdef inline void finish_row(const Sweep *s, int64_t r, int64_t y, double m, doub
     wy = weight_of(s, y)
     if s.loss != NULL:
         s.loss[r] = fce_hard_loss(&s.rp, wy, owns, m, l, xy, mref, dev)
+    if s.out_kind == OUT_NONE:  # a loss alone: no gradient row
+        return
     fce_hard_coef(&s.rp, wy, owns, m + l, s.scale[r] if s.scale != NULL else s.scale0,
                   s.scale[r] if s.scale != NULL else s.zscale0, coef)
 
@@ -498,6 +506,27 @@ cdef inline void k_softcap_grad(const fce_kernels *kt, const floating *xc, float
         kt.f32.row_softcap_grad(xc, g, n, cap)
     else:
         kt.f64.row_softcap_grad(xc, g, n, cap)
+
+
+cdef inline bint packs(const RowGeom *g, size_t item) noexcept nogil:
+    """Rows evenly spaced, classes contiguous: small-C blocks move by col_pack/col_unpack."""
+    return g.B == 1 and g.sc == 1 and g.sa % <int64_t> item == 0
+
+
+cdef inline void k_pack(const fce_kernels *kt, const floating *x, int64_t rs, int64_t C, int64_t nl,
+                        floating *blk) noexcept nogil:
+    if floating is float:
+        kt.f32.col_pack(x, rs, C, nl, blk)
+    else:
+        kt.f64.col_pack(x, rs, C, nl, blk)
+
+
+cdef inline void k_unpack(const fce_kernels *kt, const floating *blk, int64_t C, int64_t nl,
+                          floating *x, int64_t rs) noexcept nogil:
+    if floating is float:
+        kt.f32.col_unpack(blk, C, nl, x, rs)
+    else:
+        kt.f64.col_unpack(blk, C, nl, x, rs)
 
 
 cdef inline void copy_strided(const floating *src, int64_t ss, floating *dst, int64_t ds,
@@ -583,9 +612,10 @@ cdef int64_t scratch_bytes(Sweep *s, int64_t elem, int n_threads) noexcept:
     if s.mode == MODE_ROWS:
         s.scratch_per = 3 * s.C * elem if (s.x_strided or s.o_strided or s.soft or s.xh or s.oh
                                            or s.transform) else 0
+    elif s.mode == MODE_COLS_T:  # whole vectors of classes: col_unpack reads them
+        s.scratch_per = (s.C + s.lanes - 1) // s.lanes * s.lanes * s.lanes * elem
     else:
-        s.scratch_per = s.C * s.lanes * elem if (s.mode == MODE_COLS_T or (
-            s.out_kind != OUT_NONE and not s.direct_out)) else 0
+        s.scratch_per = s.C * s.lanes * elem if s.out_kind != OUT_NONE and not s.direct_out else 0
     return s.scratch_per * n_threads
 
 
@@ -892,12 +922,19 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
     cdef double gamma[MAX_LANES]
     cdef double coef[3]
     cdef bint any_beta = False, any_tail = False
+    cdef Sweep local = s[0]  # stores through its pointers cannot alias a local: fewer reloads
+    s = &local
     # which rows: lane l is row r0 + l * rstep
     if s.mode == MODE_COLS_T:
         r0, rstep = k * L, 1
         nl = min(L, s.rows - r0)
-        for l in range(nl):  # transpose the block into scratch: class c of lane l at c * L + l
-            copy_strided(<const floating *> row_addr(&s.x, r0 + l), s.x.sc, scratch + l, L, C)
+        # transpose the block into scratch: class c of lane l at c * L + l
+        if packs(&s.x, sizeof(floating)):
+            k_pack(s.kt, <const floating *> row_addr(&s.x, r0), s.x.sa // sizeof(floating), C, nl,
+                   scratch)
+        else:
+            for l in range(nl):
+                copy_strided(<const floating *> row_addr(&s.x, r0 + l), s.x.sc, scratch + l, L, C)
         xp, xsc = scratch, L
     else:
         i = k // s.per
@@ -909,8 +946,6 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
             nl = min(L, s.x.A - j)
             r0, rstep = j * s.x.B + i, s.x.B
         xp, xsc = <const floating *> row_addr(&s.x, r0), s.x.sc
-    for l in range(nl):
-        ys[l] = target_of(s, r0 + l * rstep)
     # statistics of all lanes
     if s.compute_lse or wants_dev(s):
         if floating is float:
@@ -919,7 +954,7 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
             s.kt.f64.col_stats(xp, xsc, C, nl, <const double *> s.wt, wants_dev(s), mx, sm, dev)
         s.kt.f64.vlog(sm, logsm, nl)  # one vector log for the block, not a libm call per row
         for l in range(nl):
-            any_tail = any_tail or fce_needs_tail(sm[l])
+            any_tail |= fce_needs_tail(sm[l])
             if sm[l] == 0.0:  # empty or all -inf
                 logsm[l] = -INFINITY
         if any_tail and s.compute_lse:  # rows dominated by their max: log1p of the exact tail
@@ -932,7 +967,7 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
                     logsm[l] = log1p(tail[l])
     for l in range(nl):
         r = r0 + l * rstep
-        y = ys[l]
+        y = ys[l] = target_of(s, r)
         if s.compute_lse:
             lm[l], ll[l] = mx[l], logsm[l]
         else:
@@ -946,8 +981,9 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
         yl = owned_class(s, y)
         finish_row(s, r, y, lm[l], ll[l], xp[yl * xsc + l] if yl >= 0 else 0.0,
                    mx[l] if wants_dev(s) else 0.0, dev[l] if wants_dev(s) else 0.0, coef)
-        a[l], beta[l], gamma[l] = coef[0], coef[1], coef[2]
-        any_beta = any_beta or coef[1] != 0.0
+        if s.out_kind != OUT_NONE:
+            a[l], beta[l], gamma[l] = coef[0], coef[1], coef[2]
+            any_beta |= coef[1] != 0.0
     if s.out_kind == OUT_NONE:
         return
     # output rows: in place of the input layout, or through scratch
@@ -973,10 +1009,14 @@ cdef inline void one_block(const Sweep *s, int64_t k, floating *scratch) noexcep
             zero_strided(dst + l, osc, C)
         elif yl >= 0 and s.out_kind == OUT_EXP:
             dst[yl * osc + l] -= <floating> gamma[l]
-    if dst == scratch:
-        for l in range(nl):
-            orow = <floating *> row_addr(&s.o, r0 + l * rstep)
-            copy_strided(scratch + l, L, orow, s.o.sc, C)
+    if dst != scratch:
+        return
+    if s.mode == MODE_COLS_T and packs(&s.o, sizeof(floating)):
+        k_unpack(s.kt, scratch, C, nl, <floating *> row_addr(&s.o, r0), s.o.sa // sizeof(floating))
+        return
+    for l in range(nl):
+        orow = <floating *> row_addr(&s.o, r0 + l * rstep)
+        copy_strided(scratch + l, L, orow, s.o.sc, C)
 
 
 # ---------------------------------------------------------------------------------------

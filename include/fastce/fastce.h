@@ -55,6 +55,8 @@ typedef struct {
                                const double *beta, const T *w);                                \
         void (*col_sub_shift)(const T *x, int64_t sc, T *out, int64_t osc, int64_t C,          \
                               int64_t nl, const double *m, const double *l);                   \
+        void (*col_pack)(const T *x, int64_t rs, int64_t C, int64_t nl, T *blk);              \
+        void (*col_unpack)(const T *blk, int64_t C, int64_t nl, T *x, int64_t rs);            \
         void (*vexp)(const T *x, T *out, int64_t n);                                           \
         void (*vlog)(const T *x, T *out, int64_t n);                                           \
         /* --- binary cross-entropy with logits (bce_impl.h) --- */                            \

@@ -34,7 +34,7 @@
       fce_##DT##_row_fused_stats, fce_##DT##_row_scale,                                                  \
       fce_##DT##_row_soft_stats, fce_##DT##_row_soft_grad,                                               \
       fce_##DT##_row_softcap, fce_##DT##_row_softcap_grad, fce_##DT##_vtanh,                             \
-      FCE_##DT##_LANES, fce_##DT##_col_stats, fce_##DT##_col_tail, fce_##DT##_col_exp_affine, fce_##DT##_col_sub_shift,       \
+      FCE_##DT##_LANES, fce_##DT##_col_stats, fce_##DT##_col_tail, fce_##DT##_col_exp_affine, fce_##DT##_col_sub_shift, fce_##DT##_col_pack, fce_##DT##_col_unpack,       \
       fce_##DT##_vexp, fce_##DT##_vlog, \
       /* bce */ fce_##DT##_bce_block }
 #define FCE_f32_LANES FCE_F32_N

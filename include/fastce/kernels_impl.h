@@ -433,6 +433,31 @@ static inline void FN(col_store)(FCE_T *p, int64_t nl, V v) {
     else VOP(store_tail)(p, nl, v);
 }
 
+/* The small-C blocks: nl rows of C contiguous scores (row l at x + l * rs) transposed into
+ * blk, class c of lane l at blk[c * FCE_VN + l], and back, by strided loads (gathers) and
+ * contiguous stores. Lanes past nl are not touched (col_load masks them); col_unpack reads
+ * blk up to class ceil(C / FCE_VN) FCE_VN (the caller pads it), stores only classes < C. */
+#define FCE_STRIDED_MAX ((int64_t)(INT32_MAX / FCE_VN)) /* gather offsets are int32 */
+
+static void FN(col_pack)(const FCE_T *x, int64_t rs, int64_t C, int64_t nl, FCE_T *blk) {
+    if (nl == FCE_VN && rs <= FCE_STRIDED_MAX) {
+        for (int64_t c = 0; c < C; c++) VOP(storeu)(blk + c * FCE_VN, VOP(load_strided)(x + c, rs));
+        return;
+    }
+    for (int64_t l = 0; l < nl; l++)
+        for (int64_t c = 0; c < C; c++) blk[c * FCE_VN + l] = x[l * rs + c];
+}
+
+static void FN(col_unpack)(const FCE_T *blk, int64_t C, int64_t nl, FCE_T *x, int64_t rs) {
+    for (int64_t l = 0; l < nl; l++) {
+        FCE_T *row = x + l * rs;
+        int64_t c = 0;
+        for (; c + FCE_VN <= C; c += FCE_VN) VOP(storeu)(row + c, VOP(load_strided)(blk + c * FCE_VN + l, FCE_VN));
+        if (c < C) VOP(store_tail)(row + c, C - c, VOP(load_strided)(blk + c * FCE_VN + l, FCE_VN));
+    }
+}
+#undef FCE_STRIDED_MAX
+
 /* per-lane lse pairs (m, l) as vectors: hi = m rounded, lo = the rest plus l; lanes past nl 0 */
 static inline void FN(col_split)(const double *m, const double *l, int64_t nl, V *hi, V *lo) {
     FCE_T h[FCE_VN], r[FCE_VN];

@@ -26,6 +26,11 @@ static inline fce_f32v fce_f32_load_tail(const float *p, int64_t n, float fill) 
 static inline void fce_f32_store_tail(float *p, int64_t n, fce_f32v v) {
     _mm256_maskstore_ps(p, fce_f32_tailmask(n), v);
 }
+/* lanes p[0], p[s], p[2 s], ...: a gather; |s| (N - 1) must fit in int32 */
+static inline fce_f32v fce_f32_load_strided(const float *p, int64_t s) {
+    const __m256i k = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_i32gather_ps(p, _mm256_mullo_epi32(k, _mm256_set1_epi32((int)s)), 4);
+}
 static inline fce_f32v fce_f32_add(fce_f32v a, fce_f32v b) { return _mm256_add_ps(a, b); }
 static inline fce_f32v fce_f32_sub(fce_f32v a, fce_f32v b) { return _mm256_sub_ps(a, b); }
 static inline fce_f32v fce_f32_mul(fce_f32v a, fce_f32v b) { return _mm256_mul_ps(a, b); }
@@ -91,6 +96,10 @@ static inline fce_f64v fce_f64_load_tail(const double *p, int64_t n, double fill
 }
 static inline void fce_f64_store_tail(double *p, int64_t n, fce_f64v v) {
     _mm256_maskstore_pd(p, fce_f64_tailmask(n), v);
+}
+static inline fce_f64v fce_f64_load_strided(const double *p, int64_t s) {
+    const __m128i k = _mm_setr_epi32(0, 1, 2, 3);
+    return _mm256_i32gather_pd(p, _mm_mullo_epi32(k, _mm_set1_epi32((int)s)), 8);
 }
 static inline fce_f64v fce_f64_add(fce_f64v a, fce_f64v b) { return _mm256_add_pd(a, b); }
 static inline fce_f64v fce_f64_sub(fce_f64v a, fce_f64v b) { return _mm256_sub_pd(a, b); }

@@ -4,6 +4,7 @@
  *   fce_DTv / fce_DTm       vector and lane-mask types, FCE_DT_N lanes
  *   set1 zero loadu storeu  full-vector memory access (unaligned)
  *   load_tail store_tail    the last n < N elements; masked lanes never touch memory
+ *   load_strided            lanes p[0], p[s], ..., p[(N-1) s] (a gather where the ISA has one)
  *   add sub mul div fma max min, lt gt select any_gt
  *   hmax hsum               horizontal reductions (hsum returns double)
  *   pow2n                   2**n for n held in the low mantissa bits of t = n + 1.5*2**(mant bits)
@@ -34,6 +35,11 @@ static inline fce_f32v fce_f32_load_tail(const float *p, int64_t n, float fill) 
 }
 static inline void fce_f32_store_tail(float *p, int64_t n, fce_f32v v) {
     _mm512_mask_storeu_ps(p, fce_f32_tailmask(n), v);
+}
+/* lanes p[0], p[s], p[2 s], ...: a gather; |s| (N - 1) must fit in int32 */
+static inline fce_f32v fce_f32_load_strided(const float *p, int64_t s) {
+    const __m512i k = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_i32gather_ps(_mm512_mullo_epi32(k, _mm512_set1_epi32((int)s)), p, 4);
 }
 static inline fce_f32v fce_f32_add(fce_f32v a, fce_f32v b) { return _mm512_add_ps(a, b); }
 static inline fce_f32v fce_f32_sub(fce_f32v a, fce_f32v b) { return _mm512_sub_ps(a, b); }
@@ -89,6 +95,10 @@ static inline fce_f64v fce_f64_load_tail(const double *p, int64_t n, double fill
 }
 static inline void fce_f64_store_tail(double *p, int64_t n, fce_f64v v) {
     _mm512_mask_storeu_pd(p, fce_f64_tailmask(n), v);
+}
+static inline fce_f64v fce_f64_load_strided(const double *p, int64_t s) {
+    const __m256i k = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm512_i32gather_pd(_mm256_mullo_epi32(k, _mm256_set1_epi32((int)s)), p, 8);
 }
 static inline fce_f64v fce_f64_add(fce_f64v a, fce_f64v b) { return _mm512_add_pd(a, b); }
 static inline fce_f64v fce_f64_sub(fce_f64v a, fce_f64v b) { return _mm512_sub_pd(a, b); }

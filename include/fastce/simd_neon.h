@@ -27,6 +27,13 @@ static inline void fce_f32_store_tail(float *p, int64_t n, fce_f32v v) {
     vst1q_f32(b, v);
     memcpy(p, b, (size_t)n * sizeof(float));
 }
+/* lanes p[0], p[s], p[2 s], p[3 s] (no gather instruction: lane inserts) */
+static inline fce_f32v fce_f32_load_strided(const float *p, int64_t s) {
+    fce_f32v v = vdupq_n_f32(p[0]);
+    v = vsetq_lane_f32(p[s], v, 1);
+    v = vsetq_lane_f32(p[2 * s], v, 2);
+    return vsetq_lane_f32(p[3 * s], v, 3);
+}
 static inline fce_f32v fce_f32_add(fce_f32v a, fce_f32v b) { return vaddq_f32(a, b); }
 static inline fce_f32v fce_f32_sub(fce_f32v a, fce_f32v b) { return vsubq_f32(a, b); }
 static inline fce_f32v fce_f32_mul(fce_f32v a, fce_f32v b) { return vmulq_f32(a, b); }
@@ -83,6 +90,9 @@ static inline void fce_f64_store_tail(double *p, int64_t n, fce_f64v v) {
     double b[2];
     vst1q_f64(b, v);
     memcpy(p, b, (size_t)n * sizeof(double));
+}
+static inline fce_f64v fce_f64_load_strided(const double *p, int64_t s) {
+    return vsetq_lane_f64(p[s], vdupq_n_f64(p[0]), 1);
 }
 static inline fce_f64v fce_f64_add(fce_f64v a, fce_f64v b) { return vaddq_f64(a, b); }
 static inline fce_f64v fce_f64_sub(fce_f64v a, fce_f64v b) { return vsubq_f64(a, b); }

@@ -21,6 +21,7 @@
         return n > 0 ? *p : fill;                                                               \
     }                                                                                           \
     static inline void fce_##DT##_store_tail(T *p, int64_t n, fce_##DT##v v) { if (n > 0) *p = v; } \
+    static inline fce_##DT##v fce_##DT##_load_strided(const T *p, int64_t s) { (void)s; return *p; } \
     static inline fce_##DT##v fce_##DT##_add(T a, T b) { return a + b; }                        \
     static inline fce_##DT##v fce_##DT##_sub(T a, T b) { return a - b; }                        \
     static inline fce_##DT##v fce_##DT##_mul(T a, T b) { return a * b; }                        \

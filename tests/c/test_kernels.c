@@ -112,6 +112,8 @@ typedef struct {
                    const double *l, const double *a, const double *beta, const void *w);
     void (*colsub)(KT *k, const void *x, int64_t sc, void *o, int64_t osc, int64_t C, int64_t nl, const double *m,
                    const double *l);
+    void (*colpack)(KT *k, const void *x, int64_t rs, int64_t C, int64_t nl, void *blk);
+    void (*colunpack)(KT *k, const void *blk, int64_t C, int64_t nl, void *x, int64_t rs);
     void (*softstats)(KT *k, const void *x, const void *t, int64_t n, const void *w, double ta, double tb,
                       fce_stats *st);
     void (*softgrad)(KT *k, const void *x, const void *t, void *o, int64_t n, double m, double l, double a, double b,
@@ -170,6 +172,12 @@ typedef struct {
                             int64_t nl, const double *m, const double *l) {                          \
         k->DT.col_sub_shift((const TT *)x, sc, (TT *)o, osc, C, nl, m, l);                           \
     }                                                                                                \
+    static void colpack_##DT(KT *k, const void *x, int64_t rs, int64_t C, int64_t nl, void *blk) {  \
+        k->DT.col_pack((const TT *)x, rs, C, nl, (TT *)blk);                                         \
+    }                                                                                                \
+    static void colunpack_##DT(KT *k, const void *blk, int64_t C, int64_t nl, void *x, int64_t rs) { \
+        k->DT.col_unpack((const TT *)blk, C, nl, (TT *)x, rs);                                       \
+    }                                                                                                \
     static void softstats_##DT(KT *k, const void *x, const void *t, int64_t n, const void *w,       \
                                double ta, double tb, fce_stats *st) {                                \
         k->DT.row_soft_stats((const TT *)x, (const TT *)t, n, (const TT *)w, ta, tb, st);            \
@@ -183,7 +191,7 @@ DT_WRAP(f64, double, uint64_t)
 
 #define DT_ENTRY(DT) get_##DT, set_##DT, setbits_##DT, getbits_##DT, stats_##DT, tail_##DT, affine_##DT, \
     subsh_##DT, fused_##DT, scale_##DT, vexp_##DT, vlog_##DT, lanes_##DT, colstats_##DT, coltail_##DT,   \
-    colaff_##DT, colsub_##DT, softstats_##DT, softgrad_##DT
+    colaff_##DT, colsub_##DT, colpack_##DT, colunpack_##DT, softstats_##DT, softgrad_##DT
 static const dtype DTYPES[2] = {
     {"f32", 1, 4, 24, -126, 0x1p-23L, 0x1p-126L, FLT_MAX, -87.33654475L, DT_ENTRY(f32)},
     {"f64", 0, 8, 53, -1022, 0x1p-52L, 0x1p-1022L, DBL_MAX, -708.3964185322641L, DT_ENTRY(f64)},
@@ -968,7 +976,7 @@ static void test_rows(const dtype *d, const fce_kernels **tabs, const int *isa_i
 
 enum {
     X_COL_STATS, X_COL_STATS_DEV, X_COL_STATS_DEVW, X_COL_TAIL, X_COL_SOFTMAX, X_COL_AFF_AB, X_COL_AFF_ABW,
-    X_COL_AFF_INPLACE, X_COL_SOFTMAX_LSE, X_COL_SUB, X_COL_SUB_INPLACE, X_COL_SUB_LSE,
+    X_COL_AFF_INPLACE, X_COL_SOFTMAX_LSE, X_COL_SUB, X_COL_SUB_INPLACE, X_COL_SUB_LSE, X_COL_PACK,
     X_SOFT_STATS, X_SOFT_STATS_W, X_SOFT_STATS_MASKED, X_SOFT_STATS_MASKED_LS, X_SOFT_GRAD, X_SOFT_GRAD_W,
     X_SOFT_GRAD_INPLACE, X_EXAMPLES, X_N
 };
@@ -976,7 +984,7 @@ static const char *XNAME[X_N] = {
     "col_stats(want_dev=0)", "col_stats(want_dev=1,w=NULL)", "col_stats(want_dev=1,w)", "col_tail(top=lane max)",
     "col_exp_affine(a=1,beta=NULL)", "col_exp_affine(w=NULL)", "col_exp_affine(w)", "col_exp_affine(w,out==x)",
     "col_exp_affine(a=1,beta=NULL,(m,l)=(lse,0))", "col_sub_shift", "col_sub_shift(out==x)",
-    "col_sub_shift((m,l)=(lse,0))", "row_soft_stats(w=NULL,ta=1,tb=0)", "row_soft_stats(w,ta=0.9,tb=0.1/n)",
+    "col_sub_shift((m,l)=(lse,0))", "col_pack + col_unpack (bitwise, lanes >= nl untouched)", "row_soft_stats(w=NULL,ta=1,tb=0)", "row_soft_stats(w,ta=0.9,tb=0.1/n)",
     "row_soft_stats(w,tb=0; -inf classes with u=0: dev nan)",
     "row_soft_stats(w=NULL,tb=0.1/n; -inf classes with u>0: dev +inf)", "row_soft_grad(w=NULL)",
     "row_soft_grad(w)", "row_soft_grad(w,out==x)",
@@ -1001,6 +1009,58 @@ static const struct {
              {X_COL_SOFTMAX_LSE, E_SOFTMAX_LSE, 0, 0, 1}, {X_COL_SUB, E_SUB, 1, 0, 0},
              {X_COL_SUB_INPLACE, E_SUB, 1, 1, 0},         {X_COL_SUB_LSE, E_SUB_LSE, 1, 0, 0}};
 #define N_CELEM ((int)(sizeof CELEM / sizeof CELEM[0]))
+
+/* col_pack / col_unpack move bits: rows (lane l at src + l * rs, the source rows at stride
+ * MAXC, or packed densely, rs = C) -> block -> rows, with the block padded to whole vectors
+ * of classes as the sweeps allocate it; nothing outside the real lanes and classes moves */
+static void test_pack(const dtype *d, KT *K, tcase *c, const unsigned char *rows, int64_t C, int nl, int L) {
+    const size_t es = d->esz;
+    const int64_t padded = (C + L - 1) / L * L * L;
+    unsigned char *dense = malloc((size_t)(nl * C + 1) * es);
+    unsigned char *pk = malloc((size_t)(padded + 1) * es);
+    unsigned char *back = malloc((size_t)(nl * MAXC + 1) * es);
+    for (int l = 0; l < nl; l++)
+        for (int64_t cc = 0; cc < C; cc++) d->setbits(dense, l * C + cc, d->getbits(rows + (size_t)l * MAXC * es, cc));
+    for (int dn = 0; dn < 2; dn++) {
+        const unsigned char *src = dn ? dense : rows;
+        const int64_t rs = dn ? C : MAXC;
+        char ctx[128];
+        snprintf(ctx, sizeof ctx, "C=%lld nl=%d of %d lanes, row stride %lld", (long long)C, nl, L, (long long)rs);
+        WHERE("col_pack", ctx);
+        memset(pk, 0x5A, (size_t)(padded + 1) * es);
+        d->colpack(K, src, rs, C, nl, pk);
+        int ok = 1, untouched = 1;
+        for (int64_t i = 0; i <= padded; i++) {
+            const int64_t cc = i / L, l = i % L;
+            if (i < C * L && l < nl) {
+                if (d->getbits(pk, i) != d->getbits(src, l * rs + cc)) ok = 0;
+            } else {
+                for (size_t b = 0; b < es; b++)
+                    if (pk[i * es + b] != 0x5A) untouched = 0;
+            }
+        }
+        check(c, ok, "col_pack", "%s: block differs from the rows", ctx);
+        check(c, untouched, "col_pack", "%s: wrote outside the real lanes and classes", ctx);
+        WHERE("col_unpack", ctx);
+        memset(back, 0xA5, (size_t)(nl * MAXC + 1) * es);
+        d->colunpack(K, pk, C, nl, back, rs);
+        ok = 1, untouched = 1;
+        for (int64_t i = 0; i <= nl * MAXC; i++) {
+            const int64_t l = rs ? i / rs : nl, cc = rs ? i % rs : 0;
+            if (l < nl && cc < C) {
+                if (d->getbits(back, i) != d->getbits(src, i)) ok = 0;
+            } else {
+                for (size_t b = 0; b < es; b++)
+                    if (back[i * es + b] != 0xA5) untouched = 0;
+            }
+        }
+        check(c, ok, "col_unpack", "%s: rows differ from the block", ctx);
+        check(c, untouched, "col_unpack", "%s: wrote outside the rows' classes", ctx);
+    }
+    free(dense);
+    free(pk);
+    free(back);
+}
 
 static void test_cols(const dtype *d, const fce_kernels **tabs, int nact, isa_report *reps) {
     const int dti = d->is32 ? 0 : 1;
@@ -1038,6 +1098,7 @@ static void test_cols(const dtype *d, const fce_kernels **tabs, int nact, isa_re
                     make_row(d, LANE_VARS[(l + C) % N_LANE_VARS], C, xr, wrow); /* the last lane's w is kept */
                 }
                 for (int l = 0; l < nl; l++) ref_row(d, rows + (size_t)l * MAXC * es, wrow, C, &refs[l]);
+                test_pack(d, K, &xcase[a][dti][X_COL_PACK], rows, C, nl, L);
                 for (int sp = 0; sp < 2; sp++) {
                     const int64_t sc = L + 3 * sp; /* dense block, or rows of a wider buffer */
                     const int64_t osc = L + 1 - sp;
