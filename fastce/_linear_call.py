@@ -34,17 +34,20 @@ def _scipy_gemm(dtype):
 def _acc_weight_grad(d_weight, g, h, scratch, first):
     """``d_weight += g.T @ h`` (``d_weight = g.T @ h`` for the ``first`` chunk) with
     ``g (m, V)`` and ``h (m, H)`` C-contiguous."""
-    if first:
-        np.matmul(g.T, h, out=d_weight)
-        return
     gemm = _scipy_gemm(d_weight.dtype)
     if gemm is not None:
-        # Column-major view: d_weight.T (H, V) += h.T (H, m) @ g (m, V); every operand is
-        # Fortran-contiguous, so f2py passes them to BLAS without a copy.
+        # Column-major view: d_weight.T (H, V) (+)= h.T (H, m) @ g (m, V); every operand is
+        # Fortran-contiguous, so f2py passes them to BLAS without a copy.  The first chunk
+        # goes through SciPy's BLAS too (beta=0), not NumPy's: each OpenBLAS keeps a packing
+        # buffer of up to 32 MiB per process that this GEMM's long N = V fills, and one such
+        # buffer is 32 MiB less peak memory than two (BENCHMARKS.md, linear CE memory).
         c = d_weight.T
-        r = gemm(1.0, h.T, g.T, beta=1.0, c=c, trans_b=1, overwrite_c=1)
+        r = gemm(1.0, h.T, g.T, beta=0.0 if first else 1.0, c=c, trans_b=1, overwrite_c=1)
         if not np.shares_memory(r, c):  # f2py had to copy: keep the result all the same
             c[...] = r
+        return
+    if first:
+        np.matmul(g.T, h, out=d_weight)
         return
     _acc_blocks(np, d_weight, g, h, scratch)
 
