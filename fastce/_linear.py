@@ -44,33 +44,83 @@ CuPy inputs: ``_linear_call`` hands the call to ``fastce.cuda._linear.GpuLinearC
 subclass of ``_LinearCall`` that replaces its backend hooks (arrays, cross-entropy,
 products, loss total) and runs the same sweeps (``loss``, ``loss_and_grads``) on the GPU.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, overload
+
 import numpy as np
+import numpy.typing as npt
 
 from ._dispatch import gpu_twin as _cuda_dispatch
 from ._linear_call import _LinearCall
 
+if TYPE_CHECKING:
+    from ._typing import FloatArray, FloatScalar, GradOutput, Loss, Reduction, ScalarReduction
+
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
 
-def _linear_call(hidden, weight, target, grad_output=None, **options):
+def _linear_call(hidden: Any, weight: Any, target: Any, grad_output: Any = None,
+                 **options: Any) -> _LinearCall:
     """The call object: the CPU one, or the GPU path's when an array is a CuPy array."""
     gpu = _cuda_dispatch("linear_call", hidden, weight, target, options.get("bias"), grad_output)
-    return (gpu or _LinearCall)(hidden, weight, target, **options)
+    call: _LinearCall = (gpu or _LinearCall)(hidden, weight, target, **options)
+    return call
 
 
-def linear_cross_entropy(hidden, weight, target, *, bias=None, ignore_index=-100,
-                         reduction="mean", label_smoothing=0.0, z_loss=0.0, chunk_size=None,
-                         memory_budget=None, n_threads=None):
-    return _linear_call(hidden, weight, target, bias=bias, ignore_index=ignore_index,
+@overload
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike,
+        *, bias: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        chunk_size: int | None = ..., memory_budget: float | None = ...,
+        n_threads: int | None = ...) -> FloatScalar: ...
+@overload
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike,
+        *, bias: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
+        label_smoothing: float = ..., z_loss: float = ..., chunk_size: int | None = ...,
+        memory_budget: float | None = ..., n_threads: int | None = ...) -> FloatArray: ...
+@overload
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike,
+        *, bias: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., chunk_size: int | None = ...,
+        memory_budget: float | None = ..., n_threads: int | None = ...) -> Loss: ...
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike, *,
+                         bias: npt.ArrayLike | None = None, ignore_index: int = -100,
+                         reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, chunk_size: int | None = None,
+                         memory_budget: float | None = None,
+                         n_threads: int | None = None) -> Loss:
+    return _linear_call(hidden, weight, target, bias=bias, ignore_index=ignore_index,  # type: ignore[no-any-return]
                         reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
                         chunk_size=chunk_size, memory_budget=memory_budget,
                         n_threads=n_threads).loss()
 
 
-def linear_cross_entropy_with_grad(hidden, weight, target, *, bias=None, ignore_index=-100,
-                                   reduction="mean", label_smoothing=0.0, z_loss=0.0,
-                                   chunk_size=None, memory_budget=None, grad_output=1.0,
-                                   n_threads=None):
+@overload
+def linear_cross_entropy_with_grad(hidden: npt.ArrayLike, weight: npt.ArrayLike,
+        target: npt.ArrayLike, *, bias: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        chunk_size: int | None = ..., memory_budget: float | None = ...,
+        grad_output: GradOutput = ..., n_threads: int | None = ...) -> tuple[FloatScalar, FloatArray, FloatArray, FloatArray | None]: ...
+@overload
+def linear_cross_entropy_with_grad(hidden: npt.ArrayLike, weight: npt.ArrayLike,
+        target: npt.ArrayLike, *, bias: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: Literal["none"], label_smoothing: float = ..., z_loss: float = ...,
+        chunk_size: int | None = ..., memory_budget: float | None = ...,
+        grad_output: GradOutput = ..., n_threads: int | None = ...) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]: ...
+@overload
+def linear_cross_entropy_with_grad(hidden: npt.ArrayLike, weight: npt.ArrayLike,
+        target: npt.ArrayLike, *, bias: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: Reduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        chunk_size: int | None = ..., memory_budget: float | None = ...,
+        grad_output: GradOutput = ..., n_threads: int | None = ...) -> tuple[Loss, FloatArray, FloatArray, FloatArray | None]: ...
+def linear_cross_entropy_with_grad(
+        hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike, *,
+        bias: npt.ArrayLike | None = None, ignore_index: int = -100,
+        reduction: Reduction = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+        chunk_size: int | None = None, memory_budget: float | None = None,
+        grad_output: GradOutput = 1.0, n_threads: int | None = None,
+) -> tuple[Loss, FloatArray, FloatArray, FloatArray | None]:
     return _linear_call(hidden, weight, target, grad_output, bias=bias,
                         ignore_index=ignore_index, reduction=reduction,
                         label_smoothing=label_smoothing, z_loss=z_loss, chunk_size=chunk_size,
