@@ -278,7 +278,8 @@ def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
         softcap: float | None = ..., logit_scale: float = ..., num_items: float | None = ...,
         lse: npt.ArrayLike | None = ..., return_lse: Literal[True], class_start: int = ...,
-        num_classes: int | None = ..., n_threads: int | None = ...) -> tuple[FloatScalar, Float64Array]: ...
+        num_classes: int | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, Float64Array]: ...
 @overload
 def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
@@ -301,9 +302,10 @@ def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
                   return_lse: bool = False, class_start: int = 0,
                   num_classes: int | None = None,
                   n_threads: int | None = None) -> Loss | LossAndLse:
-    return _ce_call(0, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,  # type: ignore[no-any-return]
-                    softcap, logit_scale, num_items, lse, return_lse, class_start, num_classes,
-                    1.0, None, False, None, n_threads)
+    return _ce_call(  # type: ignore[no-any-return]
+        0, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        logit_scale, num_items, lse, return_lse, class_start, num_classes, 1.0, None, False, None,
+        n_threads)
 
 
 cross_entropy.__doc__ = f"""Cross-entropy of logits against targets, as ``torch.nn.functional.cross_entropy``.
@@ -330,7 +332,8 @@ def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         lse: npt.ArrayLike | None = ..., return_lse: Literal[False] = ..., class_start: int = ...,
         num_classes: int | None = ..., grad_output: GradOutput = ...,
         out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
-        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...) -> tuple[FloatScalar, FloatArray]: ...
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, FloatArray]: ...
 @overload
 def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
@@ -338,7 +341,8 @@ def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
         return_lse: Literal[False] = ..., class_start: int = ..., num_classes: int | None = ...,
         grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
-        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...) -> tuple[FloatArray, FloatArray]: ...
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatArray, FloatArray]: ...
 @overload
 def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         weight: npt.ArrayLike | None = ..., ignore_index: int = ...,
@@ -347,7 +351,8 @@ def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         lse: npt.ArrayLike | None = ..., return_lse: Literal[True], class_start: int = ...,
         num_classes: int | None = ..., grad_output: GradOutput = ...,
         out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
-        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...) -> tuple[FloatScalar, FloatArray, Float64Array]: ...
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, FloatArray, Float64Array]: ...
 @overload
 def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
@@ -355,7 +360,8 @@ def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
         return_lse: Literal[True], class_start: int = ..., num_classes: int | None = ...,
         grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
-        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...) -> tuple[FloatArray, FloatArray, Float64Array]: ...
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatArray, FloatArray, Float64Array]: ...
 @overload
 def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
@@ -363,7 +369,8 @@ def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
         return_lse: bool = ..., class_start: int = ..., num_classes: int | None = ...,
         grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
-        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]: ...
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]: ...
 def cross_entropy_with_grad(
         logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
         ignore_index: int = -100, reduction: Reduction = "mean", label_smoothing: float = 0.0,
@@ -374,9 +381,10 @@ def cross_entropy_with_grad(
         inplace: bool = False, grad_dtype: npt.DTypeLike | None = None,
         n_threads: int | None = None,
 ) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]:
-    return _ce_call(1, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,  # type: ignore[no-any-return]
-                    softcap, logit_scale, num_items, lse, return_lse, class_start, num_classes,
-                    grad_output, out, inplace, grad_dtype, n_threads)
+    return _ce_call(  # type: ignore[no-any-return]
+        1, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        logit_scale, num_items, lse, return_lse, class_start, num_classes, grad_output, out,
+        inplace, grad_dtype, n_threads)
 
 
 cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t. the logits in one sweep.
@@ -407,9 +415,10 @@ def cross_entropy_backward(
         out: npt.NDArray[Any] | None = None, inplace: bool = False,
         grad_dtype: npt.DTypeLike | None = None, n_threads: int | None = None,
 ) -> FloatArray:
-    return _ce_call(2, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,  # type: ignore[no-any-return]
-                    softcap, logit_scale, num_items, lse, False, class_start, num_classes,
-                    grad_output, out, inplace, grad_dtype, n_threads)
+    return _ce_call(  # type: ignore[no-any-return]
+        2, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        logit_scale, num_items, lse, False, class_start, num_classes, grad_output, out, inplace,
+        grad_dtype, n_threads)
 
 
 cross_entropy_backward.__doc__ = f"""Gradient of :func:`cross_entropy` w.r.t. the logits.
@@ -464,8 +473,9 @@ def nll_loss(log_probs: npt.ArrayLike, target: npt.ArrayLike, *,
     loss : NumPy scalar (float32 for float32 and half inputs, else float64) for
         'mean'/'sum'; ndarray of target's shape for 'none'
     """
-    return _ce_call(3, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0,  # type: ignore[no-any-return]
-                    None, None, False, 0, None, 1.0, None, False, None, n_threads, "log_probs")
+    return _ce_call(  # type: ignore[no-any-return]
+        3, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0, None, None,
+        False, 0, None, 1.0, None, False, None, n_threads, "log_probs")
 
 
 def nll_loss_backward(log_probs: npt.ArrayLike, target: npt.ArrayLike,
@@ -495,9 +505,9 @@ def nll_loss_backward(log_probs: npt.ArrayLike, target: npt.ArrayLike,
     ndarray
         The gradient, log_probs' shape and dtype.
     """
-    return _ce_call(4, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0,  # type: ignore[no-any-return]
-                    None, None, False, 0, None, grad_output, out, False, None, n_threads,
-                    "log_probs")
+    return _ce_call(  # type: ignore[no-any-return]
+        4, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0, None, None,
+        False, 0, None, grad_output, out, False, None, n_threads, "log_probs")
 
 
 # ---------------------------------------------------------------------------------------

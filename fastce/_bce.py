@@ -129,7 +129,8 @@ class _BCECall:
 
     check_inplace = staticmethod(V.check_inplace)
 
-    def set_output(self, out: Any, inplace: bool, more_inputs: dict[str, Any] | None = None) -> None:
+    def set_output(self, out: Any, inplace: bool,
+                   more_inputs: dict[str, Any] | None = None) -> None:
         inputs = dict(self.inputs, **(more_inputs or {}))
         if inplace:
             V.check_inplace_inputs(self.x, inputs)
@@ -365,17 +366,20 @@ binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy between logi
 def binary_cross_entropy_with_logits_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
         reduction: ScalarReduction = ..., grad_output: GradOutput = ...,
-        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...) -> tuple[FloatScalar, FloatArray]: ...
+        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, FloatArray]: ...
 @overload
 def binary_cross_entropy_with_logits_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
         reduction: Literal["none"], grad_output: GradOutput = ...,
-        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...) -> tuple[FloatArray, FloatArray]: ...
+        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...,
+) -> tuple[FloatArray, FloatArray]: ...
 @overload
 def binary_cross_entropy_with_logits_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
         weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
         reduction: Reduction = ..., grad_output: GradOutput = ...,
-        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...) -> tuple[Loss, FloatArray]: ...
+        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray]: ...
 def binary_cross_entropy_with_logits_with_grad(
         logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
         pos_weight: npt.ArrayLike | None = None, reduction: Reduction = "mean",

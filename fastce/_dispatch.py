@@ -22,5 +22,7 @@ def gpu_twin(name: str, *arrays: object,
     if "cupy" not in sys.modules:
         return None
     from . import cuda
-    twin: Callable[..., Any] | None = getattr(cuda, name) if cuda.is_cupy_call(*arrays, names=names) else None
+    if not cuda.is_cupy_call(*arrays, names=names):
+        return None
+    twin: Callable[..., Any] = getattr(cuda, name)
     return twin

@@ -127,8 +127,9 @@ def as_broadcast_operand(arr: object, name: str, shape: tuple[int, ...] | None,
     return a.astype(dtype, copy=False)
 
 
-def as_elementwise_grad_output(grad_output: object, reduction: str, shape: tuple[int, ...],
-                               dtype: np.dtype[Any]) -> tuple[float | None, npt.NDArray[Any] | None]:
+def as_elementwise_grad_output(
+        grad_output: object, reduction: str, shape: tuple[int, ...],
+        dtype: np.dtype[Any]) -> tuple[float | None, npt.NDArray[Any] | None]:
     """Upstream gradient of an elementwise loss: ``(float, None)`` for 'mean'/'sum', or
     ``(None, array of the logits' shape in dtype)`` for 'none' (a copy only when the dtype
     differs; any layout)."""

@@ -93,7 +93,8 @@ def log_softmax(x: npt.ArrayLike, axis: int = -1) -> F64Array:
     x = np.asarray(x, dtype=np.float64)
     shift, logsum = _shift_logsum(x, axis)
     with np.errstate(invalid="ignore"):
-        return (x - shift) - logsum  # type: ignore[no-any-return]  # never x - lse: lse is rounded at the scale of max(x)
+        # never x - lse: lse is rounded at the scale of max(x)
+        return (x - shift) - logsum  # type: ignore[no-any-return]
 
 
 def softmax(x: npt.ArrayLike, axis: int = -1) -> F64Array:
@@ -324,7 +325,8 @@ def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.A
         rows = _row_losses(log_softmax(xc, axis=1), y, ignored, w, w_y, label_smoothing)
     z = _z_rows(xc, ignored, z_loss)
     if reduction == "none":
-        return (rows + z).reshape(np.shape(logits)[:1] if np.ndim(logits) > 1 else ())  # type: ignore[no-any-return]
+        shape = np.shape(logits)[:1] if np.ndim(logits) > 1 else ()
+        return (rows + z).reshape(shape)  # type: ignore[no-any-return]
     norm, znorm = _normalisers(w_y, ignored, reduction, num_items)
     if norm == 0:  # torch: the nll term is 0 / 0 whatever the smoothing term is
         return np.float64(np.nan)
@@ -440,7 +442,8 @@ def _bce_setup(logits: Any, target: Any, weight: Any, pos_weight: Any,
     return x, y, w, pw
 
 
-def binary_cross_entropy_with_logits(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
+def binary_cross_entropy_with_logits(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+                                     weight: npt.ArrayLike | None = None,
                                      pos_weight: npt.ArrayLike | None = None,
                                      reduction: str = "mean") -> RefLoss:
     """Binary cross-entropy with logits, in float64, as torch computes it.
@@ -478,8 +481,9 @@ def binary_cross_entropy_with_logits(logits: npt.ArrayLike, target: npt.ArrayLik
 
 
 def binary_cross_entropy_with_logits_with_grad(
-        logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None, pos_weight: npt.ArrayLike | None = None,
-        reduction: str = "mean", grad_output: npt.ArrayLike = 1.0) -> tuple[RefLoss, F64Array]:
+        logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
+        pos_weight: npt.ArrayLike | None = None, reduction: str = "mean",
+        grad_output: npt.ArrayLike = 1.0) -> tuple[RefLoss, F64Array]:
     """Loss and gradient w.r.t. the logits, in float64.
 
     ``dl/dx = w * ((1 + (pw - 1) * y) * sigmoid(x) - pw * y)``, times ``grad_output`` (a

@@ -327,7 +327,8 @@ def cross_entropy_with_grad(local_logits: npt.ArrayLike, target: npt.ArrayLike, 
         label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
         logit_scale: float = ..., num_items: float | None = ..., return_lse: Literal[False] = ...,
         grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
-        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...) -> tuple[Loss, FloatArray]: ...
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray]: ...
 @overload
 def cross_entropy_with_grad(local_logits: npt.ArrayLike, target: npt.ArrayLike, *,
         class_start: int, num_classes: int, comm: object = ..., dp_comm: object = ...,
@@ -335,7 +336,8 @@ def cross_entropy_with_grad(local_logits: npt.ArrayLike, target: npt.ArrayLike, 
         label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
         logit_scale: float = ..., num_items: float | None = ..., return_lse: Literal[True],
         grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
-        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...) -> tuple[Loss, FloatArray, Float64Array]: ...
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray, Float64Array]: ...
 @overload
 def cross_entropy_with_grad(local_logits: npt.ArrayLike, target: npt.ArrayLike, *,
         class_start: int, num_classes: int, comm: object = ..., dp_comm: object = ...,
@@ -343,7 +345,8 @@ def cross_entropy_with_grad(local_logits: npt.ArrayLike, target: npt.ArrayLike, 
         label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
         logit_scale: float = ..., num_items: float | None = ..., return_lse: bool = ...,
         grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
-        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]: ...
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]: ...
 def cross_entropy_with_grad(
         local_logits: npt.ArrayLike, target: npt.ArrayLike, *, class_start: int,
         num_classes: int, comm: object = None, dp_comm: object = None,
