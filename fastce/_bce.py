@@ -45,13 +45,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
-import numpy.typing as npt
 
 from . import _kernels
 from . import _validation as V
 from ._dispatch import gpu_twin
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
     from ._typing import FloatArray, FloatScalar, GradOutput, Loss, Reduction, ScalarReduction
 
 __all__ = [

@@ -55,12 +55,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
-import numpy.typing as npt
 
 from ._dispatch import gpu_twin as _cuda_dispatch
 from ._linear_call import _LinearCall
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
     from ._typing import FloatArray, FloatScalar, GradOutput, Loss, Reduction, ScalarReduction
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]

@@ -4,13 +4,15 @@ The algorithm, its memory and its accuracy are described in ``fastce._linear``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
-import numpy.typing as npt
 
 from . import _kernels
 from . import _validation as V
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
 
 __all__ = ["_LinearCall", "_acc_blocks"]
 

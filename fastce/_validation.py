@@ -9,14 +9,14 @@ of range (see docs/design.md, "Errors").
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
-import numpy.typing as npt
 
 from ._errors import ArgumentTypeError as ArgumentTypeError
 from ._errors import ArgumentValueError as ArgumentValueError
 from ._kernels import (  # noqa: F401  (the shared contract, re-exported for the other families)
+
     as_float_array as as_float_array,
     as_grad_output as as_grad_output,
     as_hard_target as as_hard_target,
@@ -46,6 +46,9 @@ from ._kernels import (  # noqa: F401  (the shared contract, re-exported for the
     rows3_shape as rows3_shape,
     writable_rows3 as writable_rows3,
 )
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

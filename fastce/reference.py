@@ -26,14 +26,16 @@ tail far below the maximum (SciPy's ``logsumexp`` does the same).
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import numpy.typing as npt
 
-F64Array = npt.NDArray[np.float64]
-#: a float64 loss: a scalar for 'mean'/'sum', one value per row for 'none'
-RefLoss = Union[np.float64, F64Array]
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
+
+    F64Array = npt.NDArray[np.float64]
+    #: a float64 loss: a scalar for 'mean'/'sum', one value per row for 'none'
+    RefLoss = Union[np.float64, F64Array]
 
 __all__ = [
     "logsumexp",

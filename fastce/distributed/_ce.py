@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
-import numpy.typing as npt
 
 from .. import _kernels
 from .._api import cross_entropy as _ce
 from .._api import cross_entropy_backward as _ce_backward
 from ._comm import Communicator, as_communicator
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
     from .._typing import Float64Array, FloatArray, GradOutput, Loss, Reduction
 
 # the fixed parts of the two vocabulary-group buffers (after the N row values)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import abc
 import sys
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
-import numpy.typing as npt
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
 
 __all__ = ["Communicator", "TorchCommunicator", "MPICommunicator", "CountingCommunicator",
            "as_communicator"]

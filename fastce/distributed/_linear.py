@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
 from ._ce import cross_entropy_with_grad
 from ._comm import as_communicator
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
     from .._typing import FloatArray, GradOutput, Loss, Reduction
 
 
