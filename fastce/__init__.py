@@ -43,7 +43,7 @@ from ._bce import (  # noqa: E402
     binary_cross_entropy_with_logits,
     binary_cross_entropy_with_logits_with_grad,
 )
-from ._validation import ArgumentTypeError, ArgumentValueError  # noqa: E402
+from ._errors import ArgumentTypeError, ArgumentValueError  # noqa: E402
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad  # noqa: E402
 from ._config import (  # noqa: E402
     _select_initial_isa,

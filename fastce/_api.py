@@ -7,11 +7,20 @@ checks, the row sweep and the fixed-order reduction in one C call.  CuPy arrays 
 through one route, ``_gpu_route``.  Semantics follow PyTorch (``torch.nn.functional``);
 the formulas are in the docstrings and in docs/design.md.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, overload
+
 import numpy as np
 
 from . import _kernels
 from . import _validation as V
 from ._dispatch import gpu_twin as _cuda_dispatch
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
+    from ._typing import (Float64Array, FloatArray, FloatScalar, GradOutput, Loss, LossAndLse,
+                          Reduction, ScalarReduction)
 
 __all__ = [
     "logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
@@ -23,12 +32,16 @@ _THREADS_DOC = """n_threads : int, optional
         bitwise identical for any value."""
 
 
+# ``ce_call`` returns Any (its result's form depends on its arguments); the overloads of
+# each public function give the precise types, hence the ``no-any-return`` ignores below.
 _ce_call = _kernels.ce_call
 
 
-def _gpu_route(kind, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-               softcap, logit_scale, num_items, lse, return_lse, class_start, num_classes,
-               grad_output, out, inplace, grad_dtype, n_threads, logits_name="logits"):
+def _gpu_route(kind: int, logits: Any, target: Any, weight: Any, ignore_index: Any,
+               reduction: Any, label_smoothing: Any, z_loss: Any, softcap: Any,
+               logit_scale: Any, num_items: Any, lse: Any, return_lse: bool, class_start: Any,
+               num_classes: Any, grad_output: Any, out: Any, inplace: bool, grad_dtype: Any,
+               n_threads: Any, logits_name: str = "logits") -> Any:
     """The one route of the cross-entropy family to the GPU path: ``_kernels.ce_call``
     hands a call over when its first array is a CuPy array (arguments as ``ce_call``'s)."""
     from . import cuda
@@ -58,7 +71,8 @@ _kernels.set_gpu_route(_gpu_route)
 # ---------------------------------------------------------------------------------------
 # log-sum-exp, log-softmax, softmax
 # ---------------------------------------------------------------------------------------
-def logsumexp(x, axis=-1, *, out=None, n_threads=None):
+def logsumexp(x: npt.ArrayLike, axis: int = -1, *, out: npt.NDArray[Any] | None = None,
+              n_threads: int | None = None) -> FloatArray | FloatScalar:
     """Log of the sum of exponentials along ``axis``: ``log(sum(exp(x), axis))``, stably.
 
     Parameters
@@ -82,7 +96,7 @@ def logsumexp(x, axis=-1, *, out=None, n_threads=None):
     """
     twin = _cuda_dispatch("logsumexp", x, out)
     if twin:
-        return twin(x, axis, out=out, n_threads=n_threads)
+        return twin(x, axis, out=out, n_threads=n_threads)  # type: ignore[no-any-return]
     x = V.as_float_array(x, "x", allow_half=True)
     ax = _array_axis(x, axis)
     nt = V.resolve_threads(n_threads)
@@ -91,7 +105,7 @@ def logsumexp(x, axis=-1, *, out=None, n_threads=None):
     if out is not None:
         V.check_out(out, shape, rdtype, {"x": x})
     a, c, b = V.rows3_shape(x.shape, ax)
-    res = np.full(a * b, -np.inf)
+    res: npt.NDArray[np.float64] = np.full(a * b, -np.inf)
     if a * b and c:
         x3 = V.as_rows3(x, ax)
         _kernels.lse_rows(x3, res, nt)
@@ -107,7 +121,8 @@ def logsumexp(x, axis=-1, *, out=None, n_threads=None):
     return res[()] if res.ndim == 0 else res
 
 
-def log_softmax(x, axis=-1, *, out=None, n_threads=None):
+def log_softmax(x: npt.ArrayLike, axis: int = -1, *, out: npt.NDArray[Any] | None = None,
+                n_threads: int | None = None) -> FloatArray:
     """Log-softmax along ``axis``: ``x - logsumexp(x, axis, keepdims=True)``.
 
     Parameters
@@ -130,7 +145,8 @@ def log_softmax(x, axis=-1, *, out=None, n_threads=None):
     return _softmax_impl("log_softmax", x, axis, out, n_threads, True)
 
 
-def softmax(x, axis=-1, *, out=None, n_threads=None):
+def softmax(x: npt.ArrayLike, axis: int = -1, *, out: npt.NDArray[Any] | None = None,
+            n_threads: int | None = None) -> FloatArray:
     """Softmax along ``axis``: ``exp(x - logsumexp(x, axis, keepdims=True))``.
 
     Parameters and returns as :func:`log_softmax`.
@@ -138,16 +154,17 @@ def softmax(x, axis=-1, *, out=None, n_threads=None):
     return _softmax_impl("softmax", x, axis, out, n_threads, False)
 
 
-def _array_axis(x, axis):
+def _array_axis(x: npt.NDArray[Any], axis: int) -> int:
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension, got a 0-d array")
     return V.check_axis(axis, x.ndim)
 
 
-def _softmax_impl(name, x, axis, out, n_threads, log_space):
+def _softmax_impl(name: str, x: Any, axis: int, out: npt.NDArray[Any] | None,
+                  n_threads: int | None, log_space: bool) -> FloatArray:
     twin = _cuda_dispatch(name, x, out)
     if twin:
-        return twin(x, axis, out=out, n_threads=n_threads)
+        return twin(x, axis, out=out, n_threads=n_threads)  # type: ignore[no-any-return]
     x = V.as_float_array(x, "x", allow_half=True)
     ax = _array_axis(x, axis)
     nt = V.resolve_threads(n_threads)
@@ -241,12 +258,54 @@ _LSE_RETURN = """lse : ndarray of float64, target's shape (only with ``return_ls
         Each row's log-sum-exp, ignored rows included (only their loss is masked)."""
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None,
-                  lse=None, return_lse=False, class_start=0, num_classes=None, n_threads=None):
-    return _ce_call(0, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                    softcap, logit_scale, num_items, lse, return_lse, class_start, num_classes,
-                    1.0, None, False, None, n_threads)
+@overload
+def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        softcap: float | None = ..., logit_scale: float = ..., num_items: float | None = ...,
+        lse: npt.ArrayLike | None = ..., return_lse: Literal[False] = ..., class_start: int = ...,
+        num_classes: int | None = ..., n_threads: int | None = ...) -> FloatScalar: ...
+@overload
+def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
+        return_lse: Literal[False] = ..., class_start: int = ..., num_classes: int | None = ...,
+        n_threads: int | None = ...) -> FloatArray: ...
+@overload
+def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        softcap: float | None = ..., logit_scale: float = ..., num_items: float | None = ...,
+        lse: npt.ArrayLike | None = ..., return_lse: Literal[True], class_start: int = ...,
+        num_classes: int | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, Float64Array]: ...
+@overload
+def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
+        return_lse: Literal[True], class_start: int = ..., num_classes: int | None = ...,
+        n_threads: int | None = ...) -> tuple[FloatArray, Float64Array]: ...
+@overload
+def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
+        return_lse: bool = ..., class_start: int = ..., num_classes: int | None = ...,
+        n_threads: int | None = ...) -> Loss | LossAndLse: ...
+def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+                  weight: npt.ArrayLike | None = None, ignore_index: int = -100,
+                  reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: float | None = None, logit_scale: float = 1.0,
+                  num_items: float | None = None, lse: npt.ArrayLike | None = None,
+                  return_lse: bool = False, class_start: int = 0,
+                  num_classes: int | None = None,
+                  n_threads: int | None = None) -> Loss | LossAndLse:
+    return _ce_call(  # type: ignore[no-any-return]
+        0, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        logit_scale, num_items, lse, return_lse, class_start, num_classes, 1.0, None, False, None,
+        n_threads)
 
 
 cross_entropy.__doc__ = f"""Cross-entropy of logits against targets, as ``torch.nn.functional.cross_entropy``.
@@ -265,14 +324,67 @@ cross_entropy.__doc__ = f"""Cross-entropy of logits against targets, as ``torch.
     """
 
 
-def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0,
-                            num_items=None, lse=None, return_lse=False, class_start=0,
-                            num_classes=None, grad_output=1.0, out=None, inplace=False,
-                            grad_dtype=None, n_threads=None):
-    return _ce_call(1, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                    softcap, logit_scale, num_items, lse, return_lse, class_start, num_classes,
-                    grad_output, out, inplace, grad_dtype, n_threads)
+@overload
+def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        softcap: float | None = ..., logit_scale: float = ..., num_items: float | None = ...,
+        lse: npt.ArrayLike | None = ..., return_lse: Literal[False] = ..., class_start: int = ...,
+        num_classes: int | None = ..., grad_output: GradOutput = ...,
+        out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, FloatArray]: ...
+@overload
+def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
+        return_lse: Literal[False] = ..., class_start: int = ..., num_classes: int | None = ...,
+        grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatArray, FloatArray]: ...
+@overload
+def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        softcap: float | None = ..., logit_scale: float = ..., num_items: float | None = ...,
+        lse: npt.ArrayLike | None = ..., return_lse: Literal[True], class_start: int = ...,
+        num_classes: int | None = ..., grad_output: GradOutput = ...,
+        out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, FloatArray, Float64Array]: ...
+@overload
+def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
+        return_lse: Literal[True], class_start: int = ..., num_classes: int | None = ...,
+        grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[FloatArray, FloatArray, Float64Array]: ...
+@overload
+def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., lse: npt.ArrayLike | None = ...,
+        return_lse: bool = ..., class_start: int = ..., num_classes: int | None = ...,
+        grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]: ...
+def cross_entropy_with_grad(
+        logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
+        ignore_index: int = -100, reduction: Reduction = "mean", label_smoothing: float = 0.0,
+        z_loss: float = 0.0, softcap: float | None = None, logit_scale: float = 1.0,
+        num_items: float | None = None, lse: npt.ArrayLike | None = None,
+        return_lse: bool = False, class_start: int = 0, num_classes: int | None = None,
+        grad_output: GradOutput = 1.0, out: npt.NDArray[Any] | None = None,
+        inplace: bool = False, grad_dtype: npt.DTypeLike | None = None,
+        n_threads: int | None = None,
+) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]:
+    return _ce_call(  # type: ignore[no-any-return]
+        1, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        logit_scale, num_items, lse, return_lse, class_start, num_classes, grad_output, out,
+        inplace, grad_dtype, n_threads)
 
 
 cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t. the logits in one sweep.
@@ -294,14 +406,19 @@ cross_entropy_with_grad.__doc__ = f"""Cross-entropy loss and its gradient w.r.t.
     """
 
 
-def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
-                           reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                           logit_scale=1.0, num_items=None, lse=None, class_start=0,
-                           num_classes=None, out=None, inplace=False, grad_dtype=None,
-                           n_threads=None):
-    return _ce_call(2, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                    softcap, logit_scale, num_items, lse, False, class_start, num_classes,
-                    grad_output, out, inplace, grad_dtype, n_threads)
+def cross_entropy_backward(
+        logits: npt.ArrayLike, target: npt.ArrayLike, grad_output: GradOutput = 1.0, *,
+        weight: npt.ArrayLike | None = None, ignore_index: int = -100,
+        reduction: Reduction = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+        softcap: float | None = None, logit_scale: float = 1.0, num_items: float | None = None,
+        lse: npt.ArrayLike | None = None, class_start: int = 0, num_classes: int | None = None,
+        out: npt.NDArray[Any] | None = None, inplace: bool = False,
+        grad_dtype: npt.DTypeLike | None = None, n_threads: int | None = None,
+) -> FloatArray:
+    return _ce_call(  # type: ignore[no-any-return]
+        2, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        logit_scale, num_items, lse, False, class_start, num_classes, grad_output, out, inplace,
+        grad_dtype, n_threads)
 
 
 cross_entropy_backward.__doc__ = f"""Gradient of :func:`cross_entropy` w.r.t. the logits.
@@ -319,8 +436,21 @@ cross_entropy_backward.__doc__ = f"""Gradient of :func:`cross_entropy` w.r.t. th
     """
 
 
-def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean",
-             n_threads=None):
+@overload
+def nll_loss(log_probs: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., n_threads: int | None = ...) -> FloatScalar: ...
+@overload
+def nll_loss(log_probs: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
+        n_threads: int | None = ...) -> FloatArray: ...
+@overload
+def nll_loss(log_probs: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        n_threads: int | None = ...) -> Loss: ...
+def nll_loss(log_probs: npt.ArrayLike, target: npt.ArrayLike, *,
+             weight: npt.ArrayLike | None = None, ignore_index: int = -100,
+             reduction: Reduction = "mean", n_threads: int | None = None) -> Loss:
     """Negative log-likelihood of class-index targets, as ``torch.nn.functional.nll_loss``.
 
     ``l_i = -w[y_i] * log_probs[i, y_i]`` (0 for ignored rows); 'mean' divides the sum
@@ -343,12 +473,16 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
     loss : NumPy scalar (float32 for float32 and half inputs, else float64) for
         'mean'/'sum'; ndarray of target's shape for 'none'
     """
-    return _ce_call(3, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0,
-                    None, None, False, 0, None, 1.0, None, False, None, n_threads, "log_probs")
+    return _ce_call(  # type: ignore[no-any-return]
+        3, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0, None, None,
+        False, 0, None, 1.0, None, False, None, n_threads, "log_probs")
 
 
-def nll_loss_backward(log_probs, target, grad_output=1.0, *, weight=None, ignore_index=-100,
-                      reduction="mean", out=None, n_threads=None):
+def nll_loss_backward(log_probs: npt.ArrayLike, target: npt.ArrayLike,
+                      grad_output: GradOutput = 1.0, *, weight: npt.ArrayLike | None = None,
+                      ignore_index: int = -100, reduction: Reduction = "mean",
+                      out: npt.NDArray[Any] | None = None,
+                      n_threads: int | None = None) -> FloatArray:
     """Gradient of :func:`nll_loss` w.r.t. ``log_probs``.
 
     Zero everywhere except ``-g_i * w[y_i]`` at each row's target (``g_i`` the upstream
@@ -371,9 +505,9 @@ def nll_loss_backward(log_probs, target, grad_output=1.0, *, weight=None, ignore
     ndarray
         The gradient, log_probs' shape and dtype.
     """
-    return _ce_call(4, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0,
-                    None, None, False, 0, None, grad_output, out, False, None, n_threads,
-                    "log_probs")
+    return _ce_call(  # type: ignore[no-any-return]
+        4, log_probs, target, weight, ignore_index, reduction, 0.0, 0.0, None, 1.0, None, None,
+        False, 0, None, grad_output, out, False, None, n_threads, "log_probs")
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,8 +536,10 @@ class CrossEntropyLoss:
     >>> grad = crit.backward()            # d loss / d logits
     """
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None, n_threads=None):
+    def __init__(self, weight: npt.ArrayLike | None = None, ignore_index: int = -100,
+                 reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                 z_loss: float = 0.0, softcap: float | None = None, logit_scale: float = 1.0,
+                 num_items: float | None = None, n_threads: int | None = None) -> None:
         self.weight = weight
         self.ignore_index = _kernels.check_ignore_index(ignore_index)
         self.reduction = _kernels.check_reduction(reduction)
@@ -413,25 +549,26 @@ class CrossEntropyLoss:
         self.logit_scale = _kernels.check_logit_scale(logit_scale)
         self.num_items = _kernels.check_num_items(num_items, reduction)
         self.n_threads = None if n_threads is None else _kernels.check_n_threads(n_threads)
-        self._saved = None
+        self._saved: tuple[Any, Any, Float64Array] | None = None
 
-    def _options(self):
+    def _options(self) -> dict[str, Any]:
         return dict(weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
                     label_smoothing=self.label_smoothing, z_loss=self.z_loss,
                     softcap=self.softcap, logit_scale=self.logit_scale, num_items=self.num_items,
                     n_threads=self.n_threads)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return V.criterion_repr(self, self._options())
 
-    def __call__(self, logits, target):
+    def __call__(self, logits: npt.ArrayLike, target: npt.ArrayLike) -> Loss:
         loss, lse = cross_entropy(logits, target, return_lse=True, **self._options())
         self._saved = (logits, target, lse)  # backward reuses the lse
-        return loss
+        return loss  # type: ignore[no-any-return]
 
     forward = __call__
 
-    def backward(self, grad_output=1.0, *, out=None, inplace=False):
+    def backward(self, grad_output: GradOutput = 1.0, *, out: npt.NDArray[Any] | None = None,
+                 inplace: bool = False) -> FloatArray:
         """Gradient of the last loss w.r.t. its logits.
 
         Parameters

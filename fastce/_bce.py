@@ -40,11 +40,19 @@ same semantics, options and errors, CuPy results (scalar losses as 0-d arrays). 
 CuPy and NumPy arrays in one call is a TypeError naming them (``_gpu_ops``).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, overload
+
 import numpy as np
 
 from . import _kernels
 from . import _validation as V
 from ._dispatch import gpu_twin
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
+    from ._typing import FloatArray, FloatScalar, GradOutput, Loss, Reduction, ScalarReduction
 
 __all__ = [
     "binary_cross_entropy_with_logits",
@@ -55,15 +63,16 @@ __all__ = [
 _BLOCK = 8192  # elements per work item (a fixed constant: never derived from n_threads)
 
 
-def _gpu_ops(**arrays):
+def _gpu_ops(**arrays: object) -> Any:
     """The GPU path (``fastce.cuda._bce.BceOps`` on CuPy) when any argument is a CuPy
     array, else None (``fastce._dispatch.gpu_twin``)."""
     ops = gpu_twin("bce_ops", *arrays.values(), names=list(arrays))
     return None if ops is None else ops()
 
 
-def _new_call(logits, target, weight, pos_weight, reduction, n_threads, inplace=False, out=None,
-              grad_output=None):
+def _new_call(logits: Any, target: Any, weight: Any, pos_weight: Any, reduction: Any,
+              n_threads: int | None, inplace: bool = False, out: Any = None,
+              grad_output: Any = None) -> _BCECall:
     """A validated call on the path the arrays live on: ``_BCECall`` (NumPy) or its GPU
     twin ``fastce.cuda._bce.BceCall`` (CuPy), which share ``set_output``, ``run`` and
     ``check_inplace``."""
@@ -73,7 +82,7 @@ def _new_call(logits, target, weight, pos_weight, reduction, n_threads, inplace=
     return make(logits, target, weight, pos_weight, reduction, n_threads, inplace=inplace, out=out)
 
 
-def _reshape_view(a, shape):
+def _reshape_view(a: npt.NDArray[Any], shape: tuple[int, ...]) -> npt.NDArray[Any] | None:
     """A view of ``a`` with ``shape``, or None when no view exists (never copies)."""
     try:
         return np.reshape(a, shape, copy=False)
@@ -84,7 +93,7 @@ def _reshape_view(a, shape):
         return v if np.may_share_memory(v, a) else None
 
 
-def _kind(a, shape):
+def _kind(a: npt.NDArray[Any] | None, shape: tuple[int, ...]) -> str | None:
     """How a weight / pos_weight relates to the logits' shape."""
     if a is None:
         return None
@@ -97,15 +106,15 @@ def _kind(a, shape):
     return "other"
 
 
-def _aligned(a):
+def _aligned(a: npt.NDArray[Any]) -> bool:
     return a.flags.aligned and all(s % a.itemsize == 0 for s in a.strides)
 
 
 class _BCECall:
     """One validated BCE-with-logits call: converted operands, then one kernel sweep."""
 
-    def __init__(self, logits, target, weight, pos_weight, reduction, n_threads, inplace=False,
-                 out=None):
+    def __init__(self, logits: Any, target: Any, weight: Any, pos_weight: Any, reduction: Any,
+                 n_threads: int | None, inplace: bool = False, out: Any = None) -> None:
         self.reduction = V.check_reduction(reduction)
         self.n_threads = V.resolve_threads(n_threads)
         if inplace:
@@ -120,7 +129,8 @@ class _BCECall:
 
     check_inplace = staticmethod(V.check_inplace)
 
-    def set_output(self, out, inplace, more_inputs=None):
+    def set_output(self, out: Any, inplace: bool,
+                   more_inputs: dict[str, Any] | None = None) -> None:
         inputs = dict(self.inputs, **(more_inputs or {}))
         if inplace:
             V.check_inplace_inputs(self.x, inputs)
@@ -128,18 +138,20 @@ class _BCECall:
             V.check_out(out, self.x.shape, self.x.dtype, {"logits": self.x, **inputs})
         self.out, self.inplace = out, inplace
 
-    def _empty(self):
+    def _empty(self) -> npt.NDArray[Any]:
         """A new output of the logits' shape, Fortran order for Fortran-ordered logits."""
         x = self.x
-        order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+        order: Literal["C", "F"] = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
         return np.empty(x.shape, dtype=x.dtype, order=order)
 
-    def run(self, want_loss, want_grad=False, grad_output=1.0):
+    def run(self, want_loss: bool, want_grad: bool = False,
+            grad_output: Any = 1.0) -> tuple[Any, Any]:
         """Returns ``(loss or None, grad or None)``."""
         x = self.x
         numel = x.size
         grad = ge = loss_elem = None
         gscale = 0.0
+        g0: Any  # a float except under 'none' with an array (then ge is that array)
         if want_grad:
             self.set_output(self.out, self.inplace, {"grad_output": grad_output})
             g0, ge = V.as_elementwise_grad_output(grad_output, self.reduction, x.shape, x.dtype)
@@ -174,7 +186,9 @@ class _BCECall:
         return loss, grad
 
 
-def _plan(x, y, w, pw, ge, grad, loss_elem):
+def _plan(x: Any, y: Any, w: Any, pw: Any, ge: Any, grad: Any,
+          loss_elem: Any) -> tuple[int, int, int, int, tuple[Any, Any, Any, Any, Any, Any, Any],
+                                    list[tuple[Any, Any]]]:
     """Lay the call out as a grid (see the module docstring).
 
     Returns ``(R, L, n_last, blk, specs, copies)``: ``specs`` the seven operand
@@ -192,7 +206,7 @@ def _plan(x, y, w, pw, ge, grad, loss_elem):
     kinds = (_kind(w, shape), _kind(pw, shape))
     fulls += [a for a, k in zip((w, pw), kinds) if k == "full"]
     columns = "column" in kinds
-    order = None
+    order: Literal["C", "F"] | None = None
     if "other" not in kinds:
         if all(a.flags.c_contiguous and _aligned(a) for a in fulls):
             order = "C"
@@ -215,7 +229,7 @@ def _plan(x, y, w, pw, ge, grad, loss_elem):
         R = -(-total // L)
         n_last = total - (R - 1) * L
 
-        def spec(a, kind):
+        def spec(a: Any, kind: str | None, output: bool = False) -> tuple[Any, int, int] | None:
             if a is None:
                 return None
             if kind == "scalar":
@@ -229,7 +243,7 @@ def _plan(x, y, w, pw, ge, grad, loss_elem):
         n_last = L
         blk = _BLOCK
 
-        def spec(a, kind, output=False):
+        def spec(a: Any, kind: str | None, output: bool = False) -> tuple[Any, int, int] | None:
             if a is None:
                 return None
             b = a if a.shape == shape else np.broadcast_to(a, shape)
@@ -242,13 +256,13 @@ def _plan(x, y, w, pw, ge, grad, loss_elem):
                     v = np.ascontiguousarray(b).reshape(R, L)
             return (v, v.strides[0], v.strides[1] // isz)
 
-    specs = (spec(x, "full"), spec(y, "full"), spec(w, kinds[0]), spec(pw, kinds[1]),
-             spec(ge, "full"))
+    inputs = (spec(x, "full"), spec(y, "full"), spec(w, kinds[0]), spec(pw, kinds[1]),
+              spec(ge, "full"))
     if flat:
-        specs += (spec(grad, "full"), spec(loss_elem, "full"))
+        outputs = (spec(grad, "full"), spec(loss_elem, "full"))
     else:
-        specs += (spec(grad, "full", True), spec(loss_elem, "full", True))
-    return R, L, n_last, blk, specs, copies
+        outputs = (spec(grad, "full", True), spec(loss_elem, "full", True))
+    return R, L, n_last, blk, inputs + outputs, copies
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,10 +314,25 @@ _FORMULA = """With ``lw = 1 + (pw - 1) * y``, elementwise::
     results come back in the logits' dtype."""
 
 
-def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
-                                     reduction="mean", n_threads=None):
+@overload
+def binary_cross_entropy_with_logits(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
+        reduction: ScalarReduction = ..., n_threads: int | None = ...) -> FloatScalar: ...
+@overload
+def binary_cross_entropy_with_logits(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
+        reduction: Literal["none"], n_threads: int | None = ...) -> FloatArray: ...
+@overload
+def binary_cross_entropy_with_logits(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
+        reduction: Reduction = ..., n_threads: int | None = ...) -> Loss: ...
+def binary_cross_entropy_with_logits(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+                                     weight: npt.ArrayLike | None = None,
+                                     pos_weight: npt.ArrayLike | None = None,
+                                     reduction: Reduction = "mean",
+                                     n_threads: int | None = None) -> Loss:
     call = _new_call(logits, target, weight, pos_weight, reduction, n_threads)
-    return call.run(want_loss=True)[0]
+    return call.run(want_loss=True)[0]  # type: ignore[no-any-return]
 
 
 binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy between logits and target probabilities.
@@ -333,9 +362,30 @@ binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy between logi
     """
 
 
-def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
-                                               reduction="mean", grad_output=1.0, out=None,
-                                               inplace=False, n_threads=None):
+@overload
+def binary_cross_entropy_with_logits_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
+        reduction: ScalarReduction = ..., grad_output: GradOutput = ...,
+        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, FloatArray]: ...
+@overload
+def binary_cross_entropy_with_logits_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
+        reduction: Literal["none"], grad_output: GradOutput = ...,
+        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...,
+) -> tuple[FloatArray, FloatArray]: ...
+@overload
+def binary_cross_entropy_with_logits_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        weight: npt.ArrayLike | None = ..., pos_weight: npt.ArrayLike | None = ...,
+        reduction: Reduction = ..., grad_output: GradOutput = ...,
+        out: npt.NDArray[Any] | None = ..., inplace: bool = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray]: ...
+def binary_cross_entropy_with_logits_with_grad(
+        logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
+        pos_weight: npt.ArrayLike | None = None, reduction: Reduction = "mean",
+        grad_output: GradOutput = 1.0, out: npt.NDArray[Any] | None = None,
+        inplace: bool = False, n_threads: int | None = None,
+) -> tuple[Loss, FloatArray]:
     call = _new_call(logits, target, weight, pos_weight, reduction, n_threads, inplace=inplace,
                      out=out, grad_output=grad_output)
     return call.run(want_loss=True, want_grad=True, grad_output=grad_output)
@@ -389,7 +439,9 @@ class BCEWithLogitsLoss:
     (2, 2)
     """
 
-    def __init__(self, weight=None, pos_weight=None, reduction="mean", n_threads=None):
+    def __init__(self, weight: npt.ArrayLike | None = None,
+                 pos_weight: npt.ArrayLike | None = None, reduction: Reduction = "mean",
+                 n_threads: int | None = None) -> None:
         gpu = _gpu_ops(weight=weight, pos_weight=pos_weight)
         check = V.as_broadcast_operand if gpu is None else gpu.as_operand
         check(weight, "weight", None, None)
@@ -398,22 +450,23 @@ class BCEWithLogitsLoss:
         self.pos_weight = pos_weight
         self.reduction = V.check_reduction(reduction)
         self.n_threads = None if n_threads is None else V.check_n_threads(n_threads)
-        self._saved = None
+        self._saved: tuple[Any, _BCECall] | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return V.criterion_repr(self, dict(weight=self.weight, pos_weight=self.pos_weight,
                                            reduction=self.reduction, n_threads=self.n_threads))
 
-    def __call__(self, logits, target):
+    def __call__(self, logits: npt.ArrayLike, target: npt.ArrayLike) -> Loss:
         """The loss of ``logits`` against ``target`` (see the class docstring)."""
         call = _new_call(logits, target, self.weight, self.pos_weight, self.reduction, self.n_threads)
         loss, _ = call.run(want_loss=True)
         self._saved = (logits, call)
-        return loss
+        return loss  # type: ignore[no-any-return]
 
     forward = __call__
 
-    def backward(self, grad_output=1.0, *, out=None, inplace=False):
+    def backward(self, grad_output: GradOutput = 1.0, *, out: npt.NDArray[Any] | None = None,
+                 inplace: bool = False) -> FloatArray:
         """Gradient of the last loss w.r.t. its logits.
 
         Parameters
@@ -440,4 +493,4 @@ class BCEWithLogitsLoss:
         _, grad = call.run(want_loss=False, want_grad=True, grad_output=grad_output)
         if inplace:
             self._saved = None  # the logits are gone
-        return grad
+        return grad  # type: ignore[no-any-return]

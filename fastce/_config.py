@@ -1,7 +1,10 @@
 """Run-time configuration: kernel path (ISA), thread count, and ``show_config``."""
+from __future__ import annotations
+
 import os
 import platform
 import sys
+from typing import Any, TextIO, cast
 
 import numpy as np
 
@@ -12,7 +15,7 @@ __all__ = ["get_isa", "set_isa", "supported_isas", "get_num_threads", "set_num_t
 _ISA_NAMES = ("scalar", "avx2", "avx512", "neon")
 
 
-def supported_isas():
+def supported_isas() -> list[str]:
     """Kernel paths this build has and this CPU can run, most capable first.
 
     Returns
@@ -23,12 +26,12 @@ def supported_isas():
     return [name for name, _, ok in _kernels.isa_table() if ok]
 
 
-def get_isa():
+def get_isa() -> str:
     """Name of the kernel path in use (``'avx512'``, ``'avx2'``, ``'neon'`` or ``'scalar'``)."""
     return _kernels.current_isa()
 
 
-def set_isa(name):
+def set_isa(name: str) -> str:
     """Route every kernel through the path ``name``.
 
     Parameters
@@ -54,7 +57,7 @@ def set_isa(name):
     return previous
 
 
-def _select_initial_isa():
+def _select_initial_isa() -> None:
     forced = os.environ.get("FASTCE_ISA", "").strip().lower()
     if forced:
         try:
@@ -65,7 +68,7 @@ def _select_initial_isa():
         _kernels.select_isa(supported_isas()[0])
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Number of threads the next call will use when ``n_threads`` is not given.
 
     The default is OpenMP's: all cores, lowered by ``OMP_NUM_THREADS`` or by a
@@ -77,7 +80,7 @@ def get_num_threads():
     return _kernels.default_threads()
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     # libgomp's thread pool does not survive fork(): a child that opened a parallel region
     # would wait in its barrier for threads that are not there. Run serial (no OpenMP
     # region at all) until the child sets a thread count itself.
@@ -88,7 +91,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def set_num_threads(n):
+def set_num_threads(n: int | None) -> None:
     """Set the default thread count for fastce calls.
 
     Parameters
@@ -99,7 +102,7 @@ def set_num_threads(n):
     _kernels.set_default_threads(n)
 
 
-def _config_dict():
+def _config_dict() -> dict[str, Any]:
     from ._version import __version__
     return {
         "fastce": __version__,
@@ -116,16 +119,16 @@ def _config_dict():
     }
 
 
-def _gpu_description():
+def _gpu_description() -> str | None:
     try:
         from . import cuda
     except ImportError:
         return None
     describe = getattr(cuda, "describe", None)
-    return describe() if describe else None
+    return cast("str | None", describe()) if describe else None
 
 
-def show_config(file=None):
+def show_config(file: TextIO | None = None) -> None:
     """Print the build and run-time configuration: versions, ISA, OpenMP, threads, GPU."""
     cfg = _config_dict()
     out = file or sys.stdout

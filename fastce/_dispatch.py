@@ -8,14 +8,21 @@ front end, so the import graph stays a tree.  The cross-entropy family's compile
 contract makes the same decision for its first array and hands the call to
 ``fastce._api._gpu_route``.
 """
+from __future__ import annotations
+
 import sys
+from typing import Any, Callable, Sequence
 
 __all__ = ["gpu_twin"]
 
 
-def gpu_twin(name, *arrays, names=None):
+def gpu_twin(name: str, *arrays: object,
+             names: Sequence[str] | None = None) -> Callable[..., Any] | None:
     """``fastce.cuda.<name>`` for a call on CuPy arrays, else None."""
     if "cupy" not in sys.modules:
         return None
     from . import cuda
-    return getattr(cuda, name) if cuda.is_cupy_call(*arrays, names=names) else None
+    if not cuda.is_cupy_call(*arrays, names=names):
+        return None
+    twin: Callable[..., Any] = getattr(cuda, name)
+    return twin

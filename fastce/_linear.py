@@ -26,15 +26,21 @@ torch's error).  ``d_bias`` (a length-V vector, cheap) accumulates in float64 an
 rounded once.  The loss sums each chunk's loss (from the kernels' float64 accumulators,
 rounded once to the input dtype) in float64.
 
-``d_weight += buf.T @ h_chunk``: the first chunk writes ``d_weight`` directly (NumPy
-``matmul`` with ``out=``); later chunks go through SciPy's BLAS GEMM with ``beta=1`` (in
-place, no temporary) when SciPy is importable, else through NumPy ``matmul`` into a
+``d_weight += buf.T @ h_chunk``: with SciPy importable every chunk goes through SciPy's
+BLAS GEMM, in place (``beta=0`` for the first chunk, ``beta=1`` after, no temporary);
+without it, the first chunk writes ``d_weight`` directly (NumPy ``matmul`` with
+``out=``) and later chunks go through NumPy ``matmul`` into a
 temporary block of at most ``_ACC_BLOCK_BYTES`` (4 MiB) of ``d_weight`` rows, added in
 place block by block: the extra pass over ``d_weight`` makes that GEMM ~5% slower at
 524-row chunks and 15-30% slower at 130-row chunks; SciPy's BLAS, on the other hand, is a
 second OpenBLAS whose idle threads spin for a while after each call, competing with
 NumPy's.  End to end (2 cores, N=4096, H=1024, float32, quiet machine): V=32000 5.2-5.7 s
 with SciPy vs 5.1-5.2 s without; V=128256 25.5-26.5 s vs 28.8-29.4 s.
+
+Memory: the formula and measured shapes are in ``linear_cross_entropy``'s docstring
+(``_METHOD``) and BENCHMARKS.md.  The first chunk's ``d_weight`` also goes through SciPy's
+GEMM (``beta=0``): NumPy's and SciPy's OpenBLAS each keep a packing buffer that this
+GEMM fills, and using one of them for it saves ~25-34 MB of peak RSS.
 
 Every chunk reads and writes all of ``d_weight`` (V x H) once, so chunks of few rows
 (much fewer than ~H) make the weight gradient memory-bound: prefer the default budget or
@@ -44,33 +50,86 @@ CuPy inputs: ``_linear_call`` hands the call to ``fastce.cuda._linear.GpuLinearC
 subclass of ``_LinearCall`` that replaces its backend hooks (arrays, cross-entropy,
 products, loss total) and runs the same sweeps (``loss``, ``loss_and_grads``) on the GPU.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, overload
+
 import numpy as np
 
 from ._dispatch import gpu_twin as _cuda_dispatch
 from ._linear_call import _LinearCall
 
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
+    from ._typing import FloatArray, FloatScalar, GradOutput, Loss, Reduction, ScalarReduction
+
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
 
-def _linear_call(hidden, weight, target, grad_output=None, **options):
+def _linear_call(hidden: Any, weight: Any, target: Any, grad_output: Any = None,
+                 **options: Any) -> _LinearCall:
     """The call object: the CPU one, or the GPU path's when an array is a CuPy array."""
     gpu = _cuda_dispatch("linear_call", hidden, weight, target, options.get("bias"), grad_output)
-    return (gpu or _LinearCall)(hidden, weight, target, **options)
+    call: _LinearCall = (gpu or _LinearCall)(hidden, weight, target, **options)
+    return call
 
 
-def linear_cross_entropy(hidden, weight, target, *, bias=None, ignore_index=-100,
-                         reduction="mean", label_smoothing=0.0, z_loss=0.0, chunk_size=None,
-                         memory_budget=None, n_threads=None):
-    return _linear_call(hidden, weight, target, bias=bias, ignore_index=ignore_index,
-                        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                        chunk_size=chunk_size, memory_budget=memory_budget,
-                        n_threads=n_threads).loss()
+@overload
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike,
+        *, bias: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        chunk_size: int | None = ..., memory_budget: float | None = ...,
+        n_threads: int | None = ...) -> FloatScalar: ...
+@overload
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike,
+        *, bias: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Literal["none"],
+        label_smoothing: float = ..., z_loss: float = ..., chunk_size: int | None = ...,
+        memory_budget: float | None = ..., n_threads: int | None = ...) -> FloatArray: ...
+@overload
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike,
+        *, bias: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., chunk_size: int | None = ...,
+        memory_budget: float | None = ..., n_threads: int | None = ...) -> Loss: ...
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike, *,
+                         bias: npt.ArrayLike | None = None, ignore_index: int = -100,
+                         reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, chunk_size: int | None = None,
+                         memory_budget: float | None = None,
+                         n_threads: int | None = None) -> Loss:
+    return _linear_call(  # type: ignore[no-any-return]
+        hidden, weight, target, bias=bias, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, chunk_size=chunk_size,
+        memory_budget=memory_budget, n_threads=n_threads).loss()
 
 
-def linear_cross_entropy_with_grad(hidden, weight, target, *, bias=None, ignore_index=-100,
-                                   reduction="mean", label_smoothing=0.0, z_loss=0.0,
-                                   chunk_size=None, memory_budget=None, grad_output=1.0,
-                                   n_threads=None):
+@overload
+def linear_cross_entropy_with_grad(hidden: npt.ArrayLike, weight: npt.ArrayLike,
+        target: npt.ArrayLike, *, bias: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: ScalarReduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        chunk_size: int | None = ..., memory_budget: float | None = ...,
+        grad_output: GradOutput = ..., n_threads: int | None = ...,
+) -> tuple[FloatScalar, FloatArray, FloatArray, FloatArray | None]: ...
+@overload
+def linear_cross_entropy_with_grad(hidden: npt.ArrayLike, weight: npt.ArrayLike,
+        target: npt.ArrayLike, *, bias: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: Literal["none"], label_smoothing: float = ..., z_loss: float = ...,
+        chunk_size: int | None = ..., memory_budget: float | None = ...,
+        grad_output: GradOutput = ..., n_threads: int | None = ...,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]: ...
+@overload
+def linear_cross_entropy_with_grad(hidden: npt.ArrayLike, weight: npt.ArrayLike,
+        target: npt.ArrayLike, *, bias: npt.ArrayLike | None = ..., ignore_index: int = ...,
+        reduction: Reduction = ..., label_smoothing: float = ..., z_loss: float = ...,
+        chunk_size: int | None = ..., memory_budget: float | None = ...,
+        grad_output: GradOutput = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray, FloatArray, FloatArray | None]: ...
+def linear_cross_entropy_with_grad(
+        hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike, *,
+        bias: npt.ArrayLike | None = None, ignore_index: int = -100,
+        reduction: Reduction = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+        chunk_size: int | None = None, memory_budget: float | None = None,
+        grad_output: GradOutput = 1.0, n_threads: int | None = None,
+) -> tuple[Loss, FloatArray, FloatArray, FloatArray | None]:
     return _linear_call(hidden, weight, target, grad_output, bias=bias,
                         ignore_index=ignore_index, reduction=reduction,
                         label_smoothing=label_smoothing, z_loss=z_loss, chunk_size=chunk_size,
@@ -120,11 +179,34 @@ _PARAMS = """Parameters
         arrays)."""
 
 _METHOD = """
-    ``hidden @ weight.T + bias`` is computed in chunks of rows into one reused
-    ``(chunk_size, V)`` buffer, so memory beyond the inputs and outputs is that buffer
-    plus O(chunk_size * H + V + N) (plus, for the gradients without SciPy installed, one
-    block of at most 4 MiB); the N x V logits never exist. Only rows not ignored are
-    computed."""
+    ``hidden @ weight.T + bias`` is computed in chunks of rows into one reused buffer;
+    the N x V logits never exist. Only rows not ignored are computed.
+
+    Memory beyond the inputs and the returned gradients, with
+    ``chunk = chunk_size or max(1, memory_budget // (V * itemsize))`` and
+    ``m = min(chunk, rows not ignored)``::
+
+        m * V * itemsize               the logits buffer (the gradient overwrites it)
+        + m * H * itemsize             with gradients: d_hidden scratch
+        + 16 * V bytes                 with a bias: float64 d_bias and column sums
+        + O(N)                         int64 targets, row indices, per-row losses
+        + BLAS packing                 with gradients: the d_weight GEMM's packed copy
+                                       of the chunk, <= m * V * itemsize (OpenBLAS:
+                                       capped, 28-52 MB measured)
+        + min(4 MiB, V * H * itemsize) with gradients, only without SciPy
+
+    The buffer is a fraction of the logits only when N exceeds the chunk; with the
+    gradients the total is at most about twice the buffer. Measured in float32 with the
+    default budget (extra resident set; BENCHMARKS.md has more shapes):
+
+    ====================  =======  =====  ==============  =======  ==============
+    N x H x V             logits   chunk  buffer          forward  with gradients
+    ====================  =======  =====  ==============  =======  ==============
+    4096 x 1024 x 128256  2101 MB  130    66.7 MB (3.2%)  68.7 MB  95.3 MB
+    2048 x 512 x 50257    412 MB   333    66.9 MB (16%)   68.3 MB  119.4 MB
+    256 x 512 x 50257     51.5 MB  256    51.5 MB (100%)  --       92.8 MB
+    ====================  =======  =====  ==============  =======  ==============
+    """
 
 linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, without materialising the logits.
 
@@ -156,8 +238,9 @@ linear_cross_entropy_with_grad.__doc__ = f"""Loss of :func:`linear_cross_entropy
     The gradients of ``loss = cross_entropy(hidden @ weight.T + bias, target, ...)``:
     with ``G = d loss / d logits`` (computed chunk by chunk, never whole),
     ``d_hidden = G @ weight``, ``d_weight = G.T @ hidden``, ``d_bias = G.sum(0)``.
-    {_METHOD} The chunk's gradient overwrites its logits in the buffer
+    The chunk's gradient overwrites its logits in the buffer
     (:func:`fastce.cross_entropy_with_grad` with ``inplace=True``).
+    {_METHOD}
 
     {_PARAMS}
     grad_output : float or ndarray, default 1.0

@@ -6,59 +6,68 @@ Errors name the argument and the offending value: ``TypeError`` for a wrong type
 dtype, ``ValueError`` for a wrong shape or value, ``IndexError`` for a class index out
 of range (see docs/design.md, "Errors").
 """
+from __future__ import annotations
+
 import numbers
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from ._errors import ArgumentTypeError, ArgumentValueError
+from ._errors import ArgumentTypeError as ArgumentTypeError
+from ._errors import ArgumentValueError as ArgumentValueError
 from ._kernels import (  # noqa: F401  (the shared contract, re-exported for the other families)
-    as_float_array,
-    as_grad_output,
-    as_hard_target,
-    as_lse,
-    as_rows3,
-    as_soft_target,
-    as_weight,
-    check_grad_dtype,
-    check_ignore_index,
-    check_inplace,
-    check_inplace_inputs,
-    check_label_smoothing,
-    check_logit_scale,
-    check_n_threads,
-    check_num_items,
-    check_out,
-    check_reduction,
-    check_shard,
-    check_softcap,
-    check_z_loss,
-    checked_grad_output,
-    compute_dtype,
-    default_threads,
-    expected_target_shape,
-    is_half,
-    is_probability_target,
-    rows3_shape,
-    writable_rows3,
+
+    as_float_array as as_float_array,
+    as_grad_output as as_grad_output,
+    as_hard_target as as_hard_target,
+    as_lse as as_lse,
+    as_rows3 as as_rows3,
+    as_soft_target as as_soft_target,
+    as_weight as as_weight,
+    check_grad_dtype as check_grad_dtype,
+    check_ignore_index as check_ignore_index,
+    check_inplace as check_inplace,
+    check_inplace_inputs as check_inplace_inputs,
+    check_label_smoothing as check_label_smoothing,
+    check_logit_scale as check_logit_scale,
+    check_n_threads as check_n_threads,
+    check_num_items as check_num_items,
+    check_out as check_out,
+    check_reduction as check_reduction,
+    check_shard as check_shard,
+    check_softcap as check_softcap,
+    check_z_loss as check_z_loss,
+    checked_grad_output as checked_grad_output,
+    compute_dtype as compute_dtype,
+    default_threads as default_threads,
+    expected_target_shape as expected_target_shape,
+    is_half as is_half,
+    is_probability_target as is_probability_target,
+    rows3_shape as rows3_shape,
+    writable_rows3 as writable_rows3,
 )
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def resolve_threads(n_threads):
+def resolve_threads(n_threads: int | None) -> int:
     """The thread count for one call: ``n_threads`` if given, else the library default."""
     return default_threads() if n_threads is None else check_n_threads(n_threads)
 
 
-def check_axis(axis, ndim, name="axis"):
+def check_axis(axis: object, ndim: int, name: str = "axis") -> int:
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {axis!r}")
-    if not -ndim <= axis < ndim:
+    ax = int(axis)
+    if not -ndim <= ax < ndim:
         raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimension(s)")
-    return int(axis) % ndim
+    return ax % ndim
 
 
-def criterion_repr(obj, options):
+def criterion_repr(obj: object, options: Mapping[str, Any]) -> str:
     """``Name(arg=value, ...)`` of a criterion, with the arguments that differ from their
     defaults (as torch's modules show theirs)."""
     init = type(obj).__init__
@@ -69,14 +78,15 @@ def criterion_repr(obj, options):
     return f"{type(obj).__name__}({', '.join(shown)})"
 
 
-def _is_cupy(x):
+def _is_cupy(x: object) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
 
 
 # ---------------------------------------------------------------------------------------
 # binary cross-entropy with logits (fastce/_bce.py)
 # ---------------------------------------------------------------------------------------
-def as_probability_target(target, logits_shape, dtype):
+def as_probability_target(target: object, logits_shape: tuple[int, ...],
+                          dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """Targets of ``binary_cross_entropy_with_logits``: a real floating array of exactly the
     logits' shape (no broadcasting, like torch), returned in the logits' dtype (a copy only
     when the dtype differs). Values are not checked: like torch, any real value is used as
@@ -95,7 +105,8 @@ def as_probability_target(target, logits_shape, dtype):
     return t.astype(dtype, copy=False)
 
 
-def as_broadcast_operand(arr, name, shape, dtype):
+def as_broadcast_operand(arr: object, name: str, shape: tuple[int, ...] | None,
+                         dtype: np.dtype[Any] | None) -> npt.NDArray[Any] | None:
     """``weight`` / ``pos_weight`` of the BCE loss: real numbers whose shape broadcasts to the
     logits' ``shape`` (NumPy rules, without enlarging it), returned in ``dtype`` in their own
     shape (not broadcast), or None. With ``shape=None`` only the type is checked. A shape
@@ -119,7 +130,9 @@ def as_broadcast_operand(arr, name, shape, dtype):
     return a.astype(dtype, copy=False)
 
 
-def as_elementwise_grad_output(grad_output, reduction, shape, dtype):
+def as_elementwise_grad_output(
+        grad_output: object, reduction: str, shape: tuple[int, ...],
+        dtype: np.dtype[Any]) -> tuple[float | None, npt.NDArray[Any] | None]:
     """Upstream gradient of an elementwise loss: ``(float, None)`` for 'mean'/'sum', or
     ``(None, array of the logits' shape in dtype)`` for 'none' (a copy only when the dtype
     differs; any layout)."""
@@ -134,7 +147,7 @@ def as_elementwise_grad_output(grad_output, reduction, shape, dtype):
 LINEAR_DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of the reused (chunk, V) logits buffer
 
 
-def _linear_array(x, name, asarray=None):
+def _linear_array(x: object, name: str, asarray: Callable[[object, str], Any] | None = None) -> Any:
     """``x`` as a float32/float64 array: a NumPy one, or through ``asarray(x, name)`` (the
     GPU path's conversion, which refuses NumPy arrays among CuPy ones)."""
     if asarray is None:
@@ -148,7 +161,7 @@ def _linear_array(x, name, asarray=None):
     return arr
 
 
-def _blas_layout(a, xp=np):
+def _blas_layout(a: Any, xp: Any = np) -> Any:
     """``a`` itself when BLAS can read it without a copy (C- or Fortran-contiguous), else a
     C-contiguous copy (made once, so that no per-chunk matmul copies it again)."""
     if a.flags.c_contiguous or a.flags.f_contiguous:
@@ -156,7 +169,9 @@ def _blas_layout(a, xp=np):
     return xp.ascontiguousarray(a)
 
 
-def as_linear_operands(hidden, weight, bias, asarray=None, xp=np):
+def as_linear_operands(hidden: object, weight: object, bias: object,
+                       asarray: Callable[[object, str], Any] | None = None,
+                       xp: Any = np) -> tuple[Any, Any, Any]:
     """``(hidden (N, H), weight (V, H), bias (V,) or None)`` of a fused linear +
     cross-entropy, checked for shape and a common float dtype (errors catchable as
     RuntimeError too, as torch's); ``weight`` (and ``bias``) copied to a contiguous
@@ -188,7 +203,7 @@ def as_linear_operands(hidden, weight, bias, asarray=None, xp=np):
     return h, _blas_layout(w, xp), b
 
 
-def check_linear_target(t, n_rows):
+def check_linear_target(t: Any, n_rows: int) -> Any:
     """Dtype and shape of a linear cross-entropy's target array (NumPy or CuPy)."""
     if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
         raise ArgumentTypeError(f"target must hold class indices (an integer dtype) of shape "
@@ -199,7 +214,8 @@ def check_linear_target(t, n_rows):
     return t
 
 
-def as_linear_target(target, n_rows, n_classes, ignore_index):
+def as_linear_target(target: object, n_rows: int, n_classes: int,
+                     ignore_index: int) -> npt.NDArray[np.int64]:
     """Class indices of shape ``(N,)``: flat int64, -1 marking ignored rows."""
     if _is_cupy(target):
         raise TypeError("target is a CuPy array but another argument is not: mix of CuPy and NumPy")
@@ -207,7 +223,8 @@ def as_linear_target(target, n_rows, n_classes, ignore_index):
     return as_hard_target(t, (n_rows, n_classes), n_classes, ignore_index)
 
 
-def linear_chunk_rows(chunk_size, memory_budget, n_classes, itemsize):
+def linear_chunk_rows(chunk_size: object, memory_budget: object, n_classes: int,
+                      itemsize: int) -> int:
     """Rows per chunk: ``chunk_size`` if given, else ``max(1, memory_budget // (V * itemsize))``
     (``memory_budget`` in bytes, default ``LINEAR_DEFAULT_MEMORY_BUDGET``)."""
     if chunk_size is not None and memory_budget is not None:
@@ -216,14 +233,16 @@ def linear_chunk_rows(chunk_size, memory_budget, n_classes, itemsize):
     if chunk_size is not None:
         if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, numbers.Integral):
             raise TypeError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        if chunk_size < 1:
+        rows = int(chunk_size)
+        if rows < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        return int(chunk_size)
+        return rows
     if memory_budget is None:
         memory_budget = LINEAR_DEFAULT_MEMORY_BUDGET
     elif isinstance(memory_budget, (bool, np.bool_)) or not isinstance(memory_budget, numbers.Real):
         raise TypeError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
-    elif not (memory_budget > 0 and np.isfinite(memory_budget)):
+    budget: Any = memory_budget  # a real number (numbers.Real has no operators for mypy)
+    if not (budget > 0 and np.isfinite(budget)):
         raise ValueError(f"memory_budget must be a finite number of bytes > 0, got {memory_budget!r}")
-    return max(1, int(memory_budget) // (n_classes * itemsize))
+    return max(1, int(budget) // (n_classes * itemsize))
 # =================================== end of the _linear.py section ====================

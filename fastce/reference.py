@@ -24,7 +24,18 @@ Accuracy: ``logp`` is computed as ``(x - max) - log1p(sum of exp(x - max) withou
 maximum)``, never as ``x - lse``, so it is exact at any magnitude of ``x`` and keeps a
 tail far below the maximum (SciPy's ``logsumexp`` does the same).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Union
+
 import numpy as np
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
+
+    F64Array = npt.NDArray[np.float64]
+    #: a float64 loss: a scalar for 'mean'/'sum', one value per row for 'none'
+    RefLoss = Union[np.float64, F64Array]
 
 __all__ = [
     "logsumexp",
@@ -40,7 +51,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 # ----------------------------------------------------------------------------- row-wise
-def logsumexp(x, axis=-1):
+def logsumexp(x: npt.ArrayLike, axis: int = -1) -> Any:
     """Log-sum-exp along ``axis``, in float64.
 
     Parameters
@@ -65,7 +76,7 @@ def logsumexp(x, axis=-1):
     return _squeeze(lse, axis)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x: npt.ArrayLike, axis: int = -1) -> F64Array:
     """Log-softmax ``x - logsumexp(x)`` along ``axis``, in float64.
 
     Parameters
@@ -84,10 +95,11 @@ def log_softmax(x, axis=-1):
     x = np.asarray(x, dtype=np.float64)
     shift, logsum = _shift_logsum(x, axis)
     with np.errstate(invalid="ignore"):
-        return (x - shift) - logsum  # never x - lse: lse is rounded at the scale of max(x)
+        # never x - lse: lse is rounded at the scale of max(x)
+        return (x - shift) - logsum  # type: ignore[no-any-return]
 
 
-def softmax(x, axis=-1):
+def softmax(x: npt.ArrayLike, axis: int = -1) -> F64Array:
     """Softmax ``exp(log_softmax(x))`` along ``axis``, in float64.
 
     Parameters
@@ -105,7 +117,7 @@ def softmax(x, axis=-1):
     return np.exp(log_softmax(x, axis))
 
 
-def _shift_logsum(x, axis):
+def _shift_logsum(x: Any, axis: int) -> tuple[Any, Any]:
     """``(m, l)`` with ``lse = m + l`` (keepdims): ``m`` the row max, ``l`` the log of
     ``sum exp(x - m)`` as SciPy computes it, ``log1p`` of the sum without one maximum, so
     that a tail far below the max keeps its digits (``logsumexp([0, -40]) = 4.2e-18``)."""
@@ -128,14 +140,14 @@ def _shift_logsum(x, axis):
     return shift, logsum
 
 
-def _squeeze(a, axis):
+def _squeeze(a: Any, axis: int) -> Any:
     a = np.squeeze(a, axis=axis)
     return a[()] if a.ndim == 0 else a
 
 
 # ---------------------------------------------------------------------- hard targets
-def _hard_target_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
-                       name="logits"):
+def _hard_target_setup(logits: Any, target: Any, weight: Any, ignore_index: int, reduction: str,
+                       label_smoothing: float, name: str = "logits") -> tuple[Any, ...]:
     """Validate and normalise to 2-D float64 rows, int64 targets, float64 weights."""
     x = np.asarray(logits, dtype=np.float64)
     t = np.asarray(target)
@@ -166,7 +178,7 @@ def _hard_target_setup(logits, target, weight, ignore_index, reduction, label_sm
     return x2, y, ignored, w, w_y
 
 
-def _reduce(rows, w_y, reduction, one_d):
+def _reduce(rows: Any, w_y: Any, reduction: str, one_d: bool) -> Any:
     if reduction == "none":
         return rows.reshape(()) if one_d else rows
     total = np.float64(np.sum(rows))
@@ -177,7 +189,8 @@ def _reduce(rows, w_y, reduction, one_d):
         return np.float64(total / norm if norm != 0 else np.nan)
 
 
-def _row_losses(logp, y, ignored, w, w_y, label_smoothing):
+def _row_losses(logp: Any, y: Any, ignored: Any, w: Any, w_y: Any,
+                label_smoothing: float) -> Any:
     n, n_classes = logp.shape
     with np.errstate(invalid="ignore"):
         nll = -logp[np.arange(n), y]
@@ -188,7 +201,8 @@ def _row_losses(logp, y, ignored, w, w_y, label_smoothing):
     return np.where(ignored, 0.0, rows)
 
 
-def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+def nll_loss(log_probs: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
+             ignore_index: int = -100, reduction: str = "mean") -> RefLoss:
     """Negative log-likelihood of given log-probabilities, in float64.
 
     Parameters
@@ -212,16 +226,17 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
     lp, y, ignored, w, w_y = _hard_target_setup(log_probs, target, weight, ignore_index,
                                                 reduction, 0.0, name="log_probs")
     rows = _row_losses(lp, y, ignored, w, w_y, 0.0)
-    return _reduce(rows, w_y, reduction, np.ndim(log_probs) == 1)
+    return _reduce(rows, w_y, reduction, np.ndim(log_probs) == 1)  # type: ignore[no-any-return]
 
 
-def _is_soft(logits, target):
+def _is_soft(logits: Any, target: Any) -> bool:
     """Class probabilities: a floating target of the logits' shape (torch's rule)."""
     t = np.asarray(target)
     return np.issubdtype(t.dtype, np.floating) and t.shape == np.shape(logits)
 
 
-def _soft_target_setup(logits, target, weight, ignore_index, reduction, label_smoothing):
+def _soft_target_setup(logits: Any, target: Any, weight: Any, ignore_index: int, reduction: str,
+                       label_smoothing: float) -> tuple[Any, ...]:
     """2-D float64 rows and smoothed targets ``t' = (1 - eps) t + eps / C``; every row
     counts (w_y is 1 per row: 'mean' divides by the number of rows, as in torch)."""
     x = np.asarray(logits, dtype=np.float64)
@@ -243,7 +258,7 @@ def _soft_target_setup(logits, target, weight, ignore_index, reduction, label_sm
     return x2, t2, w, np.ones(n), np.zeros(n, dtype=bool)
 
 
-def _transform(x, logit_scale, softcap):
+def _transform(x: Any, logit_scale: float, softcap: float | None) -> tuple[Any, Any]:
     """The logits as the loss sees them: scaled, then capped; and d(that)/dx."""
     x1 = logit_scale * x
     if not softcap:
@@ -252,11 +267,12 @@ def _transform(x, logit_scale, softcap):
     return xc, logit_scale * (1.0 - (xc / softcap) ** 2)
 
 
-def _z_rows(xc, ignored, z_loss):
+def _z_rows(xc: Any, ignored: Any, z_loss: float) -> Any:
     return np.where(ignored, 0.0, z_loss * logsumexp(xc, axis=1) ** 2)
 
 
-def _normalisers(w_y, ignored, reduction, num_items):
+def _normalisers(w_y: Any, ignored: Any, reduction: str,
+                 num_items: float | None) -> tuple[Any, float]:
     """(cross-entropy divisor, z-term divisor) of the reduction."""
     if reduction != "mean":
         return 1.0, 1.0
@@ -265,9 +281,11 @@ def _normalisers(w_y, ignored, reduction, num_items):
     return np.sum(w_y), float(np.count_nonzero(~ignored))
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0,
-                  num_items=None):
+def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0, z_loss: float = 0.0,
+                  softcap: float | None = None, logit_scale: float = 1.0,
+                  num_items: float | None = None) -> RefLoss:
     """Softmax cross-entropy with PyTorch semantics, in float64.
 
     Parameters
@@ -309,7 +327,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         rows = _row_losses(log_softmax(xc, axis=1), y, ignored, w, w_y, label_smoothing)
     z = _z_rows(xc, ignored, z_loss)
     if reduction == "none":
-        return (rows + z).reshape(np.shape(logits)[:1] if np.ndim(logits) > 1 else ())
+        shape = np.shape(logits)[:1] if np.ndim(logits) > 1 else ()
+        return (rows + z).reshape(shape)  # type: ignore[no-any-return]
     norm, znorm = _normalisers(w_y, ignored, reduction, num_items)
     if norm == 0:  # torch: the nll term is 0 / 0 whatever the smoothing term is
         return np.float64(np.nan)
@@ -317,9 +336,11 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         return np.float64(np.sum(rows) / norm + np.sum(z) / znorm)
 
 
-def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None,
-                           ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                           z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None):
+def cross_entropy_backward(logits: npt.ArrayLike, target: npt.ArrayLike, grad_output: npt.ArrayLike = 1.0, *,
+                           weight: npt.ArrayLike | None = None, ignore_index: int = -100,
+                           reduction: str = "mean", label_smoothing: float = 0.0,
+                           z_loss: float = 0.0, softcap: float | None = None,
+                           logit_scale: float = 1.0, num_items: float | None = None) -> F64Array:
     """Gradient of :func:`cross_entropy` with respect to ``logits``, in float64.
 
     Parameters
@@ -372,9 +393,12 @@ def cross_entropy_backward(logits, target, grad_output=1.0, *, weight=None,
     return grad.reshape(np.shape(logits))
 
 
-def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
-                            reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                            logit_scale=1.0, num_items=None, grad_output=1.0):
+def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
+                            ignore_index: int = -100, reduction: str = "mean",
+                            label_smoothing: float = 0.0, z_loss: float = 0.0,
+                            softcap: float | None = None, logit_scale: float = 1.0,
+                            num_items: float | None = None,
+                            grad_output: npt.ArrayLike = 1.0) -> tuple[RefLoss, F64Array]:
     """Loss and gradient together: ``(cross_entropy(...), cross_entropy_backward(...))``.
 
     Parameters
@@ -389,7 +413,7 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
     loss : numpy.float64 or numpy.ndarray
     grad : numpy.ndarray
     """
-    kw = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+    kw: dict[str, Any] = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
               label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
               logit_scale=logit_scale, num_items=num_items)
     return (cross_entropy(logits, target, **kw),
@@ -401,7 +425,8 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
 __all__ += ["binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad"]
 
 
-def _bce_setup(logits, target, weight, pos_weight, reduction):
+def _bce_setup(logits: Any, target: Any, weight: Any, pos_weight: Any,
+               reduction: str) -> tuple[Any, Any, Any, Any]:
     x = np.asarray(logits, dtype=np.float64)
     y = np.asarray(target)
     if reduction not in _REDUCTIONS:
@@ -419,8 +444,10 @@ def _bce_setup(logits, target, weight, pos_weight, reduction):
     return x, y, w, pw
 
 
-def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
-                                     reduction="mean"):
+def binary_cross_entropy_with_logits(logits: npt.ArrayLike, target: npt.ArrayLike, *,
+                                     weight: npt.ArrayLike | None = None,
+                                     pos_weight: npt.ArrayLike | None = None,
+                                     reduction: str = "mean") -> RefLoss:
     """Binary cross-entropy with logits, in float64, as torch computes it.
 
     ``l = w * ((1 - y) * x + lw * softplus(-x))`` with ``lw = 1 + (pw - 1) * y`` and
@@ -455,8 +482,10 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
         return np.float64(total / np.float64(x.size))
 
 
-def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
-                                               reduction="mean", grad_output=1.0):
+def binary_cross_entropy_with_logits_with_grad(
+        logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
+        pos_weight: npt.ArrayLike | None = None, reduction: str = "mean",
+        grad_output: npt.ArrayLike = 1.0) -> tuple[RefLoss, F64Array]:
     """Loss and gradient w.r.t. the logits, in float64.
 
     ``dl/dx = w * ((1 + (pw - 1) * y) * sigmoid(x) - pw * y)``, times ``grad_output`` (a

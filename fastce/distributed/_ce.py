@@ -1,11 +1,19 @@
 """fastce.distributed's cross-entropy: the semantics, written once over the Communicator
 interface (the package docstring and docs/design.md §6 state the communication)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, overload
+
 import numpy as np
 
 from .. import _kernels
 from .._api import cross_entropy as _ce
 from .._api import cross_entropy_backward as _ce_backward
-from ._comm import as_communicator
+from ._comm import Communicator, as_communicator
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
+    from .._typing import Float64Array, FloatArray, GradOutput, Loss, Reduction
 
 # the fixed parts of the two vocabulary-group buffers (after the N row values)
 _MAX_HEAD = 5   # error flag, num_classes, -num_classes, shard end, -shard start
@@ -44,7 +52,8 @@ _OPTIONS_DOC = """local_logits : array_like of float32, float64, float16 or bflo
         Threads for this rank's sweeps; default :func:`fastce.get_num_threads`."""
 
 
-def global_weight(local_weight, *, class_start, num_classes, comm=None):
+def global_weight(local_weight: npt.ArrayLike, *, class_start: int, num_classes: int,
+                  comm: object = None) -> Float64Array:
     """Assemble the global class-weight vector from every rank's slice (one SUM
     all-reduce of ``num_classes`` values; do it once, not per call).
 
@@ -78,9 +87,9 @@ def global_weight(local_weight, *, class_start, num_classes, comm=None):
 class _Call:
     """One call's local state: the arguments checked, the two local sweeps, the buffers."""
 
-    def __init__(self, x, target, class_start, num_classes, weight, ignore_index,
-                 reduction, label_smoothing, z_loss, softcap, logit_scale, num_items,
-                 n_threads):
+    def __init__(self, x: Any, target: Any, class_start: Any, num_classes: Any, weight: Any,
+                 ignore_index: Any, reduction: Any, label_smoothing: Any, z_loss: Any,
+                 softcap: Any, logit_scale: Any, num_items: Any, n_threads: Any) -> None:
         self.red = _kernels.check_reduction(reduction)
         self.eps = float(_kernels.check_label_smoothing(label_smoothing))
         self.z = float(_kernels.check_z_loss(z_loss))
@@ -148,11 +157,14 @@ class _Call:
         self.n = self.lse_loc.shape[0]
 
 
-def _forward(logits, target, class_start, num_classes, comm, dp_comm, weight, ignore_index,
-             reduction, label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads):
+def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm: object,
+             dp_comm: object, weight: Any, ignore_index: Any, reduction: Any,
+             label_smoothing: Any, z_loss: Any, softcap: Any, logit_scale: Any, num_items: Any,
+             n_threads: Any) -> tuple[_Call, Any, Any, Any, Any]:
     c = as_communicator(comm, "comm")
     dp = as_communicator(dp_comm, "dp_comm", default_torch=False)
-    err, call = None, None
+    err: Exception | None = None
+    call: Any = None  # a _Call once the checks passed (else err is raised below)
     try:
         call = _Call(logits, target, class_start, num_classes, weight, ignore_index, reduction,
                      label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads)
@@ -201,7 +213,7 @@ def _forward(logits, target, class_start, num_classes, comm, dp_comm, weight, ig
                 f"from {int(-mx[n + 4])} to {int(mx[n + 3])}, overlapping or with gaps")
 
     # 3. the data-parallel normalisers (also when failing: the peers wait on this one)
-    if dp_mean:
+    if dp_mean and dp is not None:  # (dp_mean implies dp)
         d = np.zeros(3)
         if problem is None:
             d[:2] = call.wy.sum(), float(call.kept.sum())
@@ -234,7 +246,7 @@ def _forward(logits, target, class_start, num_classes, comm, dp_comm, weight, ig
     return call, lse, ce, zt, norms
 
 
-def _rows(logits):
+def _rows(logits: Any) -> int:
     """The row count of logits that failed the checks (0 if it has no shape)."""
     try:
         shape = np.shape(logits)
@@ -243,7 +255,7 @@ def _rows(logits):
     return 1 if len(shape) <= 1 else int(np.prod(shape[:1] + shape[2:]))
 
 
-def _loss(call, ce, zt, norms):
+def _loss(call: _Call, ce: Any, zt: Any, norms: Any) -> Any:
     dt = np.float64 if call.x.dtype == np.float64 else np.float32
     if call.red == "none":
         rows = ce if zt is None else ce + zt
@@ -256,7 +268,8 @@ def _loss(call, ce, zt, norms):
     return dt(total)
 
 
-def _grad(call, lse, norms, dp_mean, grad_output, out, inplace, grad_dtype):
+def _grad(call: _Call, lse: Any, norms: Any, dp_mean: bool, grad_output: Any, out: Any,
+          inplace: bool, grad_dtype: Any) -> FloatArray:
     """The gradient slice: fastce's shard kernel at the global lse; the data-parallel
     'mean' through its normalisers (weight and z scaled when they differ)."""
     red, weight, z, items = call.red, call.weight, call.z, call.num_items
@@ -272,10 +285,34 @@ def _grad(call, lse, norms, dp_mean, grad_output, out, inplace, grad_dtype):
                         out=out, inplace=inplace, grad_dtype=grad_dtype, **call.opts)
 
 
-def cross_entropy(local_logits, target, *, class_start, num_classes, comm=None, dp_comm=None,
-                  weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                  z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None, return_lse=False,
-                  n_threads=None):
+@overload
+def cross_entropy(local_logits: npt.ArrayLike, target: npt.ArrayLike, *, class_start: int,
+        num_classes: int, comm: object = ..., dp_comm: object = ...,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., return_lse: Literal[False] = ...,
+        n_threads: int | None = ...) -> Loss: ...
+@overload
+def cross_entropy(local_logits: npt.ArrayLike, target: npt.ArrayLike, *, class_start: int,
+        num_classes: int, comm: object = ..., dp_comm: object = ...,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., return_lse: Literal[True],
+        n_threads: int | None = ...) -> tuple[Loss, Float64Array]: ...
+@overload
+def cross_entropy(local_logits: npt.ArrayLike, target: npt.ArrayLike, *, class_start: int,
+        num_classes: int, comm: object = ..., dp_comm: object = ...,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., return_lse: bool = ...,
+        n_threads: int | None = ...) -> Loss | tuple[Loss, Float64Array]: ...
+def cross_entropy(local_logits: npt.ArrayLike, target: npt.ArrayLike, *, class_start: int,
+                  num_classes: int, comm: object = None, dp_comm: object = None,
+                  weight: npt.ArrayLike | None = None, ignore_index: int = -100,
+                  reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: float | None = None, logit_scale: float = 1.0,
+                  num_items: float | None = None, return_lse: bool = False,
+                  n_threads: int | None = None) -> Loss | tuple[Loss, Float64Array]:
     call, lse, ce, zt, norms = _forward(
         local_logits, target, class_start, num_classes, comm, dp_comm, weight, ignore_index,
         reduction, label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads)
@@ -283,11 +320,43 @@ def cross_entropy(local_logits, target, *, class_start, num_classes, comm=None, 
     return (loss, lse.reshape(call.tshape)) if return_lse else loss
 
 
-def cross_entropy_with_grad(local_logits, target, *, class_start, num_classes, comm=None,
-                            dp_comm=None, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, z_loss=0.0, softcap=None, logit_scale=1.0,
-                            num_items=None, return_lse=False, grad_output=1.0, out=None,
-                            inplace=False, grad_dtype=None, n_threads=None):
+@overload
+def cross_entropy_with_grad(local_logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        class_start: int, num_classes: int, comm: object = ..., dp_comm: object = ...,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., return_lse: Literal[False] = ...,
+        grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray]: ...
+@overload
+def cross_entropy_with_grad(local_logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        class_start: int, num_classes: int, comm: object = ..., dp_comm: object = ...,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., return_lse: Literal[True],
+        grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray, Float64Array]: ...
+@overload
+def cross_entropy_with_grad(local_logits: npt.ArrayLike, target: npt.ArrayLike, *,
+        class_start: int, num_classes: int, comm: object = ..., dp_comm: object = ...,
+        weight: npt.ArrayLike | None = ..., ignore_index: int = ..., reduction: Reduction = ...,
+        label_smoothing: float = ..., z_loss: float = ..., softcap: float | None = ...,
+        logit_scale: float = ..., num_items: float | None = ..., return_lse: bool = ...,
+        grad_output: GradOutput = ..., out: npt.NDArray[Any] | None = ..., inplace: bool = ...,
+        grad_dtype: npt.DTypeLike | None = ..., n_threads: int | None = ...,
+) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]: ...
+def cross_entropy_with_grad(
+        local_logits: npt.ArrayLike, target: npt.ArrayLike, *, class_start: int,
+        num_classes: int, comm: object = None, dp_comm: object = None,
+        weight: npt.ArrayLike | None = None, ignore_index: int = -100,
+        reduction: Reduction = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+        softcap: float | None = None, logit_scale: float = 1.0, num_items: float | None = None,
+        return_lse: bool = False, grad_output: GradOutput = 1.0,
+        out: npt.NDArray[Any] | None = None, inplace: bool = False,
+        grad_dtype: npt.DTypeLike | None = None, n_threads: int | None = None,
+) -> tuple[Loss, FloatArray] | tuple[Loss, FloatArray, Float64Array]:
     call, lse, ce, zt, norms = _forward(
         local_logits, target, class_start, num_classes, comm, dp_comm, weight, ignore_index,
         reduction, label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads)

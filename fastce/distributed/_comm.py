@@ -6,8 +6,16 @@ against :class:`Communicator`, and an engine is a dozen lines.  Neither torch no
 is imported here: a communicator is recognised by the modules its type comes from, so
 ``import fastce.distributed`` costs neither.
 """
+from __future__ import annotations
+
 import abc
 import sys
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import numpy as np
+
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
 
 __all__ = ["Communicator", "TorchCommunicator", "MPICommunicator", "CountingCommunicator",
            "as_communicator"]
@@ -22,15 +30,15 @@ class Communicator(abc.ABC):
     defined), or wrap one (:class:`CountingCommunicator`).
     """
 
-    rank = 0
-    size = 1
+    rank: int = 0
+    size: int = 1
 
     @abc.abstractmethod
-    def allreduce_max(self, buf):
+    def allreduce_max(self, buf: npt.NDArray[np.float64]) -> None:
         """Replace ``buf`` by its elementwise max over the group's ranks."""
 
     @abc.abstractmethod
-    def allreduce_sum(self, buf):
+    def allreduce_sum(self, buf: npt.NDArray[np.float64]) -> None:
         """Replace ``buf`` by its elementwise sum over the group's ranks."""
 
 
@@ -39,23 +47,24 @@ class CountingCommunicator(Communicator):
     ``(op, values)`` ('max' or 'sum', float64 values sent), ``calls`` and ``values`` are
     the totals (bytes = 8 * values)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner: object) -> None:
         self.inner = as_communicator(inner)
-        self.rank, self.size, self.log = self.inner.rank, self.inner.size, []
+        self.log: list[tuple[str, int]] = []
+        self.rank, self.size = self.inner.rank, self.inner.size
 
     @property
-    def calls(self):
+    def calls(self) -> int:
         return len(self.log)
 
     @property
-    def values(self):
+    def values(self) -> int:
         return sum(n for _, n in self.log)
 
-    def allreduce_max(self, buf):
+    def allreduce_max(self, buf: npt.NDArray[np.float64]) -> None:
         self.log.append(("max", buf.size))
         self.inner.allreduce_max(buf)
 
-    def allreduce_sum(self, buf):
+    def allreduce_sum(self, buf: npt.NDArray[np.float64]) -> None:
         self.log.append(("sum", buf.size))
         self.inner.allreduce_sum(buf)
 
@@ -68,7 +77,7 @@ class TorchCommunicator(Communicator):
     CPU path does not compute on.
     """
 
-    def __init__(self, group=None):
+    def __init__(self, group: Any = None) -> None:
         import torch.distributed as dist
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
@@ -80,45 +89,52 @@ class TorchCommunicator(Communicator):
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
 
-    def _allreduce(self, buf, op):
+    def _allreduce(self, buf: npt.NDArray[np.float64], op: Any) -> None:
         self._dist.all_reduce(self._torch.from_numpy(buf), op=op, group=self._group)
 
-    def allreduce_max(self, buf):
+    def allreduce_max(self, buf: npt.NDArray[np.float64]) -> None:
         self._allreduce(buf, self._dist.ReduceOp.MAX)
 
-    def allreduce_sum(self, buf):
+    def allreduce_sum(self, buf: npt.NDArray[np.float64]) -> None:
         self._allreduce(buf, self._dist.ReduceOp.SUM)
 
 
 class MPICommunicator(Communicator):
     """An mpi4py intracommunicator: ``Allreduce`` in place on the buffer (no pickling)."""
 
-    def __init__(self, comm):
+    def __init__(self, comm: Any) -> None:
         from mpi4py import MPI
         self._comm, self._mpi = comm, MPI
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
 
-    def allreduce_max(self, buf):
+    def allreduce_max(self, buf: npt.NDArray[np.float64]) -> None:
         self._comm.Allreduce(self._mpi.IN_PLACE, [buf, self._mpi.DOUBLE], op=self._mpi.MAX)
 
-    def allreduce_sum(self, buf):
+    def allreduce_sum(self, buf: npt.NDArray[np.float64]) -> None:
         self._comm.Allreduce(self._mpi.IN_PLACE, [buf, self._mpi.DOUBLE], op=self._mpi.SUM)
 
 
-def _is_torch_group(obj):
+def _is_torch_group(obj: object) -> bool:
     dist = sys.modules.get("torch.distributed")
     if dist is None or not hasattr(dist, "ProcessGroup"):
         return False
     return isinstance(obj, dist.ProcessGroup)
 
 
-def _is_mpi_comm(obj):
+def _is_mpi_comm(obj: object) -> bool:
     MPI = sys.modules.get("mpi4py.MPI")
     return MPI is not None and isinstance(obj, MPI.Intracomm)
 
 
-def as_communicator(comm, name="comm", default_torch=True):
+@overload
+def as_communicator(comm: object, name: str = ...,
+                    default_torch: Literal[True] = ...) -> Communicator: ...
+@overload
+def as_communicator(comm: object, name: str = ...,
+                    default_torch: bool = ...) -> Communicator | None: ...
+def as_communicator(comm: object, name: str = "comm",
+                    default_torch: bool = True) -> Communicator | None:
     """A :class:`Communicator` for ``comm``: a Communicator (returned as it is), an
     mpi4py intracommunicator, a torch.distributed ProcessGroup, or None (torch's default
     group when ``default_torch``, else None).  Anything else is a TypeError naming

@@ -6,17 +6,28 @@ and overwritten in place by their gradient (``inplace=True``), so this rank hold
 never holds the logits.  d_weight and d_bias are local; d_hidden = sum over the ranks of
 ``grad_local @ local_weight`` is the one more all-reduce (SUM of N x H values).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._ce import cross_entropy_with_grad
 from ._comm import as_communicator
 
+if TYPE_CHECKING:  # names for annotations only: never imported at run time
+    import numpy.typing as npt
+    from .._typing import FloatArray, GradOutput, Loss, Reduction
 
-def linear_cross_entropy_with_grad(hidden, local_weight, target, *, class_start, num_classes,
-                                   comm=None, dp_comm=None, local_bias=None, ignore_index=-100,
-                                   reduction="mean", label_smoothing=0.0, z_loss=0.0,
-                                   softcap=None, logit_scale=1.0, num_items=None,
-                                   grad_output=1.0, n_threads=None):
+
+def linear_cross_entropy_with_grad(
+        hidden: npt.ArrayLike, local_weight: npt.ArrayLike, target: npt.ArrayLike, *,
+        class_start: int, num_classes: int, comm: object = None, dp_comm: object = None,
+        local_bias: npt.ArrayLike | None = None, ignore_index: int = -100,
+        reduction: Reduction = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+        softcap: float | None = None, logit_scale: float = 1.0, num_items: float | None = None,
+        grad_output: GradOutput = 1.0, n_threads: int | None = None,
+) -> tuple[Loss, FloatArray, FloatArray, FloatArray | None]:
     """Loss of ``cross_entropy(hidden @ W.T + b, target)`` with ``W`` sharded by rows, and
     its gradients.
 
