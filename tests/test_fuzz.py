@@ -354,7 +354,6 @@ def test_fuzz_cross_entropy_family(worker, data):
     dtype = c.pick("dtype", FLOATS)
     shape = logits_shape(c, allow_0d=True)
     C = shape[1] if len(shape) > 1 else (shape[0] if shape else 1)
-    N = shape[0] if len(shape) > 1 else None
     row_shape = (shape[0],) + tuple(shape[2:]) if len(shape) > 1 else ()
     good_dtype = dtype in [d for d, v in FLOATS if v == G]
     gdt = dtype if good_dtype else "float64"
