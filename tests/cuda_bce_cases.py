@@ -406,6 +406,31 @@ def check_criterion_errors(h):
         crit(x, y)
 
 
+def check_self_overlapping_out(h, dtype):
+    """out= (and the criterion's backward(out=)) whose elements share memory is refused
+    with the CPU path's message, before anything is written."""
+    import fastce
+    from cuda_cases import as_strided_dev
+    x0, y0 = make_x((6, 40), dtype), make_y((6, 40), dtype)
+    item = np.dtype(dtype).itemsize
+    for strides in ((item, item), (20 * item, item), (0, item)):
+        with pytest.raises(ValueError) as cpu:
+            fastce.binary_cross_entropy_with_logits_with_grad(
+                x0, y0, out=np.lib.stride_tricks.as_strided(np.zeros(400, dtype), (6, 40), strides))
+        x, y = h.dev(x0), h.dev(y0)
+        base = h.dev(np.zeros(400, dtype))
+        out = as_strided_dev(base, (6, 40), strides)
+        with pytest.raises(ValueError) as gpu:
+            _fused(h, x, y, out=out)
+        assert str(gpu.value) == str(cpu.value), (strides, str(cpu.value), str(gpu.value))
+        assert "out has elements that share memory" in str(gpu.value)
+        crit = h.fns.BCEWithLogitsLoss(reduction="sum")
+        crit(x, y)
+        with pytest.raises(ValueError, match="out has elements that share memory"):
+            crit.backward(out=out)
+        assert not h.host(base).any(), f"strides {strides}: written before the refusal"
+
+
 # ------------------------------------------------------------------ the matrix as tests
 DTYPE_IDS = dict(ids=lambda d: np.dtype(d).name)
 
@@ -483,3 +508,7 @@ class BceMatrix:
 
     def test_criterion_errors(self, h):
         check_criterion_errors(h)
+
+    @pytest.mark.parametrize("dtype", DTYPES, **DTYPE_IDS)
+    def test_self_overlapping_out_refused(self, h, dtype):
+        check_self_overlapping_out(h, dtype)

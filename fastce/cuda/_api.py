@@ -7,7 +7,7 @@ Layers (each testable on its own; only the last one needs CuPy and a GPU):
    picks the kernel shape (warp, block, thread per row, chunked rows) and launch
    configuration, ``pack_args`` lays the arguments out in the order of the kernels'
    C signatures (``*_SIGNATURE``, checked against the ``.cu`` text by a CPU test),
-   ``byte_extent`` decides overlap.
+   ``byte_extent`` decides overlap between arrays, ``self_overlapping`` within one.
 2. ``Ops``: validation (the messages and exception classes of the CPU path, reusing
    ``fastce._validation`` for everything that does not touch array memory), output
    allocation, launches and the host side of the reductions, written against a small
@@ -200,6 +200,18 @@ def extents_overlap(e1, e2):
     if e1 is None or e2 is None:
         return False
     return e1[0] < e2[1] and e2[0] < e1[1]
+
+
+def self_overlapping(shape, strides, itemsize):
+    """Whether two elements of one array may share memory (conservative, like the CPU
+    path's check): with the axes sorted by stride, each stride must clear the byte extent
+    of the axes below it.  A zero or overlapping stride (``as_strided`` views) fails."""
+    extent = itemsize
+    for st, n in sorted((abs(s), n) for n, s in zip(shape, strides) if n > 1):
+        if st < extent:
+            return True
+        extent += st * (n - 1)
+    return False
 
 
 @dataclass(frozen=True)
@@ -420,6 +432,11 @@ class Ops:
             raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
         if out.dtype != dtype:
             raise TypeError(f"{name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
+        # the kernels write each element once, from any thread: two elements at one
+        # address would race (and the result would depend on the schedule)
+        if out.size > 1 and self_overlapping(out.shape, out.strides, out.itemsize):
+            raise ValueError(f"{name} has elements that share memory (a view such as as_strided's); "
+                             f"pass a buffer whose elements are distinct")
         for input_name, arr in inputs.items():
             if self._overlaps(out, arr):
                 raise ValueError(f"{name} overlaps the input {input_name!r}; pass a separate buffer "
