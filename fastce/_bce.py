@@ -233,9 +233,9 @@ def _plan(x: Any, y: Any, w: Any, pw: Any, ge: Any, grad: Any,
             if a is None:
                 return None
             if kind == "scalar":
-                return (np.ascontiguousarray(a).reshape(1), 0, 0)
+                return (np.array(a, order="C").reshape(1), 0, 0)  # a copy: aligned
             if kind == "column":
-                return (np.ascontiguousarray(np.tile(a.reshape(-1), L // period)), 0, 1)
+                return (np.tile(a.reshape(-1), L // period), 0, 1)  # a new array: aligned
             return (a, L * isz, 1)
     else:
         L = shape[-1] if shape else 1
@@ -253,7 +253,7 @@ def _plan(x: Any, y: Any, w: Any, pw: Any, ge: Any, grad: Any,
                     v = np.empty((R, L), dtype=a.dtype)
                     copies.append((v, a))
                 else:  # exotic broadcast or layout: materialise (see the module docstring)
-                    v = np.ascontiguousarray(b).reshape(R, L)
+                    v = np.array(b, order="C").reshape(R, L)  # a copy: aligned
             return (v, v.strides[0], v.strides[1] // isz)
 
     inputs = (spec(x, "full"), spec(y, "full"), spec(w, kinds[0]), spec(pw, kinds[1]),

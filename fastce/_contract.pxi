@@ -111,8 +111,8 @@ def default_threads():
 cdef int resolve_threads(object n_threads) except -1:
     if n_threads is None:
         return _default_threads if _default_threads else max(1, fce_omp_max_threads())
-    if type(n_threads) is int and 1 <= <long long> n_threads <= MAX_THREADS:
-        return n_threads
+    if type(n_threads) is int and 1 <= n_threads <= MAX_THREADS:  # compared as Python ints:
+        return n_threads                                          # a C cast would overflow
     return check_n_threads(n_threads)
 
 
@@ -323,6 +323,14 @@ cdef bint _strides_ok(cnp.ndarray arr):
     return True
 
 
+def kernel_array(a, dtype=None):
+    """``a`` as a C-contiguous, aligned array (of ``dtype``) that the kernels can read: a
+    copy only when it is not all of that already (``np.ascontiguousarray`` alone returns
+    contiguous data at an unaligned address as it is)."""
+    a = np.asarray(a, dtype=dtype, order="C")
+    return a if a.flags.aligned else a.copy()
+
+
 def as_rows3(x, axis):
     """Read-only ``(A, C, B)`` view of ``x`` with the class axis in the middle.
 
@@ -331,7 +339,7 @@ def as_rows3(x, axis):
     """
     x3 = x.reshape(rows3_shape(x.shape, axis))
     if not (_strides_ok(x3) and x3.flags.aligned):
-        x3 = np.ascontiguousarray(x3)
+        x3 = kernel_array(x3)
     return x3
 
 
@@ -470,7 +478,7 @@ def checked_grad_output(grad_output, reduction, shape, what):
 def as_grad_output(grad_output, reduction, target_shape):
     """``(scalar, None)``, or ``(None, per-row float64 array)`` for an array under 'none'."""
     g0, g = checked_grad_output(grad_output, reduction, target_shape, "the shape of the per-row loss")
-    return g0, None if g is None else np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+    return g0, None if g is None else kernel_array(g, np.float64).reshape(-1)
 
 
 def _hard_target_slow(target, logits_shape, int64_t n_classes, ignore_index, logits_name):
@@ -493,7 +501,7 @@ def _hard_target_slow(target, logits_shape, int64_t n_classes, ignore_index, log
         flat = int(np.argmax(t.reshape(-1)))
         pos = [int(i) for i in np.unravel_index(flat, t.shape)] if t.ndim else []
         raise IndexError(f"target{pos} = {t.reshape(-1)[flat]} is out of bounds for {n_classes} classes")
-    return np.ascontiguousarray(t, dtype=np.int64).reshape(-1)
+    return kernel_array(t, np.int64).reshape(-1)
 
 
 def as_hard_target(target, logits_shape, n_classes, ignore_index, logits_name="logits"):
@@ -554,8 +562,7 @@ def as_weight(weight, n_classes, dtype):
         raise TypeError(f"weight must hold real numbers, got dtype {w.dtype}")
     if w.shape != (n_classes,):
         raise ArgumentValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
-    wd = np.ascontiguousarray(w, dtype=np.float64)
-    return np.ascontiguousarray(w, dtype=dtype), wd
+    return kernel_array(w, dtype), kernel_array(w, np.float64)
 
 
 def as_lse(lse, target_shape):
@@ -569,7 +576,7 @@ def as_lse(lse, target_shape):
         raise TypeError(f"lse must hold real numbers, got dtype {arr.dtype}")
     if arr.shape != tuple(target_shape):
         raise ValueError(f"lse must have one value per row, shape {tuple(target_shape)}, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
+    return kernel_array(arr, np.float64).reshape(-1)
 
 
 cdef void geom_rows(RowGeom *g, cnp.ndarray a):

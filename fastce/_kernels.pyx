@@ -1098,7 +1098,7 @@ def vtanh(x):
 
 
 cdef object _elementwise(x, int which):
-    cdef cnp.ndarray a = np.ascontiguousarray(x)
+    cdef cnp.ndarray a = kernel_array(x)
     if a.ndim != 1 or a.dtype not in (np.float32, np.float64):
         raise TypeError("x must be a 1-D float32 or float64 array")
     cdef cnp.ndarray out = np.empty_like(a)

@@ -201,11 +201,6 @@ IN_LAYOUTS = [(lay, G) for lay in ("C", "F", "sliced", "reversed", "unaligned", 
                                    "broadcast")]
 N_THREADS = [(None, G), (1, G), (2, G), (64, G), (0, B), (-1, B), (2**20 + 1, B), (2**31, B),
              (2**63, B), (2**100, B), (1.5, B), (True, B), ("2", B)]
-#: A known defect, left out of the cross-entropy family's draws until it is fixed (the
-#: compiled contract's resolve_threads casts n_threads to a C long long before its range
-#: check: an OverflowError naming nothing). test_n_threads_beyond_int64_is_a_value_error
-#: is a strict xfail that holds the place: when it passes, drop this and the marker.
-CE_N_THREADS = [p for p in N_THREADS if not (type(p[0]) is int and p[0] >= 2**63)]
 REDUCTIONS = [("mean", G), ("sum", G), ("none", G), ("avg", B), (None, B), (3, B)]
 SPECIALS = [((), G), (((0, -np.inf),), G), (((1, -np.inf), (5, -np.inf)), G),
             (((2, np.nan),), G), (((3, np.inf),), G), (((0, 1e30),), G)]
@@ -419,7 +414,7 @@ def test_fuzz_cross_entropy_family(worker, data):
                      "num_items": None}[name] or (isinstance(v, float) and np.isnan(v)):
                 opts[name] = v
     if criterion:
-        nt = c.pick("n_threads", CE_N_THREADS)
+        nt = c.pick("n_threads", N_THREADS)
         if nt is not None:
             opts["n_threads"] = nt
         c.r["ctor"] = opts
@@ -471,7 +466,7 @@ def test_fuzz_cross_entropy_family(worker, data):
                             c.pick("grad_output layout", IN_LAYOUTS))
         if g != 1.0:
             opts["grad_output"] = g
-    nt = c.pick("n_threads", CE_N_THREADS)
+    nt = c.pick("n_threads", N_THREADS)
     if nt is not None:
         opts["n_threads"] = nt
     c.r["kwargs"].update(opts)
@@ -657,8 +652,6 @@ def test_fuzz_configuration(data):
         fastce.set_isa(isa)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="_contract.pxi resolve_threads: <long long> cast before the range check")
 @pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss", "nll_loss_backward"])
 def test_n_threads_beyond_int64_is_a_value_error(fn):
     x = np.log(np.full((3, 5), 0.2))

@@ -15,13 +15,16 @@
     typedef int fce_##DT##m;                                                                    \
     static inline fce_##DT##v fce_##DT##_set1(T a) { return a; }                                \
     static inline fce_##DT##v fce_##DT##_zero(void) { return (T)0; }                            \
-    static inline fce_##DT##v fce_##DT##_loadu(const T *p) { return *p; }                      \
-    static inline void fce_##DT##_storeu(T *p, fce_##DT##v v) { *p = v; }                       \
+    /* memcpy: like the vector ISAs' loadu/storeu, defined at any address (one plain move) */ \
+    static inline fce_##DT##v fce_##DT##_loadu(const T *p) { T v; memcpy(&v, p, sizeof v); return v; } \
+    static inline void fce_##DT##_storeu(T *p, fce_##DT##v v) { memcpy(p, &v, sizeof v); }     \
     static inline fce_##DT##v fce_##DT##_load_tail(const T *p, int64_t n, T fill) {             \
-        return n > 0 ? *p : fill;                                                               \
+        return n > 0 ? fce_##DT##_loadu(p) : fill;                                              \
     }                                                                                           \
-    static inline void fce_##DT##_store_tail(T *p, int64_t n, fce_##DT##v v) { if (n > 0) *p = v; } \
-    static inline fce_##DT##v fce_##DT##_load_strided(const T *p, int64_t s) { (void)s; return *p; } \
+    static inline void fce_##DT##_store_tail(T *p, int64_t n, fce_##DT##v v) {                  \
+        if (n > 0) fce_##DT##_storeu(p, v);                                                     \
+    }                                                                                           \
+    static inline fce_##DT##v fce_##DT##_load_strided(const T *p, int64_t s) { (void)s; return fce_##DT##_loadu(p); } \
     static inline fce_##DT##v fce_##DT##_add(T a, T b) { return a + b; }                        \
     static inline fce_##DT##v fce_##DT##_sub(T a, T b) { return a - b; }                        \
     static inline fce_##DT##v fce_##DT##_mul(T a, T b) { return a * b; }                        \
