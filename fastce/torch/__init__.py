@@ -49,12 +49,23 @@ d_input and d_weight, ``N x H + V x H``); for 'none', whose weight gradient depe
 per-row upstream gradient, it saves the per-row lse and recomputes the logits chunk by
 chunk in backward (one more GEMM per chunk, no lse pass).
 
+Target gradients, as torch defines them. A probability target of ``cross_entropy`` that
+requires grad makes the forward return each row's lse too (same sweep) and save it with
+the logits; backward computes ``d loss / d target = -(1 - label_smoothing) * weight *
+log_softmax(x)`` as ``x - lse`` (``x`` after ``logit_scale`` and ``softcap``; z_loss does
+not depend on the target), scaled like the loss ('mean': by the row count or
+``num_items``) -- one elementwise pass in torch ops. A target of
+``binary_cross_entropy_with_logits`` that requires grad saves the logits; backward
+computes ``weight * (logsigmoid(-x) - pos_weight * logsigmoid(x))`` (``-weight * x``
+without ``pos_weight``). Nothing of this is computed or saved when the target does not
+require grad.
+
 Double backward: the loss ops' gradients come from fastce's kernels and are not
 differentiable again; ``create_graph=True`` works, but differentiating their gradients
-raises a RuntimeError naming the op. ``log_softmax``, ``softmax`` and ``logsumexp`` have
-backward formulas in torch ops and differentiate any number of times. Not differentiable:
-class weights (as in torch), probability targets and BCE targets (torch differentiates
-those; here it is a NotImplementedError: detach them).
+(the target gradients included) raises a RuntimeError naming the op. ``log_softmax``,
+``softmax`` and ``logsumexp`` have backward formulas in torch ops and differentiate any
+number of times. Not differentiable: class weights and ``pos_weight`` (as in torch: an
+error if they require grad).
 
 Threads
 -------

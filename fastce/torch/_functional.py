@@ -115,20 +115,18 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     soft = target.dtype.is_floating_point
     _check_ce_shapes(input, target, soft)
     _not_differentiable("nll_loss_forward", weight=weight)
-    if soft and _grad_on(target):
-        raise NotImplementedError("fastce.torch.cross_entropy: gradients w.r.t. probability targets "
-                                  "are not implemented; detach the target (or use "
-                                  "torch.nn.functional.cross_entropy)")
     if soft and target.dtype != input.dtype:
         target = target.to(input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32)
     if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     grad = _grad_on(input)
+    # a probability target that requires grad: backward needs the lse (log_softmax = x - lse)
+    grad_target = soft and _grad_on(target)
     loss, lse, _ = ops.call(
         ops.cross_entropy_op, input, target, weight, int(ignore_index), reduction, float(label_smoothing),
         float(z_loss), _float_or_none(softcap, "softcap"), float(logit_scale),
-        _float_or_none(num_items, "num_items"), bool(return_lse), grad,
-        _threads(n_threads), grad=grad)
+        _float_or_none(num_items, "num_items"), bool(return_lse) or grad_target, grad,
+        _threads(n_threads), grad=grad or grad_target)
     return (loss, lse) if return_lse else loss
 
 
@@ -183,12 +181,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if target.shape != input.shape:
         raise ValueError(f"Target size ({target.shape}) must be the same as input size ({input.shape})")
     _not_differentiable("binary_cross_entropy_with_logits", weight=weight, pos_weight=pos_weight)
-    if _grad_on(target):
-        raise NotImplementedError("fastce.torch.binary_cross_entropy_with_logits: gradients w.r.t. "
-                                  "the target are not implemented; detach it")
     grad = _grad_on(input)
     loss, _ = ops.call(ops.bce_op, input, target, weight, pos_weight, reduction, grad,
-                       _threads(n_threads), grad=grad)
+                       _threads(n_threads), grad=grad or _grad_on(target))
     return loss
 
 

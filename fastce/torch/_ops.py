@@ -180,19 +180,63 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, s
 
 
 def _ce_setup(ctx, inputs, output):
-    input, reduction, compute_grad = inputs[0], inputs[4], inputs[11]
-    _, lse, grad = output
+    input, target, weight, reduction = inputs[0], inputs[1], inputs[2], inputs[4]
+    compute_grad = inputs[11]
+    loss, lse, grad = output
     ctx.mark_non_differentiable(lse, grad)
     ctx.compute_grad = compute_grad
     ctx.per_row = reduction == "none" and input.dim() > 1
-    ctx.save_for_backward(grad if compute_grad else None, output[0])
+    # probability targets that require grad: the wrapper asked for the lse, so backward
+    # rebuilds log_softmax as (transformed logits - lse) without another row sweep
+    ctx.target_grad = bool(ctx.needs_input_grad[1]) and target.dtype.is_floating_point
+    if ctx.target_grad:
+        ctx.soft = (reduction, inputs[5], inputs[7], inputs[8], inputs[9])
+        ctx.target_dtype = target.dtype
+        ctx.save_for_backward(grad if compute_grad else None, input, weight, lse, loss)
+    else:
+        ctx.save_for_backward(grad if compute_grad else None, loss)
+
+
+def soft_target_grad(g, input, weight, lse, reduction, label_smoothing, softcap, logit_scale,
+                     num_items):
+    """d loss / d target for probability targets, times the upstream gradient ``g``.
+
+    torch's loss per row is ``-sum_c w_c t'_c log_softmax(x)_c`` with the smoothed target
+    ``t' = (1 - eps) t + eps / C``, so the derivative is ``-(1 - eps) w_c log_softmax(x)_c``
+    (z_loss does not depend on the target). ``x`` is the transformed logits (scale, then
+    softcap) and ``log_softmax(x) = x - lse`` with the forward's lse. 'mean' divides by the
+    row count (or ``num_items``), as the loss does.
+    """
+    cdim = 1 if input.dim() > 1 else 0
+    x = input.to(lse.dtype)
+    if logit_scale != 1.0:
+        x = x * logit_scale
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    gt = (x - lse.unsqueeze(cdim)) * -(1.0 - label_smoothing)
+    if weight is not None:
+        shape = [1] * input.dim()
+        shape[cdim] = input.shape[cdim]
+        gt = gt * weight.to(gt.dtype).reshape(shape)
+    if reduction == "none" and cdim == 1:
+        return gt * g.unsqueeze(1)
+    if reduction == "mean":
+        rows = input.numel() // input.shape[cdim] if input.shape[cdim] else 0
+        g = g / (num_items if num_items is not None else rows)
+    return gt * g
 
 
 @once_differentiable("fastce.torch.cross_entropy")
 def _ce_backward(ctx, g_loss, g_lse, g_grad):
     out = [None] * 13
-    if ctx.compute_grad and g_loss is not None:
-        out[0] = scale_grad(ctx.saved_tensors[0], g_loss, ctx.per_row)
+    if g_loss is None:
+        return tuple(out)
+    saved = ctx.saved_tensors
+    if ctx.compute_grad and ctx.needs_input_grad[0]:
+        out[0] = scale_grad(saved[0], g_loss, ctx.per_row)
+    if ctx.target_grad:
+        _, input, weight, lse, _ = saved
+        out[1] = soft_target_grad(g_loss, input, weight, lse, *ctx.soft).to(ctx.target_dtype)
     return tuple(out)
 
 
@@ -278,16 +322,49 @@ def _(input, target, weight, pos_weight, reduction, compute_grad, n_threads):
 
 
 def _bce_setup(ctx, inputs, output):
-    ctx.compute_grad = inputs[5]
+    input, target, weight, pos_weight, reduction, compute_grad = inputs[:6]
+    ctx.compute_grad = compute_grad
+    ctx.reduction = reduction
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1] if inputs[5] else None, output[0])
+    ctx.target_grad = bool(ctx.needs_input_grad[1])
+    if ctx.target_grad:
+        ctx.target_dtype = target.dtype
+        ctx.save_for_backward(output[1] if compute_grad else None, input, weight, pos_weight,
+                              output[0])
+    else:
+        ctx.save_for_backward(output[1] if compute_grad else None, output[0])
+
+
+def bce_target_grad(g, input, weight, pos_weight, reduction):
+    """d loss / d target of BCE with logits, times the upstream gradient ``g``.
+
+    The loss is ``-w [p y log s(x) + (1 - y) log(1 - s(x))]``, so
+    d/dy = ``w [log s(-x) - p log s(x)]`` (``-w x`` without ``pos_weight``); 'mean'
+    divides by the element count.
+    """
+    if pos_weight is None:
+        gt = -input
+    else:
+        ls = torch.nn.functional.logsigmoid
+        gt = ls(-input) - pos_weight.to(input.dtype) * ls(input)
+    if weight is not None:
+        gt = gt * weight.to(input.dtype)
+    if reduction == "mean":
+        g = g / input.numel()
+    return gt * g
 
 
 @once_differentiable("fastce.torch.binary_cross_entropy_with_logits")
 def _bce_backward(ctx, g_loss, g_grad):
     out = [None] * 7
-    if ctx.compute_grad and g_loss is not None:
-        out[0] = scale_grad(ctx.saved_tensors[0], g_loss, False)
+    if g_loss is None:
+        return tuple(out)
+    saved = ctx.saved_tensors
+    if ctx.compute_grad and ctx.needs_input_grad[0]:
+        out[0] = scale_grad(saved[0], g_loss, False)
+    if ctx.target_grad:
+        _, input, weight, pos_weight, _ = saved
+        out[1] = bce_target_grad(g_loss, input, weight, pos_weight, ctx.reduction).to(ctx.target_dtype)
     return tuple(out)
 
 
