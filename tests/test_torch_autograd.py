@@ -213,6 +213,23 @@ def test_compile_training_step_fullgraph():
             torch.testing.assert_close(a, b)
 
 
+def test_compile_target_gradients_fullgraph():
+    """Learned soft targets and BCE targets under torch.compile(fullgraph=True)."""
+    torch._dynamo.reset()
+
+    def loss(fns, x, t, y):
+        ce, bce = fns
+        return ce(x, torch.softmax(t, 1), label_smoothing=0.1) + bce(x, torch.sigmoid(y))
+
+    x, t, y = _x(4, 5), _x(4, 5, seed=1), _x(4, 5, seed=2)
+    args = [v.requires_grad_() for v in (x, t, y)]
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled((fce.cross_entropy, fce.binary_cross_entropy_with_logits), *args), args)
+    ref = torch.autograd.grad(loss((F.cross_entropy, F.binary_cross_entropy_with_logits), *args), args)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+
+
 # ------------------------------------------------------------------------- errors as torch's
 def _same_error(ours, theirs):
     with pytest.raises(Exception) as e_torch:
