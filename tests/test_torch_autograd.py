@@ -271,6 +271,13 @@ def test_unsupported_inputs_raise_clearly():
     assert fce.cross_entropy(x.to("meta"), torch.tensor([1, 2, 3, 4], device="meta")).device.type == "meta"
     with pytest.raises(RuntimeError, match="CPU tensors; input is on meta"):
         _convert.as_array(x.to("meta"), "input")
+    # CUDA tensors: a stand-in with a CUDA device (this torch may have no CUDA build)
+    class FakeCuda:
+        device, is_cpu = torch.device("cuda", 0), False
+    with pytest.raises(NotImplementedError, match=r"input is a CUDA tensor \(cuda:0\).*CPU tensors "
+                                                  r"only.*\.cpu\(\).*cupy\.from_dlpack.*CUDA build of "
+                                                  r"torch and CuPy"):
+        _convert.as_array(FakeCuda(), "input")
     with pytest.raises(TypeError, match="Python number"):
         fce.cross_entropy(x, torch.tensor([1, 2, 3, 4]), num_items=torch.tensor(3.0))
     with pytest.raises(ValueError, match="n_threads"):

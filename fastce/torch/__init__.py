@@ -24,8 +24,11 @@ logits (bfloat16: the tensor is reinterpreted as int16 and viewed as ``ml_dtypes
 from its own float32 accumulation): fastce's loss is the unrounded value (|difference| up
 to half a bf16 ulp, ~0.4% relative), and ``loss.backward()`` receives a float32
 grad_output; the gradient has the logits' dtype, rounded once. Class-index targets may be
-any integer dtype (torch requires int64/uint8). CUDA tensors raise a clear error (CuPy
-absent: install it; CuPy present: the DLPack route is not written yet); other devices too.
+any integer dtype (torch requires int64/uint8). CUDA tensors raise a NotImplementedError
+that says what works instead (``.cpu()``, torch on the GPU, or fastce's array API on
+``cupy.from_dlpack(t.detach())``, which needs CuPy and a CUDA build of torch): the DLPack
+hand-over to fastce's GPU path is not written, since it cannot be tested without a GPU.
+Other devices raise a RuntimeError (meta tensors get the fake implementations).
 
 Autograd, and what is saved
 ---------------------------

@@ -6,22 +6,32 @@ _HALF = (torch.float16, torch.bfloat16)
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def check_device(t, name):
-    """Raise a clear error for tensors fastce cannot read in place (CUDA, meta, ...)."""
+def _has_cupy() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_device(t: torch.Tensor, name: str) -> None:
+    """Raise a clear error for tensors fastce cannot read in place (CUDA, meta, ...).
+
+    CUDA tensors: fastce has a GPU path (CuPy arrays), but this version does not route
+    CUDA tensors to it (a DLPack hand-over could not be tested without a GPU), so the
+    error says what works today and what the hand-over would need.
+    """
     if t.device.type == "cpu":
         return
     if t.device.type == "cuda":
-        try:
-            import cupy  # noqa: F401
-        except ImportError:
-            raise RuntimeError(
-                f"fastce.torch: {name} is a CUDA tensor; fastce's GPU path needs CuPy "
-                f"(pip install 'fastce[cupy]'), which is not installed. Move the tensors to "
-                f"the CPU or use torch.nn.functional on the GPU.") from None
+        cupy_note = ("" if _has_cupy() else
+                     ", which is not installed here: pip install 'fastce[cupy]'")
         raise NotImplementedError(
-            f"fastce.torch: {name} is a CUDA tensor; routing CUDA tensors to fastce's CuPy "
-            f"kernels is not implemented yet. Use fastce.cross_entropy on cupy.from_dlpack(t) "
-            f"directly, or torch.nn.functional on the GPU.")
+            f"fastce.torch: {name} is a CUDA tensor ({t.device}); fastce.torch computes on CPU "
+            f"tensors only: handing CUDA tensors to fastce's GPU path is not implemented in this "
+            f"version. Move the tensors to the CPU (.cpu()), or use torch.nn.functional on the "
+            f"GPU, or call fastce's array API on cupy.from_dlpack(t.detach()) (no autograd; "
+            f"needs a CUDA build of torch and CuPy{cupy_note}).")
     raise RuntimeError(f"fastce.torch computes on CPU tensors; {name} is on {t.device}")
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 import fastce
 
-from ._convert import as_array, loss_dtype, resolve_threads, to_tensor
+from ._convert import as_array, check_device, loss_dtype, resolve_threads, to_tensor
 
 _LINEAR_BUDGET = 64 * 2**20  # bytes of the reused logits chunk, as fastce.linear_cross_entropy
 
@@ -134,9 +134,12 @@ def _plain_eager(t):
 
 def call(op, *args, grad=False):
     """Run ``op``: directly in plain eager mode, through the dispatcher otherwise."""
-    if _plain_eager(args[0]):
+    first = args[0]
+    if _plain_eager(first):
         impl, fn = _EAGER[op]
         return fn.apply(*args) if grad and fn is not None else impl(*args)
+    if first.device.type == "cuda":  # before any GPU work (linear CE's products), not at the kernel
+        check_device(first, "input")
     return op(*args)
 
 
