@@ -52,6 +52,10 @@ def as_array(t, name):
     """
     if t is None:
         return None
+    try:  # the common case costs one call; torch refuses the others, handled below
+        return t.numpy()
+    except (RuntimeError, TypeError, NotImplementedError):
+        pass
     if not t.is_cpu:
         check_device(t, name)
     if t.requires_grad:
@@ -68,7 +72,7 @@ def to_tensor(a, dtype=None):
     a = np.asarray(a)
     if not a.flags.writeable:  # torch warns on read-only arrays; results are ours, so copy
         a = a.copy()
-    if a.dtype.name == "bfloat16":
+    if a.dtype.kind == "V":  # ml_dtypes' bfloat16 (dtype.name is a slow Python property)
         out = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     else:
         out = torch.from_numpy(a)

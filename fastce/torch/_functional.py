@@ -12,6 +12,7 @@ __all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log
            "softmax", "logsumexp", "linear_cross_entropy"]
 
 _REDUCTIONS = ("none", "mean", "sum")
+_FLOAT_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
 
 
 def _reduction(size_average, reduce, reduction):
@@ -110,24 +111,46 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         half dtype). The gradient has the logits' dtype.
     lse : Tensor (only with ``return_lse``)
     """
-    reduction = _reduction(size_average, reduce, reduction)
-    check_float(input, "input")
+    # The checks are written inline with fast common cases (a 2-D float input, class indices,
+    # default options): at small shapes each Python call here costs as much as a percent of
+    # the kernel. The slow helpers run only off the common path.
+    if size_average is not None or reduce is not None or reduction not in _REDUCTIONS:
+        reduction = _reduction(size_average, reduce, reduction)
+    dtype = input.dtype
+    if dtype not in _FLOAT_DTYPES:
+        check_float(input, "input")
     soft = target.dtype.is_floating_point
-    _check_ce_shapes(input, target, soft)
-    _not_differentiable("nll_loss_forward", weight=weight)
-    if soft and target.dtype != input.dtype:
-        target = target.to(input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32)
+    if soft or input.dim() != 2 or target.dim() != 1 or target.shape[0] != input.shape[0]:
+        _check_ce_shapes(input, target, soft)
+    if weight is not None:
+        _not_differentiable("nll_loss_forward", weight=weight)
+    if soft and target.dtype != dtype:
+        target = target.to(dtype if dtype in (torch.float32, torch.float64) else torch.float32)
+    if label_smoothing.__class__ is not float or not 0.0 <= label_smoothing <= 1.0:
+        label_smoothing = _smoothing(label_smoothing)
+    grad_mode = torch.is_grad_enabled()
+    grad = grad_mode and input.requires_grad
+    # a probability target that requires grad: backward needs the lse (log_softmax = x - lse)
+    grad_target = soft and grad_mode and target.requires_grad
+    args = (input, target, weight, ignore_index if ignore_index.__class__ is int else int(ignore_index),
+            reduction, label_smoothing, z_loss if z_loss.__class__ is float else float(z_loss),
+            None if softcap is None else _float_or_none(softcap, "softcap"),
+            logit_scale if logit_scale.__class__ is float else float(logit_scale),
+            None if num_items is None else _float_or_none(num_items, "num_items"),
+            bool(return_lse) or grad_target, grad, 0 if n_threads is None else _threads(n_threads))
+    if grad or grad_target:
+        loss, lse, _ = ops.call(ops.cross_entropy_op, *args, grad=True)
+    elif ops.plain_eager(input):  # the loss only: no autograd node, no placeholder outputs
+        loss, lse, _ = ops._ce_compute(*args)
+    else:
+        loss, lse, _ = ops.call(ops.cross_entropy_op, *args)
+    return (loss, lse) if return_lse else loss
+
+
+def _smoothing(label_smoothing):
     if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
-    grad = _grad_on(input)
-    # a probability target that requires grad: backward needs the lse (log_softmax = x - lse)
-    grad_target = soft and _grad_on(target)
-    loss, lse, _ = ops.call(
-        ops.cross_entropy_op, input, target, weight, int(ignore_index), reduction, float(label_smoothing),
-        float(z_loss), _float_or_none(softcap, "softcap"), float(logit_scale),
-        _float_or_none(num_items, "num_items"), bool(return_lse) or grad_target, grad,
-        _threads(n_threads), grad=grad or grad_target)
-    return (loss, lse) if return_lse else loss
+    return float(label_smoothing)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

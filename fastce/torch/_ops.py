@@ -20,9 +20,11 @@ import torch
 from torch import Tensor
 
 import fastce
+from fastce._api import _ce_call
 
 from ._convert import as_array, check_device, loss_dtype, resolve_threads, to_tensor
 
+_FULL = (torch.float32, torch.float64)
 _LINEAR_BUDGET = 64 * 2**20  # bytes of the reused logits chunk, as fastce.linear_cross_entropy
 
 # ---------------------------------------------------------------------------------------
@@ -111,33 +113,55 @@ def _empty(dtype):
 _EAGER = {}
 
 
-def _register(op, setup=None, backward=None):
-    impl = op._init_fn
-    fn = None
+# torch.autograd.Function.apply is Python (a signature bind, functorch's dead-wrapper
+# unwrapping over every argument) around the C apply; in plain eager mode (no functorch
+# transform: ``plain_eager``) the C apply does the same work.
+_C_APPLY = torch._C._FunctionBase.__dict__["apply"]
+
+
+def _register(op, setup=None, backward=None, eager=None):
+    """Register ``op``'s autograd formula, and the eager fast path ``call`` takes.
+
+    ``eager``: the implementation run outside the dispatcher (default: the op's own); it
+    may return None where the op returns an empty placeholder tensor, which costs a
+    ``torch.empty`` per output and call. ``setup`` must accept those Nones.
+    """
+    impl = eager if eager is not None else op._init_fn
+    apply = None
     if backward is not None:
         op.register_autograd(backward, setup_context=setup)
+
         def forward(ctx, *args):  # ctx-style: a separate setup_context costs a signature bind per call
             out = impl(*args)
             setup(ctx, args, out)
             return out
 
-        fn = type(f"_{impl.__name__}_function", (torch.autograd.Function,),
+        fn = type(f"_{op._init_fn.__name__}_function", (torch.autograd.Function,),
                   {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-    _EAGER[op] = (impl, fn)
+        apply = _C_APPLY.__get__(None, fn)
+    _EAGER[op] = (impl, apply)
 
 
-def _plain_eager(t):
-    return (type(t) is Tensor and t.is_cpu and not torch.compiler.is_compiling()
-            and torch._C._len_torch_dispatch_stack() == 0
-            and torch._C._functorch.peek_interpreter_stack() is None)
+_is_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_level = torch._C._functorch.peek_interpreter_stack
+
+
+def plain_eager(t):
+    """True in plain eager mode on a CPU tensor: no compile, tracing, dispatch mode or transform."""
+    return (type(t) is Tensor and t.is_cpu and not _is_compiling()
+            and _dispatch_modes() == 0 and _functorch_level() is None)
 
 
 def call(op, *args, grad=False):
-    """Run ``op``: directly in plain eager mode, through the dispatcher otherwise."""
+    """Run ``op``: directly in plain eager mode, through the dispatcher otherwise.
+
+    In eager mode the results may hold None where the op returns an empty placeholder.
+    """
     first = args[0]
-    if _plain_eager(first):
-        impl, fn = _EAGER[op]
-        return fn.apply(*args) if grad and fn is not None else impl(*args)
+    if plain_eager(first):
+        impl, apply = _EAGER[op]
+        return apply(*args) if grad and apply is not None else impl(*args)
     if first.device.type == "cuda":  # before any GPU work (linear CE's products), not at the kernel
         check_device(first, "input")
     return op(*args)
@@ -146,29 +170,44 @@ def call(op, *args, grad=False):
 # ---------------------------------------------------------------------------------------
 # cross-entropy
 # ---------------------------------------------------------------------------------------
+def _ce_compute(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                logit_scale, num_items, return_lse, compute_grad, n_threads):
+    """(loss, lse or None, d loss / d input at grad_output=1 or None): the op's work.
+
+    Calls the compiled entry point behind ``fastce.cross_entropy(_with_grad)`` (same
+    package, same checks) with positional arguments: the public functions' keyword layer
+    is a measurable part of a small call.
+    """
+    x, t = as_array(input, "input"), as_array(target, "target")
+    w = None if weight is None else as_array(weight, "weight")
+    nt = n_threads if n_threads > 0 else torch.get_num_threads()
+    ldtype = input.dtype if input.dtype in _FULL else loss_dtype(input.dtype)
+    if compute_grad:
+        grad = torch.empty(input.shape, dtype=input.dtype)
+        unit = np.ones(tuple(rows_shape(input, target))) if reduction == "none" else 1.0
+        res = _ce_call(1, x, t, w, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                       logit_scale, num_items, None, return_lse, 0, None, unit,
+                       as_array(grad, "grad"), False, None, nt)
+        return to_tensor(res[0], ldtype), (to_tensor(res[2], ldtype) if return_lse else None), grad
+    res = _ce_call(0, x, t, w, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                   logit_scale, num_items, None, return_lse, 0, None, 1.0, None, False, None, nt)
+    if return_lse:
+        return to_tensor(res[0], ldtype), to_tensor(res[1], ldtype), None
+    loss = torch.from_numpy(np.asarray(res))  # a fresh result (a writeable NumPy scalar or array)
+    return (loss if loss.dtype == ldtype else loss.to(ldtype)), None, None
+
+
 @torch.library.custom_op("fastce::cross_entropy", mutates_args=())
 def cross_entropy_op(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
                      reduction: str, label_smoothing: float, z_loss: float, softcap: Optional[float],
                      logit_scale: float, num_items: Optional[float], return_lse: bool,
                      compute_grad: bool, n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
     """(loss, lse or empty, d loss / d input at grad_output=1 or empty)."""
-    x, t, w = as_array(input, "input"), as_array(target, "target"), as_array(weight, "weight")
-    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
-              label_smoothing=label_smoothing, return_lse=return_lse,
-              n_threads=resolve_threads(n_threads),
-              **extension_kwargs(z_loss, softcap, logit_scale, num_items))
-    ldtype = loss_dtype(input.dtype)
-    grad = _empty(input.dtype)
-    if compute_grad:
-        grad = torch.empty(input.shape, dtype=input.dtype)
-        unit = np.ones(tuple(rows_shape(input, target))) if reduction == "none" else 1.0
-        res = fastce.cross_entropy_with_grad(x, t, out=as_array(grad, "grad"), grad_output=unit, **kw)
-        loss, lse = res[0], (res[2] if return_lse else None)
-    else:
-        res = fastce.cross_entropy(x, t, **kw)
-        loss, lse = (res if return_lse else (res, None))
-    lse = to_tensor(lse, ldtype) if return_lse else _empty(ldtype)
-    return to_tensor(loss, ldtype), lse, grad
+    loss, lse, grad = _ce_compute(input, target, weight, ignore_index, reduction, label_smoothing,
+                                  z_loss, softcap, logit_scale, num_items, return_lse,
+                                  compute_grad, n_threads)
+    return (loss, lse if lse is not None else _empty(loss.dtype),
+            grad if grad is not None else _empty(input.dtype))
 
 
 @cross_entropy_op.register_fake
@@ -186,7 +225,7 @@ def _ce_setup(ctx, inputs, output):
     input, target, weight, reduction = inputs[0], inputs[1], inputs[2], inputs[4]
     compute_grad = inputs[11]
     loss, lse, grad = output
-    ctx.mark_non_differentiable(lse, grad)
+    ctx.mark_non_differentiable(*[o for o in (lse, grad) if o is not None])
     ctx.compute_grad = compute_grad
     ctx.per_row = reduction == "none" and input.dim() > 1
     # probability targets that require grad: the wrapper asked for the lse, so backward
@@ -243,7 +282,7 @@ def _ce_backward(ctx, g_loss, g_lse, g_grad):
     return tuple(out)
 
 
-_register(cross_entropy_op, _ce_setup, _ce_backward)
+_register(cross_entropy_op, _ce_setup, _ce_backward, eager=_ce_compute)
 
 
 # ---------------------------------------------------------------------------------------
