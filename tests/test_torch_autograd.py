@@ -273,7 +273,7 @@ def test_unsupported_inputs_raise_clearly():
         _convert.as_array(x.to("meta"), "input")
     # CUDA tensors: a stand-in with a CUDA device (this torch may have no CUDA build)
     class FakeCuda:
-        device, is_cpu = torch.device("cuda", 0), False
+        device, is_cpu, requires_grad = torch.device("cuda", 0), False, False
 
         def numpy(self):  # what torch raises for a CUDA tensor
             raise TypeError("can't convert cuda:0 device type tensor to numpy.")

@@ -73,10 +73,10 @@ def once_differentiable(name):
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(ctx, *grads):
+            if not torch.is_grad_enabled():  # a plain backward (no create_graph): no wrapping
+                return fn(ctx, *grads)
             with torch.no_grad():
                 out = fn(ctx, *grads)
-            if not torch.is_grad_enabled():
-                return out
             pos = [i for i, o in enumerate(out) if isinstance(o, Tensor)]
             if not pos:
                 return out
@@ -222,6 +222,8 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, s
 
 
 def _ce_setup(ctx, inputs, output):
+    # outputs that are never differentiated (lse, saved gradients): no zeros of their shapes in backward
+    ctx.set_materialize_grads(False)
     input, target, weight, reduction = inputs[0], inputs[1], inputs[2], inputs[4]
     compute_grad = inputs[11]
     loss, lse, grad = output
@@ -364,6 +366,8 @@ def _(input, target, weight, pos_weight, reduction, compute_grad, n_threads):
 
 
 def _bce_setup(ctx, inputs, output):
+    # outputs that are never differentiated (lse, saved gradients): no zeros of their shapes in backward
+    ctx.set_materialize_grads(False)
     input, target, weight, pos_weight, reduction, compute_grad = inputs[:6]
     ctx.compute_grad = compute_grad
     ctx.reduction = reduction
@@ -667,6 +671,8 @@ def _(grad_output, lse, input, weight, target, bias, cls_weight, ignore_index, l
 
 
 def _linear_setup(ctx, inputs, output):
+    # outputs that are never differentiated (lse, saved gradients): no zeros of their shapes in backward
+    ctx.set_materialize_grads(False)
     (input, weight, target, bias, cls_weight, ignore_index, reduction, label_smoothing, z_loss,
      softcap, logit_scale, num_items, chunk_size, return_lse, grads, n_threads) = inputs
     loss, lse, d_in, d_w, d_b = output
