@@ -1,4 +1,6 @@
 """Tensors to NumPy views and back, without copies, and the thread count of a call."""
+from typing import Any, Optional
+
 import numpy as np
 import torch
 
@@ -35,7 +37,7 @@ def check_device(t: torch.Tensor, name: str) -> None:
     raise RuntimeError(f"fastce.torch computes on CPU tensors; {name} is on {t.device}")
 
 
-def _bfloat16():
+def _bfloat16() -> Any:
     try:
         import ml_dtypes
     except ImportError:
@@ -44,7 +46,7 @@ def _bfloat16():
     return ml_dtypes.bfloat16
 
 
-def as_array(t, name):
+def as_array(t: Optional[torch.Tensor], name: str) -> Any:
     """A NumPy view of ``t``'s memory (same strides), or None for None.
 
     The view aliases the tensor: writing to it writes the tensor. ``bfloat16`` tensors are
@@ -67,7 +69,7 @@ def as_array(t, name):
     return t.numpy()
 
 
-def to_tensor(a, dtype=None):
+def to_tensor(a: Any, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """A tensor sharing ``a``'s memory (a NumPy scalar becomes a 0-d tensor)."""
     a = np.asarray(a)
     if not a.flags.writeable:  # torch warns on read-only arrays; results are ours, so copy
@@ -79,17 +81,17 @@ def to_tensor(a, dtype=None):
     return out if dtype is None or out.dtype == dtype else out.to(dtype)
 
 
-def loss_dtype(dtype):
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
     """The loss dtype for logits of ``dtype``: float32 for float16/bfloat16 (computed in float32)."""
     return torch.float32 if dtype in _HALF else dtype
 
 
-def resolve_threads(n_threads):
+def resolve_threads(n_threads: Optional[int]) -> int:
     """``n_threads`` when given (> 0), else torch's intra-op thread count."""
     return n_threads if n_threads and n_threads > 0 else torch.get_num_threads()
 
 
-def check_float(t, name):
+def check_float(t: torch.Tensor, name: str) -> None:
     if not t.dtype.is_floating_point or t.dtype not in _FLOATS:
         raise NotImplementedError(f"fastce.torch: {name} must be float32, float64, float16 or "
                                   f"bfloat16, got {t.dtype}")
