@@ -181,8 +181,9 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
         raise RuntimeError(f"expected target dtype to be Long, but got {target.dtype}")
     _check_ce_shapes(input, target, False)
     _not_differentiable("nll_loss_forward", weight=weight)
-    return ops.call(ops.nll_loss_op, input, target, weight, int(ignore_index), reduction,
-                    grad=_grad_on(input))
+    loss: Tensor = ops.call(ops.nll_loss_op, input, target, weight, int(ignore_index), reduction,
+                            grad=_grad_on(input))
+    return loss
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
@@ -214,6 +215,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Opti
         raise ValueError(f"Target size ({target.shape}) must be the same as input size ({input.shape})")
     _not_differentiable("binary_cross_entropy_with_logits", weight=weight, pos_weight=pos_weight)
     grad = _grad_on(input)
+    loss: Tensor
     loss, _ = ops.call(ops.bce_op, input, target, weight, pos_weight, reduction, grad,
                        _threads(n_threads), grad=grad or _grad_on(target))
     return loss
@@ -234,9 +236,11 @@ def _softmax_call(op: Any, input: Tensor, dim: Optional[int], dtype: Optional[to
         dim = _softmax_dim(input.dim())
     grad = _grad_on(input)
     if input.dim() == 0:
-        return ops.call(op, input.reshape(1), 0, _threads(n_threads), grad=grad).reshape(())
+        out: Tensor = ops.call(op, input.reshape(1), 0, _threads(n_threads), grad=grad)
+        return out.reshape(())
     dim = _dim(dim, input.dim())
-    return ops.call(op, input, dim, _threads(n_threads), grad=grad)
+    res: Tensor = ops.call(op, input, dim, _threads(n_threads), grad=grad)
+    return res
 
 
 def _dim(dims: Union[int, Sequence[int]], ndim: int) -> int:
@@ -274,7 +278,7 @@ def logsumexp(input: Tensor, dim: Union[int, Sequence[int]], keepdim: bool = Fal
     if input.dim() == 0:
         return input.clone()
     d = _dim(dim, input.dim())
-    out = ops.call(ops.logsumexp_op, input, d, _threads(n_threads), grad=_grad_on(input))
+    out: Tensor = ops.call(ops.logsumexp_op, input, d, _threads(n_threads), grad=_grad_on(input))
     return out.unsqueeze(d) if keepdim else out
 
 

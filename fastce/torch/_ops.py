@@ -13,14 +13,19 @@ elementwise pass otherwise).  When the input does not require grad only the loss
 computed and nothing is saved.
 """
 import functools
-from typing import List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-import fastce
-from fastce._api import _ce_call
+import fastce as _fastce
+from fastce import _api
+
+# fastce's NumPy API is not annotated (yet): typed here as Any at the boundary, so that
+# mypy --strict checks this package without following untyped calls
+fastce: Any = _fastce
+_ce_call: Any = _api._ce_call
 
 from ._convert import as_array, check_device, loss_dtype, resolve_threads, to_tensor
 
@@ -30,7 +35,8 @@ _LINEAR_BUDGET = 64 * 2**20  # bytes of the reused logits chunk, as fastce.linea
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def extension_kwargs(z_loss, softcap, logit_scale, num_items):
+def extension_kwargs(z_loss: float, softcap: Optional[float], logit_scale: float,
+                     num_items: Optional[float]) -> Dict[str, Any]:
     """fastce's extension keywords, each passed only when it differs from its default."""
     kw = {}
     if z_loss:
@@ -44,12 +50,12 @@ def extension_kwargs(z_loss, softcap, logit_scale, num_items):
     return kw
 
 
-def _eager(t):
+def _eager(t: Any) -> bool:
     """True for a plain tensor outside any tracing (where reading its value is cheap)."""
     return type(t) is Tensor and not torch.compiler.is_compiling()
 
 
-def scale_grad(grad, g, per_row):
+def scale_grad(grad: Tensor, g: Tensor, per_row: bool) -> Tensor:
     """``grad * grad_output``: ``per_row`` broadcasts a per-row g over the class axis 1."""
     if per_row:
         g = g.unsqueeze(1)
@@ -58,7 +64,7 @@ def scale_grad(grad, g, per_row):
     return (grad * g).to(grad.dtype)
 
 
-def once_differentiable(name):
+def once_differentiable(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Run a backward under no_grad; under ``create_graph`` its results raise on use.
 
     Like ``torch.autograd.function.once_differentiable``, but the error names the op, and
@@ -70,9 +76,9 @@ def once_differentiable(name):
            f"which autograd cannot differentiate again. Use torch.nn.functional for "
            f"higher-order gradients.").encode()
 
-    def deco(fn):
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def wrapper(ctx, *grads):
+        def wrapper(ctx: Any, *grads: Any) -> Any:
             if not torch.is_grad_enabled():  # a plain backward (no create_graph): no wrapping
                 return fn(ctx, *grads)
             with torch.no_grad():
@@ -91,14 +97,14 @@ def once_differentiable(name):
     return deco
 
 
-def rows_shape(input, target):
+def rows_shape(input: Tensor, target: Tensor) -> Tuple[int, ...]:
     """The shape of per-row results: the target's, or the logits' without the class axis."""
     if target.dtype.is_floating_point and target.shape == input.shape:
         return input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
     return target.shape
 
 
-def _empty(dtype):
+def _empty(dtype: torch.dtype) -> Tensor:
     return torch.empty(0, dtype=dtype)
 
 
@@ -110,7 +116,7 @@ def _empty(dtype):
 # mode (no compile, no tracing, no dispatch mode, no functorch transform) ``call`` runs the
 # op's Python implementation directly, through a torch.autograd.Function built from the
 # op's own setup_context and backward when a gradient is needed; traced code sees the op.
-_EAGER = {}
+_EAGER: Dict[Any, Tuple[Callable[..., Any], Optional[Callable[..., Any]]]] = {}
 
 
 # torch.autograd.Function.apply is Python (a signature bind, functorch's dead-wrapper
@@ -119,7 +125,9 @@ _EAGER = {}
 _C_APPLY = torch._C._FunctionBase.__dict__["apply"]
 
 
-def _register(op, setup=None, backward=None, eager=None):
+def _register(op: Any, setup: Optional[Callable[..., Any]] = None,
+                backward: Optional[Callable[..., Any]] = None,
+                eager: Optional[Callable[..., Any]] = None) -> None:
     """Register ``op``'s autograd formula, and the eager fast path ``call`` takes.
 
     ``eager``: the implementation run outside the dispatcher (default: the op's own); it
@@ -131,7 +139,10 @@ def _register(op, setup=None, backward=None, eager=None):
     if backward is not None:
         op.register_autograd(backward, setup_context=setup)
 
-        def forward(ctx, *args):  # ctx-style: a separate setup_context costs a signature bind per call
+        assert setup is not None
+
+        # ctx-style forward: a separate setup_context costs a signature bind per call
+        def forward(ctx: Any, *args: Any) -> Any:
             out = impl(*args)
             setup(ctx, args, out)
             return out
@@ -147,13 +158,13 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_level = torch._C._functorch.peek_interpreter_stack
 
 
-def plain_eager(t):
+def plain_eager(t: Any) -> bool:
     """True in plain eager mode on a CPU tensor: no compile, tracing, dispatch mode or transform."""
     return (type(t) is Tensor and t.is_cpu and not _is_compiling()
             and _dispatch_modes() == 0 and _functorch_level() is None)
 
 
-def call(op, *args, grad=False):
+def call(op: Any, *args: Any, grad: bool = False) -> Any:
     """Run ``op``: directly in plain eager mode, through the dispatcher otherwise.
 
     In eager mode the results may hold None where the op returns an empty placeholder.
@@ -170,8 +181,10 @@ def call(op, *args, grad=False):
 # ---------------------------------------------------------------------------------------
 # cross-entropy
 # ---------------------------------------------------------------------------------------
-def _ce_compute(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-                logit_scale, num_items, return_lse, compute_grad, n_threads):
+def _ce_compute(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+                reduction: str, label_smoothing: float, z_loss: float, softcap: Optional[float],
+                logit_scale: float, num_items: Optional[float], return_lse: bool,
+                compute_grad: bool, n_threads: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """(loss, lse or None, d loss / d input at grad_output=1 or None): the op's work.
 
     Calls the compiled entry point behind ``fastce.cross_entropy(_with_grad)`` (same
@@ -211,8 +224,9 @@ def cross_entropy_op(input: Tensor, target: Tensor, weight: Optional[Tensor], ig
 
 
 @cross_entropy_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-      logit_scale, num_items, return_lse, compute_grad, n_threads):
+def _(input: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
+      label_smoothing: Any, z_loss: Any, softcap: Any, logit_scale: Any, num_items: Any,
+      return_lse: Any, compute_grad: Any, n_threads: Any) -> Any:
     ldtype = loss_dtype(input.dtype)
     rows = rows_shape(input, target)
     loss = input.new_empty(rows if reduction == "none" else (), dtype=ldtype)
@@ -221,8 +235,8 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, s
     return loss, lse, grad
 
 
-def _ce_setup(ctx, inputs, output):
-    # outputs that are never differentiated (lse, saved gradients): no zeros of their shapes in backward
+def _ce_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
+    # outputs never differentiated (lse, saved gradients): no zeros of their shapes in backward
     ctx.set_materialize_grads(False)
     input, target, weight, reduction = inputs[0], inputs[1], inputs[2], inputs[4]
     compute_grad = inputs[11]
@@ -241,8 +255,9 @@ def _ce_setup(ctx, inputs, output):
         ctx.save_for_backward(grad if compute_grad else None, loss)
 
 
-def soft_target_grad(g, input, weight, lse, reduction, label_smoothing, softcap, logit_scale,
-                     num_items):
+def soft_target_grad(g: Tensor, input: Tensor, weight: Optional[Tensor], lse: Tensor,
+                       reduction: str, label_smoothing: float, softcap: Optional[float],
+                       logit_scale: float, num_items: Optional[float]) -> Tensor:
     """d loss / d target for probability targets, times the upstream gradient ``g``.
 
     torch's loss per row is ``-sum_c w_c t'_c log_softmax(x)_c`` with the smoothed target
@@ -271,8 +286,9 @@ def soft_target_grad(g, input, weight, lse, reduction, label_smoothing, softcap,
 
 
 @once_differentiable("fastce.torch.cross_entropy")
-def _ce_backward(ctx, g_loss, g_lse, g_grad):
-    out = [None] * 13
+def _ce_backward(ctx: Any, g_loss: Optional[Tensor], g_lse: Optional[Tensor],
+                 g_grad: Optional[Tensor]) -> Any:
+    out: List[Optional[Tensor]] = [None] * 13
     if g_loss is None:
         return tuple(out)
     saved = ctx.saved_tensors
@@ -300,7 +316,7 @@ def nll_loss_op(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_
 
 
 @nll_loss_op.register_fake
-def _(input, target, weight, ignore_index, reduction):
+def _(input: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any) -> Any:
     return input.new_empty(target.shape if reduction == "none" else ())
 
 
@@ -316,18 +332,19 @@ def nll_loss_backward_op(grad_output: Tensor, input: Tensor, target: Tensor,
 
 
 @nll_loss_backward_op.register_fake
-def _(grad_output, input, target, weight, ignore_index, reduction):
+def _(grad_output: Any, input: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any
+      ) -> Any:
     return input.new_empty(input.shape)
 
 
-def _nll_setup(ctx, inputs, output):
+def _nll_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
     input, target, weight, ignore_index, reduction = inputs
     ctx.save_for_backward(input, target, weight, output)
     ctx.ignore_index, ctx.reduction = ignore_index, reduction
 
 
 @once_differentiable("fastce.torch.nll_loss")
-def _nll_backward(ctx, g):
+def _nll_backward(ctx: Any, g: Tensor) -> Any:
     input, target, weight, _ = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None
@@ -360,13 +377,14 @@ def bce_op(input: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: 
 
 
 @bce_op.register_fake
-def _(input, target, weight, pos_weight, reduction, compute_grad, n_threads):
+def _(input: Any, target: Any, weight: Any, pos_weight: Any, reduction: Any, compute_grad: Any,
+      n_threads: Any) -> Any:
     loss = input.new_empty(input.shape if reduction == "none" else ())
     return loss, (input.new_empty(input.shape) if compute_grad else input.new_empty(0))
 
 
-def _bce_setup(ctx, inputs, output):
-    # outputs that are never differentiated (lse, saved gradients): no zeros of their shapes in backward
+def _bce_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
+    # outputs never differentiated (lse, saved gradients): no zeros of their shapes in backward
     ctx.set_materialize_grads(False)
     input, target, weight, pos_weight, reduction, compute_grad = inputs[:6]
     ctx.compute_grad = compute_grad
@@ -381,7 +399,8 @@ def _bce_setup(ctx, inputs, output):
         ctx.save_for_backward(output[1] if compute_grad else None, output[0])
 
 
-def bce_target_grad(g, input, weight, pos_weight, reduction):
+def bce_target_grad(g: Tensor, input: Tensor, weight: Optional[Tensor],
+                      pos_weight: Optional[Tensor], reduction: str) -> Tensor:
     """d loss / d target of BCE with logits, times the upstream gradient ``g``.
 
     The loss is ``-w [p y log s(x) + (1 - y) log(1 - s(x))]``, so
@@ -401,8 +420,8 @@ def bce_target_grad(g, input, weight, pos_weight, reduction):
 
 
 @once_differentiable("fastce.torch.binary_cross_entropy_with_logits")
-def _bce_backward(ctx, g_loss, g_grad):
-    out = [None] * 7
+def _bce_backward(ctx: Any, g_loss: Optional[Tensor], g_grad: Optional[Tensor]) -> Any:
+    out: List[Optional[Tensor]] = [None] * 7
     if g_loss is None:
         return tuple(out)
     saved = ctx.saved_tensors
@@ -437,26 +456,26 @@ def softmax_op(input: Tensor, dim: int, n_threads: int) -> Tensor:
 
 
 @log_softmax_op.register_fake
-def _(input, dim, n_threads):
+def _(input: Any, dim: Any, n_threads: Any) -> Any:
     return input.new_empty(input.shape)
 
 
 @softmax_op.register_fake
-def _(input, dim, n_threads):
+def _(input: Tensor, dim: int, n_threads: int) -> Any:
     return input.new_empty(input.shape)
 
 
-def _save_output(ctx, inputs, output):
+def _save_output(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
     ctx.dim = inputs[1]
     ctx.save_for_backward(output)
 
 
-def _log_softmax_backward(ctx, g):
+def _log_softmax_backward(ctx: Any, g: Tensor) -> Any:
     (out,) = ctx.saved_tensors
     return g - out.exp() * g.sum(ctx.dim, keepdim=True), None, None
 
 
-def _softmax_backward(ctx, g):
+def _softmax_backward(ctx: Any, g: Tensor) -> Any:
     (out,) = ctx.saved_tensors
     return out * (g - (g * out).sum(ctx.dim, keepdim=True)), None, None
 
@@ -472,18 +491,18 @@ def logsumexp_op(input: Tensor, dim: int, n_threads: int) -> Tensor:
 
 
 @logsumexp_op.register_fake
-def _(input, dim, n_threads):
+def _(input: Any, dim: Any, n_threads: Any) -> Any:
     shape = list(input.shape)
     del shape[dim]
     return input.new_empty(shape)
 
 
-def _lse_setup(ctx, inputs, output):
+def _lse_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
     ctx.dim = inputs[1]
     ctx.save_for_backward(inputs[0], output)
 
 
-def _lse_backward(ctx, g):
+def _lse_backward(ctx: Any, g: Tensor) -> Any:
     x, out = ctx.saved_tensors
     return g.unsqueeze(ctx.dim) * (x - out.unsqueeze(ctx.dim)).exp(), None, None
 
@@ -494,9 +513,11 @@ _register(logsumexp_op, _lse_setup, _lse_backward)
 # ---------------------------------------------------------------------------------------
 # linear cross-entropy: torch's GEMMs (torch's thread pool) + fastce's row sweeps, chunked
 # ---------------------------------------------------------------------------------------
-def _linear_sweep(input, weight, target, bias, cls_weight, ignore_index, reduction,
-                  label_smoothing, ext, chunk_size, return_lse, grads, n_threads,
-                  grad_output=None, lse=None):
+def _linear_sweep(input: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
+                  cls_weight: Optional[Tensor], ignore_index: int, reduction: str,
+                  label_smoothing: float, ext: Dict[str, Any], chunk_size: int, return_lse: bool,
+                  grads: Any, n_threads: int, grad_output: Any = None,
+                  lse: Any = None) -> Tuple[Any, ...]:
     """One chunked pass over the rows not ignored.
 
     ``grads`` = (input, weight, bias) flags of the gradients to accumulate.  Forward
@@ -532,11 +553,11 @@ def _linear_sweep(input, weight, target, bias, cls_weight, ignore_index, reducti
     chunk_ext = {k: val for k, val in ext.items() if k != "num_items"}
     with np.errstate(divide="ignore", invalid="ignore"):
         unit = float(np.float64(1.0) / np.float64(denom))
-    d_in = torch.zeros((n, h), dtype=dtype) if want_in else None
-    d_w = torch.zeros((v, h), dtype=acc) if want_w else None
-    d_b = torch.zeros(v, dtype=torch.float64) if want_b else None
-    loss_rows = torch.zeros(n, dtype=torch.float64) if reduction == "none" and not backward else None
-    lse_rows = torch.full((n,), float("nan"), dtype=torch.float64) if return_lse else None
+    d_in: Any = torch.zeros((n, h), dtype=dtype) if want_in else None
+    d_w: Any = torch.zeros((v, h), dtype=acc) if want_w else None
+    d_b: Any = torch.zeros(v, dtype=torch.float64) if want_b else None
+    loss_rows: Any = torch.zeros(n, dtype=torch.float64) if reduction == "none" and not backward else None
+    lse_rows: Any = torch.full((n,), float("nan"), dtype=torch.float64) if return_lse else None
     total = 0.0
     cs = chunk_size if chunk_size > 0 else max(1, _LINEAR_BUDGET // max(1, v * input.element_size()))
     cs = max(1, min(cs, nv))
@@ -545,7 +566,7 @@ def _linear_sweep(input, weight, target, bias, cls_weight, ignore_index, reducti
     any_grad = want_in or want_w or want_b
     for start in range(0, nv, cs):
         stop = min(start + cs, nv)
-        rows = None if all_rows else valid[start:stop]
+        rows: Any = None if all_rows else valid[start:stop]
         hc = input[start:stop] if all_rows else input.index_select(0, rows)
         tc = target[start:stop] if all_rows else target.index_select(0, rows)
         lg = buf[:stop - start]
@@ -631,8 +652,9 @@ def linear_cross_entropy_op(input: Tensor, weight: Tensor, target: Tensor, bias:
 
 
 @linear_cross_entropy_op.register_fake
-def _(input, weight, target, bias, cls_weight, ignore_index, reduction, label_smoothing, z_loss,
-      softcap, logit_scale, num_items, chunk_size, return_lse, grads, n_threads):
+def _(input: Any, weight: Any, target: Any, bias: Any, cls_weight: Any, ignore_index: Any,
+      reduction: Any, label_smoothing: Any, z_loss: Any, softcap: Any, logit_scale: Any,
+      num_items: Any, chunk_size: Any, return_lse: Any, grads: Any, n_threads: Any) -> Any:
     ldtype = loss_dtype(input.dtype)
     n = input.shape[0]
     fwd = reduction != "none"
@@ -663,15 +685,16 @@ def linear_cross_entropy_backward_op(grad_output: Tensor, lse: Tensor, input: Te
 
 
 @linear_cross_entropy_backward_op.register_fake
-def _(grad_output, lse, input, weight, target, bias, cls_weight, ignore_index, label_smoothing,
-      z_loss, softcap, logit_scale, chunk_size, grads, n_threads):
+def _(grad_output: Any, lse: Any, input: Any, weight: Any, target: Any, bias: Any,
+      cls_weight: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any, softcap: Any,
+      logit_scale: Any, chunk_size: Any, grads: Any, n_threads: Any) -> Any:
     return (input.new_empty(input.shape if grads[0] else (0,)),
             input.new_empty(weight.shape if grads[1] else (0,)),
             input.new_empty((weight.shape[0],) if grads[2] and bias is not None else (0,)))
 
 
-def _linear_setup(ctx, inputs, output):
-    # outputs that are never differentiated (lse, saved gradients): no zeros of their shapes in backward
+def _linear_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
+    # outputs never differentiated (lse, saved gradients): no zeros of their shapes in backward
     ctx.set_materialize_grads(False)
     (input, weight, target, bias, cls_weight, ignore_index, reduction, label_smoothing, z_loss,
      softcap, logit_scale, num_items, chunk_size, return_lse, grads, n_threads) = inputs
@@ -687,8 +710,9 @@ def _linear_setup(ctx, inputs, output):
 
 
 @once_differentiable("fastce.torch.linear_cross_entropy")
-def _linear_backward(ctx, g_loss, g_lse, g_din, g_dw, g_db):
-    out = [None] * 16
+def _linear_backward(ctx: Any, g_loss: Optional[Tensor], g_lse: Optional[Tensor],
+                     g_din: Optional[Tensor], g_dw: Optional[Tensor], g_db: Optional[Tensor]) -> Any:
+    out: List[Optional[Tensor]] = [None] * 16
     if g_loss is None or not any(ctx.grads):
         return tuple(out)
     if ctx.reduction == "none":
