@@ -37,6 +37,28 @@ def test_gradcheck_losses(reduction):
                                                  label_smoothing=0.1, chunk_size=2), (h, lw, b))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck_targets(reduction):
+    """Probability targets and BCE targets are differentiable, as in torch (with the input too)."""
+    x = _x(5, 4).requires_grad_()
+    w = torch.rand(4, dtype=torch.float64) + 0.5
+    p = torch.softmax(_x(5, 4, seed=1), 1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda v, q: fce.cross_entropy(v, q, weight=w, label_smoothing=0.1, z_loss=1e-2, softcap=3.0,
+                                       logit_scale=0.8, reduction=reduction), (x, p))
+    assert torch.autograd.gradcheck(lambda q: fce.cross_entropy(x.detach(), q, reduction=reduction), (p,))
+    p3 = torch.softmax(_x(3, 4, 2, seed=5), 1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda q: fce.cross_entropy(_x(3, 4, 2), q, weight=w, reduction=reduction),
+                                    (p3,))
+    y = torch.rand(5, 4, dtype=torch.float64).requires_grad_()
+    bw = torch.rand(5, 1, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda v, t: fce.binary_cross_entropy_with_logits(v, t, weight=bw, pos_weight=w,
+                                                          reduction=reduction), (x, y))
+    assert torch.autograd.gradcheck(
+        lambda t: fce.binary_cross_entropy_with_logits(x.detach(), t, reduction=reduction), (y,))
+
+
 def test_gradcheck_and_gradgradcheck_softmax_family():
     x = _x(3, 5).requires_grad_()
     for fn in (lambda v: fce.log_softmax(v, 1), lambda v: fce.softmax(v, 0),
@@ -58,6 +80,21 @@ def test_double_backward_raises_clearly(name):
     loss = calls[name]()
     (g,) = torch.autograd.grad(loss, x, create_graph=True)  # first order still works
     assert g.shape == x.shape
+    with pytest.raises(RuntimeError, match="has no double backward"):
+        torch.autograd.grad(g.sum(), x)
+
+
+@pytest.mark.parametrize("name", ["soft", "bce"])
+def test_target_double_backward_raises_clearly(name):
+    x = _x(5, 4).requires_grad_()
+    if name == "soft":
+        t = torch.softmax(_x(5, 4, seed=1), 1).requires_grad_()
+        loss = fce.cross_entropy(x, t)
+    else:
+        t = torch.rand(5, 4, dtype=torch.float64).requires_grad_()
+        loss = fce.binary_cross_entropy_with_logits(x, t)
+    (g,) = torch.autograd.grad(loss, t, create_graph=True)
+    assert g.shape == t.shape
     with pytest.raises(RuntimeError, match="has no double backward"):
         torch.autograd.grad(g.sum(), x)
 
@@ -109,10 +146,17 @@ def _opcheck_cases():
         # of an ignored row) as equal to itself
         ("ce", ops.cross_entropy_op, (xr, T.clamp(min=0), w, -100, "mean", 0.1, 1e-3, 3.0, 1.0, None, True, True, 1)),
         ("ce-none-soft", ops.cross_entropy_op, (xr, p, None, -100, "none", 0.0, 0.0, None, 1.0, None, False, True, 0)),
+        ("ce-soft-target-grad", ops.cross_entropy_op,
+         (xr, p.clone().requires_grad_(), w, -100, "mean", 0.1, 1e-3, 3.0, 0.9, None, True, True, 0)),
+        ("ce-soft-target-grad-only", ops.cross_entropy_op,
+         (x, p.clone().requires_grad_(), None, -100, "none", 0.0, 0.0, None, 1.0, None, True, False, 0)),
         ("ce-nograd", ops.cross_entropy_op, (x, T, None, -100, "sum", 0.0, 0.0, None, 1.0, None, False, False, 0)),
         ("nll", ops.nll_loss_op, (xr, T, w, -100, "mean")),
         ("nll-bwd", ops.nll_loss_backward_op, (torch.rand(5, dtype=torch.float64), x, T, None, -100, "none")),
         ("bce", ops.bce_op, (xr, torch.rand(5, 4, dtype=torch.float64), None, w, "none", True, 0)),
+        ("bce-target-grad", ops.bce_op,
+         (xr, torch.rand(5, 4, dtype=torch.float64).requires_grad_(), torch.rand(5, 1, dtype=torch.float64),
+          w, "mean", True, 0)),
         ("log_softmax", ops.log_softmax_op, (xr, 1, 0)),
         ("softmax", ops.softmax_op, (xr, 0, 0)),
         ("logsumexp", ops.logsumexp_op, (xr, 1, 0)),
@@ -169,6 +213,23 @@ def test_compile_training_step_fullgraph():
             torch.testing.assert_close(a, b)
 
 
+def test_compile_target_gradients_fullgraph():
+    """Learned soft targets and BCE targets under torch.compile(fullgraph=True)."""
+    torch._dynamo.reset()
+
+    def loss(fns, x, t, y):
+        ce, bce = fns
+        return ce(x, torch.softmax(t, 1), label_smoothing=0.1) + bce(x, torch.sigmoid(y))
+
+    x, t, y = _x(4, 5), _x(4, 5, seed=1), _x(4, 5, seed=2)
+    args = [v.requires_grad_() for v in (x, t, y)]
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled((fce.cross_entropy, fce.binary_cross_entropy_with_logits), *args), args)
+    ref = torch.autograd.grad(loss((F.cross_entropy, F.binary_cross_entropy_with_logits), *args), args)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+
+
 # ------------------------------------------------------------------------- errors as torch's
 def _same_error(ours, theirs):
     with pytest.raises(Exception) as e_torch:
@@ -210,9 +271,16 @@ def test_unsupported_inputs_raise_clearly():
     assert fce.cross_entropy(x.to("meta"), torch.tensor([1, 2, 3, 4], device="meta")).device.type == "meta"
     with pytest.raises(RuntimeError, match="CPU tensors; input is on meta"):
         _convert.as_array(x.to("meta"), "input")
-    p = torch.softmax(_x(4, 5), 1).requires_grad_()
-    with pytest.raises(NotImplementedError, match="probability targets"):
-        fce.cross_entropy(x, p)
+    # CUDA tensors: a stand-in with a CUDA device (this torch may have no CUDA build)
+    class FakeCuda:
+        device, is_cpu, requires_grad = torch.device("cuda", 0), False, False
+
+        def numpy(self):  # what torch raises for a CUDA tensor
+            raise TypeError("can't convert cuda:0 device type tensor to numpy.")
+    with pytest.raises(NotImplementedError, match=r"input is a CUDA tensor \(cuda:0\).*CPU tensors "
+                                                  r"only.*\.cpu\(\).*cupy\.from_dlpack.*CUDA build of "
+                                                  r"torch and CuPy"):
+        _convert.as_array(FakeCuda(), "input")
     with pytest.raises(TypeError, match="Python number"):
         fce.cross_entropy(x, torch.tensor([1, 2, 3, 4]), num_items=torch.tensor(3.0))
     with pytest.raises(ValueError, match="n_threads"):
@@ -222,13 +290,13 @@ def test_unsupported_inputs_raise_clearly():
 # ------------------------------------------------------------------------- threads, imports
 def test_follows_torch_threads(monkeypatch):
     seen = []
-    real = ops.fastce.cross_entropy
+    real = ops._ce_call  # the compiled call behind fastce.cross_entropy; n_threads is its last argument
 
-    def spy(*a, **k):
-        seen.append(k["n_threads"])
-        return real(*a, **k)
+    def spy(*a):
+        seen.append(a[-1])
+        return real(*a)
 
-    monkeypatch.setattr(ops.fastce, "cross_entropy", spy)
+    monkeypatch.setattr(ops, "_ce_call", spy)
     x, t = _x(4, 5), torch.tensor([1, 2, 3, 4])
     before = torch.get_num_threads()
     try:

@@ -83,6 +83,90 @@ def test_cross_entropy_probabilities(dtype, shape, reduction):
         check_ce(x, target, dtype, weight=weight, label_smoothing=smooth, reduction=reduction)
 
 
+def grads_wrt(fn, tensors, wanted, upstream_seed=7):
+    """(loss, gradients of the ``wanted`` tensors) with a random upstream gradient."""
+    args = [t.detach().clone().requires_grad_(w) for t, w in zip(tensors, wanted)]
+    loss = fn(*args)
+    up = torch.rand(loss.shape, generator=_gen(upstream_seed), dtype=torch.float64).to(loss.dtype)
+    grads = torch.autograd.grad(loss, [a for a, w in zip(args, wanted) if w], up)
+    return (loss.detach(),) + grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(7,), (6, 5), (3, 4, 5)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_probability_target_gradients(dtype, shape, reduction):
+    """d loss / d target (and d input with it), as torch's autograd gives them."""
+    c = shape[0] if len(shape) == 1 else shape[1]
+    x, target = logits(shape, dtype), soft_target(shape, dtype)
+    w = torch.rand(c, generator=_gen(3), dtype=dtype) + 0.5
+    for weight, smooth, wanted in itertools.product((None, w), (0.0, 0.2),
+                                                    ((False, True), (True, True))):
+        kw = dict(weight=weight, label_smoothing=smooth, reduction=reduction)
+        got = grads_wrt(lambda a, b: fce.cross_entropy(a, b, **kw), (x, target), wanted)
+        ref = grads_wrt(lambda a, b: F.cross_entropy(a, b, **kw), (x, target), wanted)
+        for a, b in zip(got, ref):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert_close(a, b, dtype)
+
+
+def soft_ext_ref(x, target, z_loss=0.0, softcap=None, logit_scale=1.0, reduction="mean",
+                 num_items=None, **kw):
+    """torch composition of fastce's extensions for probability targets (2-D)."""
+    x = x * logit_scale
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    rows = F.cross_entropy(x, target, reduction="none", **kw) + z_loss * torch.logsumexp(x, 1) ** 2
+    if reduction == "none":
+        return rows
+    return rows.sum() / (num_items if num_items is not None else 1 if reduction == "sum" else rows.numel())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_probability_target_gradients_with_extensions(reduction):
+    x, target = logits((8, 6)), soft_target((8, 6), torch.float64)
+    w = torch.rand(6, generator=_gen(4), dtype=torch.float64) + 0.5
+    cases = [dict(z_loss=1e-2, softcap=4.0, logit_scale=0.7, weight=w, label_smoothing=0.1)]
+    if reduction == "mean":
+        cases.append(dict(num_items=20.0, label_smoothing=0.1))
+    for kw in cases:
+        for wanted in ((False, True), (True, True)):
+            got = grads_wrt(lambda a, b: fce.cross_entropy(a, b, reduction=reduction, **kw),
+                            (x, target), wanted)
+            ref = grads_wrt(lambda a, b: soft_ext_ref(a, b, reduction=reduction, **kw),
+                            (x, target), wanted)
+            for a, b in zip(got, ref):
+                assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_probability_target_gradients_half(dtype):
+    """Half logits and targets: the target's gradient has its dtype, from float32 math."""
+    x, target = logits((9, 12), dtype), soft_target((9, 12), dtype)
+    got = grads_wrt(lambda a, b: fce.cross_entropy(a, b, label_smoothing=0.1), (x, target), (True, True))
+    ref = grads_wrt(lambda a, b: F.cross_entropy(a.float(), b.float(), label_smoothing=0.1),
+                    (x, target), (True, True))
+    assert got[1].dtype == got[2].dtype == dtype
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2 ** -7, atol=1e-4)
+
+
+def test_target_gradients_not_requested():
+    """Targets that do not require grad (or grad mode off) get nothing, and cost nothing extra."""
+    x, target = logits((6, 5)), soft_target((6, 5), torch.float64)
+    xr = x.clone().requires_grad_()
+    loss = fce.cross_entropy(xr, target)
+    (gx,) = torch.autograd.grad(loss, xr)
+    assert_close(gx, torch.autograd.grad(F.cross_entropy(xr, target), xr)[0], torch.float64)
+    with torch.no_grad():
+        assert not fce.cross_entropy(x, target.clone().requires_grad_()).requires_grad
+    y = torch.rand(6, 5, dtype=torch.float64).requires_grad_()
+    loss = fce.binary_cross_entropy_with_logits(x, y)
+    assert loss.requires_grad
+    (gy,) = torch.autograd.grad(loss, y)
+    assert_close(gy, torch.autograd.grad(F.binary_cross_entropy_with_logits(x, y), y)[0], torch.float64)
+
+
 def test_cross_entropy_ignore_index_custom_and_all_ignored():
     x = logits((5, 4))
     t = torch.tensor([1, 3, 0, 3, 2])
@@ -236,6 +320,15 @@ def test_bce_with_logits(dtype, reduction):
         lb, gb = loss_and_grads(lambda v: F.binary_cross_entropy_with_logits(v, y, reduction=reduction, **kw), x, up)
         assert_close(la, lb, dtype)
         assert_close(ga, gb, dtype)
+        # d loss / d target, alone and with d loss / d input
+        for wanted in ((False, True), (True, True)):
+            got = grads_wrt(lambda a, b: fce.binary_cross_entropy_with_logits(a, b, reduction=reduction, **kw),
+                            (x, y), wanted)
+            ref = grads_wrt(lambda a, b: F.binary_cross_entropy_with_logits(a, b, reduction=reduction, **kw),
+                            (x, y), wanted)
+            for a, b in zip(got, ref):
+                assert a.dtype == b.dtype and a.shape == b.shape
+                assert_close(a, b, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

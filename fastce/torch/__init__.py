@@ -10,8 +10,14 @@ Functions: :func:`cross_entropy`, :func:`nll_loss`, :func:`binary_cross_entropy_
 Modules: :class:`CrossEntropyLoss`, :class:`NLLLoss`, :class:`BCEWithLogitsLoss`,
 :class:`LinearCrossEntropyLoss` (subclasses of torch's namesakes). fastce's extensions are
 keywords: ``z_loss``, ``softcap``, ``logit_scale``, ``num_items``, ``return_lse``,
-``n_threads`` (``logit_scale``/``num_items`` are forwarded to fastce only when they differ
-from their defaults, so a fastce without them serves every other call).
+``n_threads``.
+
+The call is thin: in plain eager mode the common checks run inline, the tensors become
+NumPy views with one call each, the loss-only forward builds no autograd node, and
+``cross_entropy`` calls the compiled entry point behind ``fastce.cross_entropy`` directly.
+What remains is a few microseconds per call over the NumPy API (two tensor-to-array views,
+the result tensor, the argument checks), and for fwd+bwd the cost of a Python autograd
+node, which torch's own C++ loss does not pay; see BENCHMARKS.md for the ratios.
 
 Tensors
 -------
@@ -24,8 +30,11 @@ logits (bfloat16: the tensor is reinterpreted as int16 and viewed as ``ml_dtypes
 from its own float32 accumulation): fastce's loss is the unrounded value (|difference| up
 to half a bf16 ulp, ~0.4% relative), and ``loss.backward()`` receives a float32
 grad_output; the gradient has the logits' dtype, rounded once. Class-index targets may be
-any integer dtype (torch requires int64/uint8). CUDA tensors raise a clear error (CuPy
-absent: install it; CuPy present: the DLPack route is not written yet); other devices too.
+any integer dtype (torch requires int64/uint8). CUDA tensors raise a NotImplementedError
+that says what works instead (``.cpu()``, torch on the GPU, or fastce's array API on
+``cupy.from_dlpack(t.detach())``, which needs CuPy and a CUDA build of torch): the DLPack
+hand-over to fastce's GPU path is not written, since it cannot be tested without a GPU.
+Other devices raise a RuntimeError (meta tensors get the fake implementations).
 
 Autograd, and what is saved
 ---------------------------
@@ -49,12 +58,23 @@ d_input and d_weight, ``N x H + V x H``); for 'none', whose weight gradient depe
 per-row upstream gradient, it saves the per-row lse and recomputes the logits chunk by
 chunk in backward (one more GEMM per chunk, no lse pass).
 
+Target gradients, as torch defines them. A probability target of ``cross_entropy`` that
+requires grad makes the forward return each row's lse too (same sweep) and save it with
+the logits; backward computes ``d loss / d target = -(1 - label_smoothing) * weight *
+log_softmax(x)`` as ``x - lse`` (``x`` after ``logit_scale`` and ``softcap``; z_loss does
+not depend on the target), scaled like the loss ('mean': by the row count or
+``num_items``) -- one elementwise pass in torch ops. A target of
+``binary_cross_entropy_with_logits`` that requires grad saves the logits; backward
+computes ``weight * (logsigmoid(-x) - pos_weight * logsigmoid(x))`` (``-weight * x``
+without ``pos_weight``). Nothing of this is computed or saved when the target does not
+require grad.
+
 Double backward: the loss ops' gradients come from fastce's kernels and are not
 differentiable again; ``create_graph=True`` works, but differentiating their gradients
-raises a RuntimeError naming the op. ``log_softmax``, ``softmax`` and ``logsumexp`` have
-backward formulas in torch ops and differentiate any number of times. Not differentiable:
-class weights (as in torch), probability targets and BCE targets (torch differentiates
-those; here it is a NotImplementedError: detach them).
+(the target gradients included) raises a RuntimeError naming the op. ``log_softmax``,
+``softmax`` and ``logsumexp`` have backward formulas in torch ops and differentiate any
+number of times. Not differentiable: class weights and ``pos_weight`` (as in torch: an
+error if they require grad).
 
 Threads
 -------

@@ -1,6 +1,7 @@
 """torch.nn.functional-compatible front ends of fastce's custom ops."""
 import numbers
 import warnings
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -12,9 +13,10 @@ __all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log
            "softmax", "logsumexp", "linear_cross_entropy"]
 
 _REDUCTIONS = ("none", "mean", "sum")
+_FLOAT_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
 
 
-def _reduction(size_average, reduce, reduction):
+def _reduction(size_average: Optional[bool], reduce: Optional[bool], reduction: str) -> str:
     if size_average is not None or reduce is not None:
         return torch.nn._reduction.legacy_get_string(size_average, reduce)
     if reduction not in _REDUCTIONS:
@@ -22,7 +24,7 @@ def _reduction(size_average, reduce, reduction):
     return reduction
 
 
-def _threads(n_threads):
+def _threads(n_threads: Optional[int]) -> int:
     """0 = follow torch.get_num_threads() at call time (resolved inside the op)."""
     if n_threads is None:
         return 0
@@ -33,11 +35,11 @@ def _threads(n_threads):
     return int(n_threads)
 
 
-def _grad_on(t):
+def _grad_on(t: Optional[Tensor]) -> bool:
     return t is not None and t.requires_grad and torch.is_grad_enabled()
 
 
-def _not_differentiable(fn, **tensors):
+def _not_differentiable(fn: str, **tensors: Optional[Tensor]) -> None:
     """torch's error for class weights that require grad (they are not differentiable)."""
     for name, t in tensors.items():
         if _grad_on(t):
@@ -45,7 +47,7 @@ def _not_differentiable(fn, **tensors):
                                f"argument '{name}'. This input cannot have requires_grad True.")
 
 
-def _float_or_none(v, name):
+def _float_or_none(v: Any, name: str) -> Optional[float]:
     if v is None:
         return None
     if isinstance(v, Tensor):
@@ -54,7 +56,7 @@ def _float_or_none(v, name):
     return float(v)
 
 
-def _check_ce_shapes(input, target, soft):
+def _check_ce_shapes(input: Tensor, target: Tensor, soft: bool) -> None:
     if input.dim() == 0:
         raise ValueError("input must have shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d tensor")
     if soft:
@@ -72,9 +74,13 @@ def _check_ce_shapes(input, target, soft):
         raise RuntimeError(f"Expected target size {list(expected)}, got {list(target.shape)}")
 
 
-def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                  logit_scale=1.0, num_items=None, return_lse=False, n_threads=None):
+def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                  size_average: Optional[bool] = None, ignore_index: int = -100,
+                  reduce: Optional[bool] = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+                  softcap: Optional[float] = None, logit_scale: float = 1.0,
+                  num_items: Optional[float] = None, return_lse: bool = False,
+                  n_threads: Optional[int] = None) -> Any:
     """Cross-entropy between logits and targets, as ``torch.nn.functional.cross_entropy``.
 
     Same arguments and semantics as torch's (class indices of any integer dtype, or class
@@ -110,30 +116,51 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         half dtype). The gradient has the logits' dtype.
     lse : Tensor (only with ``return_lse``)
     """
-    reduction = _reduction(size_average, reduce, reduction)
-    check_float(input, "input")
+    # The checks are written inline with fast common cases (a 2-D float input, class indices,
+    # default options): at small shapes each Python call here costs as much as a percent of
+    # the kernel. The slow helpers run only off the common path.
+    if size_average is not None or reduce is not None or reduction not in _REDUCTIONS:
+        reduction = _reduction(size_average, reduce, reduction)
+    dtype = input.dtype
+    if dtype not in _FLOAT_DTYPES:
+        check_float(input, "input")
     soft = target.dtype.is_floating_point
-    _check_ce_shapes(input, target, soft)
-    _not_differentiable("nll_loss_forward", weight=weight)
-    if soft and _grad_on(target):
-        raise NotImplementedError("fastce.torch.cross_entropy: gradients w.r.t. probability targets "
-                                  "are not implemented; detach the target (or use "
-                                  "torch.nn.functional.cross_entropy)")
-    if soft and target.dtype != input.dtype:
-        target = target.to(input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32)
-    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
-    grad = _grad_on(input)
-    loss, lse, _ = ops.call(
-        ops.cross_entropy_op, input, target, weight, int(ignore_index), reduction, float(label_smoothing),
-        float(z_loss), _float_or_none(softcap, "softcap"), float(logit_scale),
-        _float_or_none(num_items, "num_items"), bool(return_lse), grad,
-        _threads(n_threads), grad=grad)
+    if soft or input.dim() != 2 or target.dim() != 1 or target.shape[0] != input.shape[0]:
+        _check_ce_shapes(input, target, soft)
+    if weight is not None:
+        _not_differentiable("nll_loss_forward", weight=weight)
+    if soft and target.dtype != dtype:
+        target = target.to(dtype if dtype in (torch.float32, torch.float64) else torch.float32)
+    if label_smoothing.__class__ is not float or not 0.0 <= label_smoothing <= 1.0:
+        label_smoothing = _smoothing(label_smoothing)
+    grad_mode = torch.is_grad_enabled()
+    grad = grad_mode and input.requires_grad
+    # a probability target that requires grad: backward needs the lse (log_softmax = x - lse)
+    grad_target = soft and grad_mode and target.requires_grad
+    args = (input, target, weight, ignore_index if ignore_index.__class__ is int else int(ignore_index),
+            reduction, label_smoothing, z_loss if z_loss.__class__ is float else float(z_loss),
+            None if softcap is None else _float_or_none(softcap, "softcap"),
+            logit_scale if logit_scale.__class__ is float else float(logit_scale),
+            None if num_items is None else _float_or_none(num_items, "num_items"),
+            bool(return_lse) or grad_target, grad, 0 if n_threads is None else _threads(n_threads))
+    if grad or grad_target:
+        loss, lse, _ = ops.call(ops.cross_entropy_op, *args, grad=True)
+    elif ops.plain_eager(input):  # the loss only: no autograd node, no placeholder outputs
+        loss, lse, _ = ops._ce_compute(*args)
+    else:
+        loss, lse, _ = ops.call(ops.cross_entropy_op, *args)
     return (loss, lse) if return_lse else loss
 
 
-def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-             reduction="mean"):
+def _smoothing(label_smoothing: Any) -> float:
+    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    return float(label_smoothing)
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+             size_average: Optional[bool] = None, ignore_index: int = -100,
+             reduce: Optional[bool] = None, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood loss, as ``torch.nn.functional.nll_loss``.
 
     Parameters
@@ -154,12 +181,16 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         raise RuntimeError(f"expected target dtype to be Long, but got {target.dtype}")
     _check_ce_shapes(input, target, False)
     _not_differentiable("nll_loss_forward", weight=weight)
-    return ops.call(ops.nll_loss_op, input, target, weight, int(ignore_index), reduction,
-                    grad=_grad_on(input))
+    loss: Tensor = ops.call(ops.nll_loss_op, input, target, weight, int(ignore_index), reduction,
+                            grad=_grad_on(input))
+    return loss
 
 
-def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
-                                     reduction="mean", pos_weight=None, *, n_threads=None):
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                                     size_average: Optional[bool] = None,
+                                     reduce: Optional[bool] = None, reduction: str = "mean",
+                                     pos_weight: Optional[Tensor] = None, *,
+                                     n_threads: Optional[int] = None) -> Tensor:
     """Binary cross-entropy with logits, as ``torch.nn.functional.binary_cross_entropy_with_logits``.
 
     Parameters
@@ -183,22 +214,21 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if target.shape != input.shape:
         raise ValueError(f"Target size ({target.shape}) must be the same as input size ({input.shape})")
     _not_differentiable("binary_cross_entropy_with_logits", weight=weight, pos_weight=pos_weight)
-    if _grad_on(target):
-        raise NotImplementedError("fastce.torch.binary_cross_entropy_with_logits: gradients w.r.t. "
-                                  "the target are not implemented; detach it")
     grad = _grad_on(input)
+    loss: Tensor
     loss, _ = ops.call(ops.bce_op, input, target, weight, pos_weight, reduction, grad,
-                       _threads(n_threads), grad=grad)
+                       _threads(n_threads), grad=grad or _grad_on(target))
     return loss
 
 
-def _softmax_dim(ndim):
+def _softmax_dim(ndim: int) -> int:
     warnings.warn("Implicit dimension choice for softmax has been deprecated. Change the call to "
                   "include dim=X as an argument.", stacklevel=3)
     return 0 if ndim in (0, 1, 3) else 1
 
 
-def _softmax_call(op, input, dim, dtype, n_threads):
+def _softmax_call(op: Any, input: Tensor, dim: Optional[int], dtype: Optional[torch.dtype],
+                  n_threads: Optional[int]) -> Tensor:
     if dtype is not None:
         input = input.to(dtype)
     check_float(input, "input")
@@ -206,24 +236,28 @@ def _softmax_call(op, input, dim, dtype, n_threads):
         dim = _softmax_dim(input.dim())
     grad = _grad_on(input)
     if input.dim() == 0:
-        return ops.call(op, input.reshape(1), 0, _threads(n_threads), grad=grad).reshape(())
+        out: Tensor = ops.call(op, input.reshape(1), 0, _threads(n_threads), grad=grad)
+        return out.reshape(())
     dim = _dim(dim, input.dim())
-    return ops.call(op, input, dim, _threads(n_threads), grad=grad)
+    res: Tensor = ops.call(op, input, dim, _threads(n_threads), grad=grad)
+    return res
 
 
-def _dim(dim, ndim):
-    if isinstance(dim, (tuple, list)):
-        if len(dim) != 1:
+def _dim(dims: Union[int, Sequence[int]], ndim: int) -> int:
+    if isinstance(dims, (tuple, list)):
+        if len(dims) != 1:
             raise NotImplementedError("fastce.torch reduces over one dimension; got dims "
-                                      f"{tuple(dim)} (use torch for several)")
-        dim = dim[0]
+                                      f"{tuple(dims)} (use torch for several)")
+        dims = dims[0]
+    dim = int(dims)  # type: ignore[arg-type]  # a Sequence was unpacked above
     if not -max(ndim, 1) <= dim < max(ndim, 1):
         raise IndexError(f"Dimension out of range (expected to be in range of "
                          f"[{-max(ndim, 1)}, {max(ndim, 1) - 1}], but got {dim})")
     return dim % max(ndim, 1)
 
 
-def log_softmax(input, dim=None, _stacklevel=3, dtype=None, *, n_threads=None):
+def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
+                dtype: Optional[torch.dtype] = None, *, n_threads: Optional[int] = None) -> Tensor:
     """Log-softmax along ``dim``, as ``torch.nn.functional.log_softmax`` (twice differentiable).
 
     float32/float64/float16/bfloat16 (half computed in float32, returned in its dtype).
@@ -231,25 +265,31 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None, *, n_threads=None):
     return _softmax_call(ops.log_softmax_op, input, dim, dtype, n_threads)
 
 
-def softmax(input, dim=None, _stacklevel=3, dtype=None, *, n_threads=None):
+def softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
+            dtype: Optional[torch.dtype] = None, *, n_threads: Optional[int] = None) -> Tensor:
     """Softmax along ``dim``, as ``torch.nn.functional.softmax`` (twice differentiable)."""
     return _softmax_call(ops.softmax_op, input, dim, dtype, n_threads)
 
 
-def logsumexp(input, dim, keepdim=False, *, n_threads=None):
+def logsumexp(input: Tensor, dim: Union[int, Sequence[int]], keepdim: bool = False, *,
+              n_threads: Optional[int] = None) -> Tensor:
     """``log(sum(exp(input), dim))``, as ``torch.logsumexp``, over one dimension."""
     check_float(input, "input")
     if input.dim() == 0:
         return input.clone()
     d = _dim(dim, input.dim())
-    out = ops.call(ops.logsumexp_op, input, d, _threads(n_threads), grad=_grad_on(input))
+    out: Tensor = ops.call(ops.logsumexp_op, input, d, _threads(n_threads), grad=_grad_on(input))
     return out.unsqueeze(d) if keepdim else out
 
 
-def linear_cross_entropy(input, linear_weight, target, bias=None, *, linear_bias=None, weight=None,
-                         reduction="mean", ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
-                         softcap=None, logit_scale=1.0, num_items=None, return_lse=False,
-                         chunk_size=None, n_threads=None, options=None):
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor,
+                         bias: Optional[Tensor] = None, *, linear_bias: Optional[Tensor] = None,
+                         weight: Optional[Tensor] = None, reduction: str = "mean",
+                         ignore_index: Optional[int] = -100, label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: Optional[float] = None,
+                         logit_scale: float = 1.0, num_items: Optional[float] = None,
+                         return_lse: bool = False, chunk_size: Optional[int] = None,
+                         n_threads: Optional[int] = None, options: Any = None) -> Any:
     """Cross-entropy of ``input @ linear_weight.T + bias`` without the N x V logits.
 
     As ``torch.nn.functional.linear_cross_entropy`` (torch 2.13; ``linear_bias=`` and a

@@ -4,7 +4,10 @@ Each takes its namesake's constructor arguments (so ``state_dict``, buffers, ``r
 ``isinstance`` checks carry over), plus fastce's extensions as keywords, and replaces only
 ``forward``.
 """
+from typing import Any, Optional, Sequence, Union
+
 import torch
+from torch import Tensor
 
 from . import _functional as F
 
@@ -25,13 +28,16 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     per-batch 'mean' divisor for gradient accumulation.
     """
 
-    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                 reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                 logit_scale=1.0, n_threads=None):
+    def __init__(self, weight: Optional[Tensor] = None, size_average: Optional[bool] = None,
+                 ignore_index: int = -100, reduce: Optional[bool] = None, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+                 softcap: Optional[float] = None, logit_scale: float = 1.0,
+                 n_threads: Optional[int] = None) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         self.z_loss, self.softcap, self.logit_scale, self.n_threads = z_loss, softcap, logit_scale, n_threads
 
-    def forward(self, input, target, *, num_items=None, return_lse=False):
+    def forward(self, input: Tensor, target: Tensor, *, num_items: Optional[float] = None,
+                return_lse: bool = False) -> Any:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing,
                                z_loss=self.z_loss, softcap=self.softcap, logit_scale=self.logit_scale,
@@ -41,7 +47,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
 class NLLLoss(torch.nn.NLLLoss):
     """``torch.nn.NLLLoss`` computed by :func:`fastce.torch.nll_loss` (same arguments)."""
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
                           reduction=self.reduction)
 
@@ -57,12 +63,13 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
         fastce's threads; default ``torch.get_num_threads()``.
     """
 
-    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean",
-                 pos_weight=None, *, n_threads=None):
+    def __init__(self, weight: Optional[Tensor] = None, size_average: Optional[bool] = None,
+                 reduce: Optional[bool] = None, reduction: str = "mean",
+                 pos_weight: Optional[Tensor] = None, *, n_threads: Optional[int] = None) -> None:
         super().__init__(weight, size_average, reduce, reduction, pos_weight)
         self.n_threads = n_threads
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction,
                                                   pos_weight=self.pos_weight, n_threads=self.n_threads)
 
@@ -83,10 +90,13 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
         fastce's extensions (see :func:`fastce.torch.linear_cross_entropy`).
     """
 
-    def __init__(self, in_features, num_classes, *, out_features=(), bias=False, device=None,
-                 dtype=None, reduction="mean", weight=None, ignore_index=None, label_smoothing=0.0,
-                 options=None, z_loss=0.0, softcap=None, logit_scale=1.0, chunk_size=None,
-                 n_threads=None):
+    def __init__(self, in_features: int, num_classes: int, *, out_features: Sequence[int] = (),
+                 bias: bool = False, device: Union[torch.device, str, None] = None,
+                 dtype: Optional[torch.dtype] = None, reduction: str = "mean",
+                 weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
+                 label_smoothing: float = 0.0, options: Any = None, z_loss: float = 0.0,
+                 softcap: Optional[float] = None, logit_scale: float = 1.0,
+                 chunk_size: Optional[int] = None, n_threads: Optional[int] = None) -> None:
         if tuple(out_features) != ():
             raise NotImplementedError("fastce.torch.LinearCrossEntropyLoss: out_features must be (); "
                                       "K-dimensional outputs are not supported")
@@ -96,7 +106,8 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
         self.z_loss, self.softcap, self.logit_scale = z_loss, softcap, logit_scale
         self.chunk_size, self.n_threads = chunk_size, n_threads
 
-    def forward(self, input, target, *, num_items=None, return_lse=False):
+    def forward(self, input: Tensor, target: Tensor, *, num_items: Optional[float] = None,
+                return_lse: bool = False) -> Any:
         return F.linear_cross_entropy(input, self.linear.weight, target, self.linear.bias,
                                       weight=self.weight, reduction=self.reduction,
                                       ignore_index=self.ignore_index,

@@ -13,22 +13,30 @@ elementwise pass otherwise).  When the input does not require grad only the loss
 computed and nothing is saved.
 """
 import functools
-from typing import List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-import fastce
+import fastce as _fastce
+from fastce import _api
 
-from ._convert import as_array, loss_dtype, resolve_threads, to_tensor
+# fastce's NumPy API is not annotated (yet): typed here as Any at the boundary, so that
+# mypy --strict checks this package without following untyped calls
+fastce: Any = _fastce
+_ce_call: Any = _api._ce_call
 
+from ._convert import as_array, check_device, loss_dtype, resolve_threads, to_tensor
+
+_FULL = (torch.float32, torch.float64)
 _LINEAR_BUDGET = 64 * 2**20  # bytes of the reused logits chunk, as fastce.linear_cross_entropy
 
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def extension_kwargs(z_loss, softcap, logit_scale, num_items):
+def extension_kwargs(z_loss: float, softcap: Optional[float], logit_scale: float,
+                     num_items: Optional[float]) -> Dict[str, Any]:
     """fastce's extension keywords, each passed only when it differs from its default."""
     kw = {}
     if z_loss:
@@ -42,12 +50,12 @@ def extension_kwargs(z_loss, softcap, logit_scale, num_items):
     return kw
 
 
-def _eager(t):
+def _eager(t: Any) -> bool:
     """True for a plain tensor outside any tracing (where reading its value is cheap)."""
     return type(t) is Tensor and not torch.compiler.is_compiling()
 
 
-def scale_grad(grad, g, per_row):
+def scale_grad(grad: Tensor, g: Tensor, per_row: bool) -> Tensor:
     """``grad * grad_output``: ``per_row`` broadcasts a per-row g over the class axis 1."""
     if per_row:
         g = g.unsqueeze(1)
@@ -56,7 +64,7 @@ def scale_grad(grad, g, per_row):
     return (grad * g).to(grad.dtype)
 
 
-def once_differentiable(name):
+def once_differentiable(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Run a backward under no_grad; under ``create_graph`` its results raise on use.
 
     Like ``torch.autograd.function.once_differentiable``, but the error names the op, and
@@ -68,13 +76,13 @@ def once_differentiable(name):
            f"which autograd cannot differentiate again. Use torch.nn.functional for "
            f"higher-order gradients.").encode()
 
-    def deco(fn):
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def wrapper(ctx, *grads):
+        def wrapper(ctx: Any, *grads: Any) -> Any:
+            if not torch.is_grad_enabled():  # a plain backward (no create_graph): no wrapping
+                return fn(ctx, *grads)
             with torch.no_grad():
                 out = fn(ctx, *grads)
-            if not torch.is_grad_enabled():
-                return out
             pos = [i for i, o in enumerate(out) if isinstance(o, Tensor)]
             if not pos:
                 return out
@@ -89,14 +97,14 @@ def once_differentiable(name):
     return deco
 
 
-def rows_shape(input, target):
+def rows_shape(input: Tensor, target: Tensor) -> Tuple[int, ...]:
     """The shape of per-row results: the target's, or the logits' without the class axis."""
     if target.dtype.is_floating_point and target.shape == input.shape:
         return input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
     return target.shape
 
 
-def _empty(dtype):
+def _empty(dtype: torch.dtype) -> Tensor:
     return torch.empty(0, dtype=dtype)
 
 
@@ -108,69 +116,120 @@ def _empty(dtype):
 # mode (no compile, no tracing, no dispatch mode, no functorch transform) ``call`` runs the
 # op's Python implementation directly, through a torch.autograd.Function built from the
 # op's own setup_context and backward when a gradient is needed; traced code sees the op.
-_EAGER = {}
+_EAGER: Dict[Any, Tuple[Callable[..., Any], Optional[Callable[..., Any]]]] = {}
 
 
-def _register(op, setup=None, backward=None):
-    impl = op._init_fn
-    fn = None
+# torch.autograd.Function.apply is Python (a signature bind, functorch's dead-wrapper
+# unwrapping over every argument) around the C apply; in plain eager mode (no functorch
+# transform: ``plain_eager``) the C apply does the same work.
+_C_APPLY = torch._C._FunctionBase.__dict__["apply"]
+
+
+def _register(op: Any, setup: Optional[Callable[..., Any]] = None,
+                backward: Optional[Callable[..., Any]] = None,
+                eager: Optional[Callable[..., Any]] = None) -> None:
+    """Register ``op``'s autograd formula, and the eager fast path ``call`` takes.
+
+    ``eager``: the implementation run outside the dispatcher (default: the op's own); it
+    may return None where the op returns an empty placeholder tensor, which costs a
+    ``torch.empty`` per output and call. ``setup`` must accept those Nones.
+    """
+    impl = eager if eager is not None else op._init_fn
+    apply = None
     if backward is not None:
         op.register_autograd(backward, setup_context=setup)
-        def forward(ctx, *args):  # ctx-style: a separate setup_context costs a signature bind per call
+
+        assert setup is not None
+
+        # ctx-style forward: a separate setup_context costs a signature bind per call
+        def forward(ctx: Any, *args: Any) -> Any:
             out = impl(*args)
             setup(ctx, args, out)
             return out
 
-        fn = type(f"_{impl.__name__}_function", (torch.autograd.Function,),
+        fn = type(f"_{op._init_fn.__name__}_function", (torch.autograd.Function,),
                   {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-    _EAGER[op] = (impl, fn)
+        apply = _C_APPLY.__get__(None, fn)
+    _EAGER[op] = (impl, apply)
 
 
-def _plain_eager(t):
-    return (type(t) is Tensor and t.is_cpu and not torch.compiler.is_compiling()
-            and torch._C._len_torch_dispatch_stack() == 0
-            and torch._C._functorch.peek_interpreter_stack() is None)
+_is_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_level = torch._C._functorch.peek_interpreter_stack
 
 
-def call(op, *args, grad=False):
-    """Run ``op``: directly in plain eager mode, through the dispatcher otherwise."""
-    if _plain_eager(args[0]):
-        impl, fn = _EAGER[op]
-        return fn.apply(*args) if grad and fn is not None else impl(*args)
+def plain_eager(t: Any) -> bool:
+    """True in plain eager mode on a CPU tensor: no compile, tracing, dispatch mode or transform."""
+    return (type(t) is Tensor and t.is_cpu and not _is_compiling()
+            and _dispatch_modes() == 0 and _functorch_level() is None)
+
+
+def call(op: Any, *args: Any, grad: bool = False) -> Any:
+    """Run ``op``: directly in plain eager mode, through the dispatcher otherwise.
+
+    In eager mode the results may hold None where the op returns an empty placeholder.
+    """
+    first = args[0]
+    if plain_eager(first):
+        impl, apply = _EAGER[op]
+        return apply(*args) if grad and apply is not None else impl(*args)
+    if first.device.type == "cuda":  # before any GPU work (linear CE's products), not at the kernel
+        check_device(first, "input")
     return op(*args)
 
 
 # ---------------------------------------------------------------------------------------
 # cross-entropy
 # ---------------------------------------------------------------------------------------
+def _ce_compute(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+                reduction: str, label_smoothing: float, z_loss: float, softcap: Optional[float],
+                logit_scale: float, num_items: Optional[float], return_lse: bool,
+                compute_grad: bool, n_threads: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(loss, lse or None, d loss / d input at grad_output=1 or None): the op's work.
+
+    Calls the compiled entry point behind ``fastce.cross_entropy(_with_grad)`` (same
+    package, same checks) with positional arguments: the public functions' keyword layer
+    is a measurable part of a small call.
+    """
+    x, t = as_array(input, "input"), as_array(target, "target")
+    w = None if weight is None else as_array(weight, "weight")
+    nt = n_threads if n_threads > 0 else torch.get_num_threads()
+    ldtype = input.dtype if input.dtype in _FULL else loss_dtype(input.dtype)
+    if compute_grad:
+        # NumPy's allocator advises huge pages for large arrays: at 4096 x 32000 the first
+        # write faults in ~40% less time than into torch.empty's memory
+        out = np.empty(tuple(input.shape), dtype=x.dtype)
+        grad = to_tensor(out)
+        unit = np.ones(tuple(rows_shape(input, target))) if reduction == "none" else 1.0
+        res = _ce_call(1, x, t, w, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                       logit_scale, num_items, None, return_lse, 0, None, unit,
+                       out, False, None, nt)
+        return to_tensor(res[0], ldtype), (to_tensor(res[2], ldtype) if return_lse else None), grad
+    res = _ce_call(0, x, t, w, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                   logit_scale, num_items, None, return_lse, 0, None, 1.0, None, False, None, nt)
+    if return_lse:
+        return to_tensor(res[0], ldtype), to_tensor(res[1], ldtype), None
+    loss = torch.from_numpy(np.asarray(res))  # a fresh result (a writeable NumPy scalar or array)
+    return (loss if loss.dtype == ldtype else loss.to(ldtype)), None, None
+
+
 @torch.library.custom_op("fastce::cross_entropy", mutates_args=())
 def cross_entropy_op(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
                      reduction: str, label_smoothing: float, z_loss: float, softcap: Optional[float],
                      logit_scale: float, num_items: Optional[float], return_lse: bool,
                      compute_grad: bool, n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
     """(loss, lse or empty, d loss / d input at grad_output=1 or empty)."""
-    x, t, w = as_array(input, "input"), as_array(target, "target"), as_array(weight, "weight")
-    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
-              label_smoothing=label_smoothing, return_lse=return_lse,
-              n_threads=resolve_threads(n_threads),
-              **extension_kwargs(z_loss, softcap, logit_scale, num_items))
-    ldtype = loss_dtype(input.dtype)
-    grad = _empty(input.dtype)
-    if compute_grad:
-        grad = torch.empty(input.shape, dtype=input.dtype)
-        unit = np.ones(tuple(rows_shape(input, target))) if reduction == "none" else 1.0
-        res = fastce.cross_entropy_with_grad(x, t, out=as_array(grad, "grad"), grad_output=unit, **kw)
-        loss, lse = res[0], (res[2] if return_lse else None)
-    else:
-        res = fastce.cross_entropy(x, t, **kw)
-        loss, lse = (res if return_lse else (res, None))
-    lse = to_tensor(lse, ldtype) if return_lse else _empty(ldtype)
-    return to_tensor(loss, ldtype), lse, grad
+    loss, lse, grad = _ce_compute(input, target, weight, ignore_index, reduction, label_smoothing,
+                                  z_loss, softcap, logit_scale, num_items, return_lse,
+                                  compute_grad, n_threads)
+    return (loss, lse if lse is not None else _empty(loss.dtype),
+            grad if grad is not None else _empty(input.dtype))
 
 
 @cross_entropy_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-      logit_scale, num_items, return_lse, compute_grad, n_threads):
+def _(input: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
+      label_smoothing: Any, z_loss: Any, softcap: Any, logit_scale: Any, num_items: Any,
+      return_lse: Any, compute_grad: Any, n_threads: Any) -> Any:
     ldtype = loss_dtype(input.dtype)
     rows = rows_shape(input, target)
     loss = input.new_empty(rows if reduction == "none" else (), dtype=ldtype)
@@ -179,24 +238,72 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, s
     return loss, lse, grad
 
 
-def _ce_setup(ctx, inputs, output):
-    input, reduction, compute_grad = inputs[0], inputs[4], inputs[11]
-    _, lse, grad = output
-    ctx.mark_non_differentiable(lse, grad)
+def _ce_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
+    # outputs never differentiated (lse, saved gradients): no zeros of their shapes in backward
+    ctx.set_materialize_grads(False)
+    input, target, weight, reduction = inputs[0], inputs[1], inputs[2], inputs[4]
+    compute_grad = inputs[11]
+    loss, lse, grad = output
+    ctx.mark_non_differentiable(*[o for o in (lse, grad) if o is not None])
     ctx.compute_grad = compute_grad
     ctx.per_row = reduction == "none" and input.dim() > 1
-    ctx.save_for_backward(grad if compute_grad else None, output[0])
+    # probability targets that require grad: the wrapper asked for the lse, so backward
+    # rebuilds log_softmax as (transformed logits - lse) without another row sweep
+    ctx.target_grad = bool(ctx.needs_input_grad[1]) and target.dtype.is_floating_point
+    if ctx.target_grad:
+        ctx.soft = (reduction, inputs[5], inputs[7], inputs[8], inputs[9])
+        ctx.target_dtype = target.dtype
+        ctx.save_for_backward(grad if compute_grad else None, input, weight, lse, loss)
+    else:
+        ctx.save_for_backward(grad if compute_grad else None, loss)
+
+
+def soft_target_grad(g: Tensor, input: Tensor, weight: Optional[Tensor], lse: Tensor,
+                       reduction: str, label_smoothing: float, softcap: Optional[float],
+                       logit_scale: float, num_items: Optional[float]) -> Tensor:
+    """d loss / d target for probability targets, times the upstream gradient ``g``.
+
+    torch's loss per row is ``-sum_c w_c t'_c log_softmax(x)_c`` with the smoothed target
+    ``t' = (1 - eps) t + eps / C``, so the derivative is ``-(1 - eps) w_c log_softmax(x)_c``
+    (z_loss does not depend on the target). ``x`` is the transformed logits (scale, then
+    softcap) and ``log_softmax(x) = x - lse`` with the forward's lse. 'mean' divides by the
+    row count (or ``num_items``), as the loss does.
+    """
+    cdim = 1 if input.dim() > 1 else 0
+    x = input.to(lse.dtype)
+    if logit_scale != 1.0:
+        x = x * logit_scale
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    gt = (x - lse.unsqueeze(cdim)) * -(1.0 - label_smoothing)
+    if weight is not None:
+        shape = [1] * input.dim()
+        shape[cdim] = input.shape[cdim]
+        gt = gt * weight.to(gt.dtype).reshape(shape)
+    if reduction == "none" and cdim == 1:
+        return gt * g.unsqueeze(1)
+    if reduction == "mean":
+        rows = input.numel() // input.shape[cdim] if input.shape[cdim] else 0
+        g = g / (num_items if num_items is not None else rows)
+    return gt * g
 
 
 @once_differentiable("fastce.torch.cross_entropy")
-def _ce_backward(ctx, g_loss, g_lse, g_grad):
-    out = [None] * 13
-    if ctx.compute_grad and g_loss is not None:
-        out[0] = scale_grad(ctx.saved_tensors[0], g_loss, ctx.per_row)
+def _ce_backward(ctx: Any, g_loss: Optional[Tensor], g_lse: Optional[Tensor],
+                 g_grad: Optional[Tensor]) -> Any:
+    out: List[Optional[Tensor]] = [None] * 13
+    if g_loss is None:
+        return tuple(out)
+    saved = ctx.saved_tensors
+    if ctx.compute_grad and ctx.needs_input_grad[0]:
+        out[0] = scale_grad(saved[0], g_loss, ctx.per_row)
+    if ctx.target_grad:
+        _, input, weight, lse, _ = saved
+        out[1] = soft_target_grad(g_loss, input, weight, lse, *ctx.soft).to(ctx.target_dtype)
     return tuple(out)
 
 
-_register(cross_entropy_op, _ce_setup, _ce_backward)
+_register(cross_entropy_op, _ce_setup, _ce_backward, eager=_ce_compute)
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,7 +319,7 @@ def nll_loss_op(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_
 
 
 @nll_loss_op.register_fake
-def _(input, target, weight, ignore_index, reduction):
+def _(input: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any) -> Any:
     return input.new_empty(target.shape if reduction == "none" else ())
 
 
@@ -228,18 +335,19 @@ def nll_loss_backward_op(grad_output: Tensor, input: Tensor, target: Tensor,
 
 
 @nll_loss_backward_op.register_fake
-def _(grad_output, input, target, weight, ignore_index, reduction):
+def _(grad_output: Any, input: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any
+      ) -> Any:
     return input.new_empty(input.shape)
 
 
-def _nll_setup(ctx, inputs, output):
+def _nll_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
     input, target, weight, ignore_index, reduction = inputs
     ctx.save_for_backward(input, target, weight, output)
     ctx.ignore_index, ctx.reduction = ignore_index, reduction
 
 
 @once_differentiable("fastce.torch.nll_loss")
-def _nll_backward(ctx, g):
+def _nll_backward(ctx: Any, g: Tensor) -> Any:
     input, target, weight, _ = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None
@@ -272,22 +380,59 @@ def bce_op(input: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: 
 
 
 @bce_op.register_fake
-def _(input, target, weight, pos_weight, reduction, compute_grad, n_threads):
+def _(input: Any, target: Any, weight: Any, pos_weight: Any, reduction: Any, compute_grad: Any,
+      n_threads: Any) -> Any:
     loss = input.new_empty(input.shape if reduction == "none" else ())
     return loss, (input.new_empty(input.shape) if compute_grad else input.new_empty(0))
 
 
-def _bce_setup(ctx, inputs, output):
-    ctx.compute_grad = inputs[5]
+def _bce_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
+    # outputs never differentiated (lse, saved gradients): no zeros of their shapes in backward
+    ctx.set_materialize_grads(False)
+    input, target, weight, pos_weight, reduction, compute_grad = inputs[:6]
+    ctx.compute_grad = compute_grad
+    ctx.reduction = reduction
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1] if inputs[5] else None, output[0])
+    ctx.target_grad = bool(ctx.needs_input_grad[1])
+    if ctx.target_grad:
+        ctx.target_dtype = target.dtype
+        ctx.save_for_backward(output[1] if compute_grad else None, input, weight, pos_weight,
+                              output[0])
+    else:
+        ctx.save_for_backward(output[1] if compute_grad else None, output[0])
+
+
+def bce_target_grad(g: Tensor, input: Tensor, weight: Optional[Tensor],
+                      pos_weight: Optional[Tensor], reduction: str) -> Tensor:
+    """d loss / d target of BCE with logits, times the upstream gradient ``g``.
+
+    The loss is ``-w [p y log s(x) + (1 - y) log(1 - s(x))]``, so
+    d/dy = ``w [log s(-x) - p log s(x)]`` (``-w x`` without ``pos_weight``); 'mean'
+    divides by the element count.
+    """
+    if pos_weight is None:
+        gt = -input
+    else:
+        ls = torch.nn.functional.logsigmoid
+        gt = ls(-input) - pos_weight.to(input.dtype) * ls(input)
+    if weight is not None:
+        gt = gt * weight.to(input.dtype)
+    if reduction == "mean":
+        g = g / input.numel()
+    return gt * g
 
 
 @once_differentiable("fastce.torch.binary_cross_entropy_with_logits")
-def _bce_backward(ctx, g_loss, g_grad):
-    out = [None] * 7
-    if ctx.compute_grad and g_loss is not None:
-        out[0] = scale_grad(ctx.saved_tensors[0], g_loss, False)
+def _bce_backward(ctx: Any, g_loss: Optional[Tensor], g_grad: Optional[Tensor]) -> Any:
+    out: List[Optional[Tensor]] = [None] * 7
+    if g_loss is None:
+        return tuple(out)
+    saved = ctx.saved_tensors
+    if ctx.compute_grad and ctx.needs_input_grad[0]:
+        out[0] = scale_grad(saved[0], g_loss, False)
+    if ctx.target_grad:
+        _, input, weight, pos_weight, _ = saved
+        out[1] = bce_target_grad(g_loss, input, weight, pos_weight, ctx.reduction).to(ctx.target_dtype)
     return tuple(out)
 
 
@@ -314,26 +459,26 @@ def softmax_op(input: Tensor, dim: int, n_threads: int) -> Tensor:
 
 
 @log_softmax_op.register_fake
-def _(input, dim, n_threads):
+def _(input: Any, dim: Any, n_threads: Any) -> Any:
     return input.new_empty(input.shape)
 
 
 @softmax_op.register_fake
-def _(input, dim, n_threads):
+def _(input: Tensor, dim: int, n_threads: int) -> Any:
     return input.new_empty(input.shape)
 
 
-def _save_output(ctx, inputs, output):
+def _save_output(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
     ctx.dim = inputs[1]
     ctx.save_for_backward(output)
 
 
-def _log_softmax_backward(ctx, g):
+def _log_softmax_backward(ctx: Any, g: Tensor) -> Any:
     (out,) = ctx.saved_tensors
     return g - out.exp() * g.sum(ctx.dim, keepdim=True), None, None
 
 
-def _softmax_backward(ctx, g):
+def _softmax_backward(ctx: Any, g: Tensor) -> Any:
     (out,) = ctx.saved_tensors
     return out * (g - (g * out).sum(ctx.dim, keepdim=True)), None, None
 
@@ -349,18 +494,18 @@ def logsumexp_op(input: Tensor, dim: int, n_threads: int) -> Tensor:
 
 
 @logsumexp_op.register_fake
-def _(input, dim, n_threads):
+def _(input: Any, dim: Any, n_threads: Any) -> Any:
     shape = list(input.shape)
     del shape[dim]
     return input.new_empty(shape)
 
 
-def _lse_setup(ctx, inputs, output):
+def _lse_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
     ctx.dim = inputs[1]
     ctx.save_for_backward(inputs[0], output)
 
 
-def _lse_backward(ctx, g):
+def _lse_backward(ctx: Any, g: Tensor) -> Any:
     x, out = ctx.saved_tensors
     return g.unsqueeze(ctx.dim) * (x - out.unsqueeze(ctx.dim)).exp(), None, None
 
@@ -371,9 +516,11 @@ _register(logsumexp_op, _lse_setup, _lse_backward)
 # ---------------------------------------------------------------------------------------
 # linear cross-entropy: torch's GEMMs (torch's thread pool) + fastce's row sweeps, chunked
 # ---------------------------------------------------------------------------------------
-def _linear_sweep(input, weight, target, bias, cls_weight, ignore_index, reduction,
-                  label_smoothing, ext, chunk_size, return_lse, grads, n_threads,
-                  grad_output=None, lse=None):
+def _linear_sweep(input: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
+                  cls_weight: Optional[Tensor], ignore_index: int, reduction: str,
+                  label_smoothing: float, ext: Dict[str, Any], chunk_size: int, return_lse: bool,
+                  grads: Any, n_threads: int, grad_output: Any = None,
+                  lse: Any = None) -> Tuple[Any, ...]:
     """One chunked pass over the rows not ignored.
 
     ``grads`` = (input, weight, bias) flags of the gradients to accumulate.  Forward
@@ -409,11 +556,11 @@ def _linear_sweep(input, weight, target, bias, cls_weight, ignore_index, reducti
     chunk_ext = {k: val for k, val in ext.items() if k != "num_items"}
     with np.errstate(divide="ignore", invalid="ignore"):
         unit = float(np.float64(1.0) / np.float64(denom))
-    d_in = torch.zeros((n, h), dtype=dtype) if want_in else None
-    d_w = torch.zeros((v, h), dtype=acc) if want_w else None
-    d_b = torch.zeros(v, dtype=torch.float64) if want_b else None
-    loss_rows = torch.zeros(n, dtype=torch.float64) if reduction == "none" and not backward else None
-    lse_rows = torch.full((n,), float("nan"), dtype=torch.float64) if return_lse else None
+    d_in: Any = torch.zeros((n, h), dtype=dtype) if want_in else None
+    d_w: Any = torch.zeros((v, h), dtype=acc) if want_w else None
+    d_b: Any = torch.zeros(v, dtype=torch.float64) if want_b else None
+    loss_rows: Any = torch.zeros(n, dtype=torch.float64) if reduction == "none" and not backward else None
+    lse_rows: Any = torch.full((n,), float("nan"), dtype=torch.float64) if return_lse else None
     total = 0.0
     cs = chunk_size if chunk_size > 0 else max(1, _LINEAR_BUDGET // max(1, v * input.element_size()))
     cs = max(1, min(cs, nv))
@@ -422,7 +569,7 @@ def _linear_sweep(input, weight, target, bias, cls_weight, ignore_index, reducti
     any_grad = want_in or want_w or want_b
     for start in range(0, nv, cs):
         stop = min(start + cs, nv)
-        rows = None if all_rows else valid[start:stop]
+        rows: Any = None if all_rows else valid[start:stop]
         hc = input[start:stop] if all_rows else input.index_select(0, rows)
         tc = target[start:stop] if all_rows else target.index_select(0, rows)
         lg = buf[:stop - start]
@@ -508,8 +655,9 @@ def linear_cross_entropy_op(input: Tensor, weight: Tensor, target: Tensor, bias:
 
 
 @linear_cross_entropy_op.register_fake
-def _(input, weight, target, bias, cls_weight, ignore_index, reduction, label_smoothing, z_loss,
-      softcap, logit_scale, num_items, chunk_size, return_lse, grads, n_threads):
+def _(input: Any, weight: Any, target: Any, bias: Any, cls_weight: Any, ignore_index: Any,
+      reduction: Any, label_smoothing: Any, z_loss: Any, softcap: Any, logit_scale: Any,
+      num_items: Any, chunk_size: Any, return_lse: Any, grads: Any, n_threads: Any) -> Any:
     ldtype = loss_dtype(input.dtype)
     n = input.shape[0]
     fwd = reduction != "none"
@@ -540,14 +688,17 @@ def linear_cross_entropy_backward_op(grad_output: Tensor, lse: Tensor, input: Te
 
 
 @linear_cross_entropy_backward_op.register_fake
-def _(grad_output, lse, input, weight, target, bias, cls_weight, ignore_index, label_smoothing,
-      z_loss, softcap, logit_scale, chunk_size, grads, n_threads):
+def _(grad_output: Any, lse: Any, input: Any, weight: Any, target: Any, bias: Any,
+      cls_weight: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any, softcap: Any,
+      logit_scale: Any, chunk_size: Any, grads: Any, n_threads: Any) -> Any:
     return (input.new_empty(input.shape if grads[0] else (0,)),
             input.new_empty(weight.shape if grads[1] else (0,)),
             input.new_empty((weight.shape[0],) if grads[2] and bias is not None else (0,)))
 
 
-def _linear_setup(ctx, inputs, output):
+def _linear_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
+    # outputs never differentiated (lse, saved gradients): no zeros of their shapes in backward
+    ctx.set_materialize_grads(False)
     (input, weight, target, bias, cls_weight, ignore_index, reduction, label_smoothing, z_loss,
      softcap, logit_scale, num_items, chunk_size, return_lse, grads, n_threads) = inputs
     loss, lse, d_in, d_w, d_b = output
@@ -562,8 +713,9 @@ def _linear_setup(ctx, inputs, output):
 
 
 @once_differentiable("fastce.torch.linear_cross_entropy")
-def _linear_backward(ctx, g_loss, g_lse, g_din, g_dw, g_db):
-    out = [None] * 16
+def _linear_backward(ctx: Any, g_loss: Optional[Tensor], g_lse: Optional[Tensor],
+                     g_din: Optional[Tensor], g_dw: Optional[Tensor], g_db: Optional[Tensor]) -> Any:
+    out: List[Optional[Tensor]] = [None] * 16
     if g_loss is None or not any(ctx.grads):
         return tuple(out)
     if ctx.reduction == "none":

@@ -13,19 +13,25 @@ Why an ``autograd.Function`` and not a ``torch.library.custom_op`` as the rest o
 op's schema cannot carry, and the op is not functional in torch's sense (it
 communicates).  The cost is that ``torch.compile`` graph-breaks around it (eager only).
 """
-import torch
+from typing import Any, Optional
 
-import fastce.distributed as _fd
+import torch
+from torch import Tensor
+
+import fastce.distributed as _fastce_distributed
 
 from ._convert import as_array, check_float, loss_dtype, resolve_threads, to_tensor
 from ._ops import scale_grad
+
+_fd: Any = _fastce_distributed  # not annotated (yet): Any at the boundary for mypy --strict
 
 __all__ = ["cross_entropy"]
 
 
 class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, target, weight, kw):
+    def forward(ctx: Any, input: Tensor, target: Tensor, weight: Optional[Tensor],
+                kw: Any) -> Tensor:
         x = as_array(input, "input")
         t = as_array(target, "target")
         w = None if weight is None else as_array(weight, "weight")
@@ -38,14 +44,16 @@ class _VocabParallelCE(torch.autograd.Function):
         return to_tensor(loss, loss_dtype(input.dtype))
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: Tensor) -> Any:
         (grad,) = ctx.saved_tensors
         return scale_grad(grad, g, ctx.per_row), None, None, None
 
 
-def cross_entropy(input, target, *, class_start, num_classes, comm=None, dp_comm=None,
-                  weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                  z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None, n_threads=None):
+def cross_entropy(input: Tensor, target: Tensor, *, class_start: int, num_classes: int,
+                  comm: Any = None, dp_comm: Any = None, weight: Optional[Tensor] = None,
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: Optional[float] = None, logit_scale: float = 1.0,
+                  num_items: Optional[float] = None, n_threads: Optional[int] = None) -> Tensor:
     """Vocabulary-parallel cross-entropy of a logits shard, autograd-aware.
 
     Parameters
@@ -77,4 +85,6 @@ def cross_entropy(input, target, *, class_start, num_classes, comm=None, dp_comm
               ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
               z_loss=z_loss, softcap=softcap, logit_scale=logit_scale, num_items=num_items,
               n_threads=resolve_threads(n_threads))
-    return _VocabParallelCE.apply(input, target, weight, kw)
+    apply: Any = _VocabParallelCE.apply  # torch's stubs leave Function.apply untyped
+    loss: Tensor = apply(input, target, weight, kw)
+    return loss
