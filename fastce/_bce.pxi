@@ -166,7 +166,7 @@ def bce_sweep(x, y, w, pw, ge, grad, loss_elem, int64_t R, int64_t L, int64_t n_
     g.blk = blk
     g.nchunks = (L + blk - 1) // blk
     g.pw0 = pw0
-    g.kt = KT
+    g.kt = call_table()
     g.gscale = gscale
     g.partial = <double *> cnp.PyArray_DATA(<cnp.ndarray> partial) if partial is not None else NULL
     cdef bint need_scratch = False

@@ -175,6 +175,36 @@ cdef extern from *:
 # ---------------------------------------------------------------------------------------
 cdef const fce_kernels *KT = fce_isa_table(fce_isa_count() - 1)  # scalar until selected
 
+cdef extern from *:
+    """
+    /* a table pinned for the calling thread (one_table), or NULL: then the current KT */
+    static __thread const fce_kernels *fce_pinned_table = NULL;
+    """
+    const fce_kernels *fce_pinned_table
+
+
+cdef inline const fce_kernels *call_table() noexcept nogil:
+    """The kernel table of a sweep: the thread's pinned one, else the current one."""
+    return fce_pinned_table if fce_pinned_table != NULL else KT
+
+
+class one_table:
+    """``with one_table():`` the calling thread's sweeps use the kernel table current at
+    entry, whatever ``set_isa`` does meanwhile: a call made of several sweeps (the chunks
+    of linear cross-entropy) computes with one ISA. Nests; other threads are unaffected."""
+
+    def __enter__(self):
+        global fce_pinned_table
+        self._outer = <size_t> fce_pinned_table
+        if fce_pinned_table == NULL:
+            fce_pinned_table = KT
+        return self
+
+    def __exit__(self, *exc):
+        global fce_pinned_table
+        fce_pinned_table = <const fce_kernels *> <size_t> self._outer
+        return False
+
 
 def isa_table():
     """List of ``(name, vector_bits, supported)`` for every kernel table in this build."""
@@ -1034,7 +1064,7 @@ cdef int dispatch(Sweep *s, cnp.ndarray x, cnp.ndarray out, int n_threads,
     outputs untouched."""
     cdef bint f32 = cnp.PyArray_TYPE(x) != cnp.NPY_DOUBLE  # float32, or halves in float32
     cdef int64_t nbytes
-    s.kt = KT
+    s.kt = call_table()
     plan(s, x, out, soft_target, s.kt.f32.lanes if f32 else s.kt.f64.lanes)
     n_threads = clamp_threads(n_threads, s.rows * s.C)
     if s.mode != MODE_SPLIT and n_threads > (s.rows if s.mode == MODE_ROWS else s.nblocks):

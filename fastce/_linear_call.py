@@ -204,12 +204,13 @@ class _LinearCall:
         loss_rows: Any = self.xp.zeros(self.n_rows, dtype=self.dtype) if none else None
         total = self._total()
         buf = self.buffer()
-        for rows, h, t in self.chunks():
-            part = self._ce(self.logits(buf, h), t, "none" if none else "sum")
-            if none:
-                loss_rows[rows] = part
-            else:
-                total = self._total(total, part)
+        with _kernels.one_table():  # every chunk on one ISA, whatever set_isa does meanwhile
+            for rows, h, t in self.chunks():
+                part = self._ce(self.logits(buf, h), t, "none" if none else "sum")
+                if none:
+                    loss_rows[rows] = part
+                else:
+                    total = self._total(total, part)
         return self.finish(total, loss_rows)
 
     def loss_and_grads(self, grad_output: Any) -> tuple[Any, Any, Any, Any]:
@@ -226,19 +227,20 @@ class _LinearCall:
         total = self._total()
         buf = self.buffer()
         dh_scratch = xp.empty(buf.shape[0] * self.n_features, dtype=dt)
-        for k, (rows, h, t) in enumerate(self.chunks()):
-            g = self.logits(buf, h)
-            part, _ = self._ce(g, t, "none" if none else "sum", inplace=True,
-                               grad_output=g_rows[rows] if none else scale)
-            # g now holds d loss / d logits
-            if none:
-                loss_rows[rows] = part
-            else:
-                total = self._total(total, part)
-            self._hidden_grad(d_hidden, rows, g, dh_scratch)
-            acc(g, h, k == 0)
-            if d_bias64 is not None:
-                xp.sum(g, axis=0, dtype=np.float64, out=col_sum)
-                d_bias64 += col_sum
+        with _kernels.one_table():  # every chunk on one ISA, whatever set_isa does meanwhile
+            for k, (rows, h, t) in enumerate(self.chunks()):
+                g = self.logits(buf, h)
+                part, _ = self._ce(g, t, "none" if none else "sum", inplace=True,
+                                   grad_output=g_rows[rows] if none else scale)
+                # g now holds d loss / d logits
+                if none:
+                    loss_rows[rows] = part
+                else:
+                    total = self._total(total, part)
+                self._hidden_grad(d_hidden, rows, g, dh_scratch)
+                acc(g, h, k == 0)
+                if d_bias64 is not None:
+                    xp.sum(g, axis=0, dtype=np.float64, out=col_sum)
+                    d_bias64 += col_sum
         d_bias = d_bias64.astype(dt) if d_bias64 is not None else None
         return self.finish(total, loss_rows), d_hidden, d_weight, d_bias

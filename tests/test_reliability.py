@@ -139,3 +139,144 @@ def test_set_isa_during_calls_gives_one_isas_result():
     assert not errors, errors
     assert len(got) == 64
     assert all(r in (want_ce if kind == "ce" else want_bce) for kind, r in got)
+
+
+def _every_public_call():
+    """Calls of every public computing function (both criteria included): each entry
+    returns, per call it makes, the bytes of that call's results (fresh outputs every
+    time). A call takes one kernel table; two calls may take two, so results are compared
+    call by call. The shapes take every sweep: column blocks (C <= 32), rows, split rows,
+    half precision."""
+    rng = np.random.default_rng(7)
+    x10 = rng.standard_normal((3000, 10)).astype(np.float32)
+    t10 = rng.integers(0, 10, 3000)
+    x700 = rng.standard_normal((300, 700))
+    t700 = rng.integers(0, 700, 300)
+    x_split = rng.standard_normal((2, 70_000)).astype(np.float32)
+    t_split = np.array([3, 69_999])
+    x16 = rng.standard_normal((64, 40)).astype(np.float16)
+    w700 = rng.random(700) + 0.5
+    p700 = rng.dirichlet(np.ones(700), 300)
+    y = (rng.random((500, 33)) > 0.5).astype(np.float32)
+    xb = rng.standard_normal((500, 33)).astype(np.float32)
+    h = rng.standard_normal((200, 24)).astype(np.float32)
+    W = rng.standard_normal((300, 24)).astype(np.float32)
+    tl = rng.integers(0, 300, 200)
+    lse700 = fastce.logsumexp(x700, axis=1)
+
+    def b(*results):
+        """one item per call: the bytes of its result (or of its tuple of results)"""
+        return tuple(b"".join(np.asarray(a).tobytes() for a in (r if isinstance(r, tuple) else (r,)))
+                     for r in results)
+
+    # a criterion's backward reuses its forward's statistics: `between` runs in between
+    def ce_criterion(between=None):
+        crit = fastce.CrossEntropyLoss(weight=w700, label_smoothing=0.1)
+        loss = crit(x700, t700)
+        if between:
+            between()
+        return b(loss, crit.backward())
+
+    def bce_criterion(between=None):
+        crit = fastce.BCEWithLogitsLoss(pos_weight=np.full(33, 2.0, np.float32))
+        loss = crit(xb, y)
+        if between:
+            between()
+        return b(loss, crit.backward())
+
+    return {
+        "logsumexp": lambda: b(fastce.logsumexp(x700, axis=1), fastce.logsumexp(x10, axis=0)),
+        "log_softmax": lambda: b(fastce.log_softmax(x10), fastce.log_softmax(x16)),
+        "softmax": lambda: b(fastce.softmax(x_split), fastce.softmax(x700, axis=0)),
+        "cross_entropy": lambda: b(
+            fastce.cross_entropy(x10, t10, reduction="none"),
+            fastce.cross_entropy(x700, t700, weight=w700, label_smoothing=0.2, z_loss=1e-3),
+            fastce.cross_entropy(x_split, t_split, softcap=5.0),
+            fastce.cross_entropy(x700, p700), fastce.cross_entropy(x16, t10[:64])),
+        "cross_entropy_with_grad": lambda: b(
+            fastce.cross_entropy_with_grad(x10, t10),
+            fastce.cross_entropy_with_grad(x_split, t_split, label_smoothing=0.1),
+            fastce.cross_entropy_with_grad(x700, p700, weight=w700)),
+        "cross_entropy_backward": lambda: b(
+            fastce.cross_entropy_backward(x700, t700, lse=lse700),
+            fastce.cross_entropy_backward(x10, t10, np.linspace(0, 1, 3000), reduction="none")),
+        "nll_loss": lambda: b(fastce.nll_loss(x700, t700, weight=w700)),
+        "nll_loss_backward": lambda: b(fastce.nll_loss_backward(x700, t700, 0.5)),
+        "binary_cross_entropy_with_logits": lambda: b(
+            fastce.binary_cross_entropy_with_logits(xb, y, reduction="none")),
+        "binary_cross_entropy_with_logits_with_grad": lambda: b(
+            fastce.binary_cross_entropy_with_logits_with_grad(xb, y, pos_weight=np.float32(3.0))),
+        "linear_cross_entropy": lambda: b(fastce.linear_cross_entropy(h, W, tl, chunk_size=64)),
+        "linear_cross_entropy_with_grad": lambda: b(
+            fastce.linear_cross_entropy_with_grad(h, W, tl, chunk_size=64)),
+        "CrossEntropyLoss": ce_criterion,
+        "BCEWithLogitsLoss": bce_criterion,
+    }
+
+
+def test_every_public_function_under_threads_and_reconfiguration():
+    """Many Python threads call every public function at once while two others flip
+    set_isa and set_num_threads: every call's result is bitwise one of its single-threaded
+    results on the ISAs in play (results do not depend on the thread count)."""
+    import threading
+
+    calls = _every_public_call()
+    skip = {"ArgumentTypeError", "ArgumentValueError", "get_isa", "set_isa", "supported_isas",
+            "get_num_threads", "set_num_threads", "show_config"}
+    assert set(fastce.__all__) - skip == set(calls), "a public function is missing here"
+    isas = fastce.supported_isas()
+    isa0, threads0 = fastce.get_isa(), fastce.get_num_threads()
+    want = {}  # (name, k): the k-th call's results on each ISA
+    try:
+        fastce.set_num_threads(1)
+        for isa in isas:
+            fastce.set_isa(isa)
+            for name, call in calls.items():
+                for k, r in enumerate(call()):
+                    want.setdefault((name, k), set()).add(r)
+        for name in ("CrossEntropyLoss", "BCEWithLogitsLoss"):  # forward on one ISA, backward on another
+            for isa in isas:
+                for isa2 in isas:
+                    fastce.set_isa(isa)
+                    want[name, 1].add(calls[name](lambda: fastce.set_isa(isa2))[1])
+        stop = threading.Event()
+        got, errors = [], []
+
+        def flip_isa():
+            k = 0
+            while not stop.is_set():
+                fastce.set_isa(isas[k % len(isas)])
+                k += 1
+
+        def flip_threads():
+            k = 0
+            while not stop.is_set():
+                fastce.set_num_threads(1 + k % 2)
+                k += 1
+
+        def work(seed):
+            order = list(calls)
+            np.random.default_rng(seed).shuffle(order)
+            try:
+                for _ in range(2):
+                    for name in order:
+                        got.append((name, calls[name]()))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        flippers = [threading.Thread(target=flip_isa), threading.Thread(target=flip_threads)]
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for th in flippers + workers:
+            th.start()
+        for th in workers:
+            th.join()
+        stop.set()
+        for th in flippers:
+            th.join()
+    finally:
+        fastce.set_isa(isa0)
+        fastce.set_num_threads(threads0)
+    assert not errors, errors
+    assert len(got) == 6 * 2 * len(calls)
+    bad = sorted({(name, k) for name, rs in got for k, r in enumerate(rs) if r not in want[name, k]})
+    assert not bad, f"results matching no single-ISA result: {bad}"
