@@ -20,6 +20,21 @@ The LLM options, in this order: ``logit_scale = s`` (x <- s x), ``softcap = c``
 ignored; 'mean' divides the z-term by the number of rows not ignored, and both terms by
 ``num_items`` when it is given.
 
+A vocabulary shard (``class_start = s``, ``num_classes = Ctot``, the logits holding classes
+``[s, s + C)`` of ``Ctot``) needs the full row's ``lse`` and gives this shard's share of
+every row's loss, so that the shares of a partition of the vocabulary add up to the full
+loss and their gradients are its columns::
+
+    share_i = [y_i in shard] (1 - eps) w_{y_i} (lse_i - x_{i, y_i})
+              + (eps / Ctot) sum_{c in shard} w_c (lse_i - x_ic) + [y_i in shard] z lse_i**2
+    dshare_i/dx_ic = ((1 - eps) w_{y_i} + (eps / Ctot) Wtot) p_ic - (eps / Ctot) w_c
+                     - (1 - eps) w_{y_i} [c = y_i] + 2 z lse_i p_ic
+
+with ``w`` and ``Wtot`` over the whole vocabulary, ``p_ic = exp(x_ic - lse_i)``, and the
+normalisers of 'mean' those of the full call. Linear cross-entropy is
+``cross_entropy(hidden @ weight.T + bias, target)``; its gradients are ``G @ weight``,
+``G.T @ hidden`` and ``G.sum(0)`` for the logits' gradient ``G``.
+
 Accuracy: ``logp`` is computed as ``(x - max) - log1p(sum of exp(x - max) without one
 maximum)``, never as ``x - lse``, so it is exact at any magnitude of ``x`` and keeps a
 tail far below the maximum (SciPy's ``logsumexp`` does the same).
@@ -45,6 +60,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "cross_entropy_backward",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -147,8 +164,10 @@ def _squeeze(a: Any, axis: int) -> Any:
 
 # ---------------------------------------------------------------------- hard targets
 def _hard_target_setup(logits: Any, target: Any, weight: Any, ignore_index: int, reduction: str,
-                       label_smoothing: float, name: str = "logits") -> tuple[Any, ...]:
-    """Validate and normalise to 2-D float64 rows, int64 targets, float64 weights."""
+                       label_smoothing: float, name: str = "logits",
+                       n_total: int | None = None) -> tuple[Any, ...]:
+    """Validate and normalise to 2-D float64 rows, int64 targets, float64 weights; targets
+    and weights over ``n_total`` classes (a shard's whole vocabulary), by default the rows'."""
     x = np.asarray(logits, dtype=np.float64)
     t = np.asarray(target)
     if reduction not in _REDUCTIONS:
@@ -163,7 +182,7 @@ def _hard_target_setup(logits: Any, target: Any, weight: Any, ignore_index: int,
         raise ValueError(f"{name} shape {x.shape} does not match target shape {t.shape}")
     if not (np.issubdtype(t2.dtype, np.integer) and t2.dtype != np.bool_):
         raise TypeError(f"target must have an integer dtype, got {t2.dtype}")
-    n_classes = x2.shape[1]
+    n_classes = x2.shape[1] if n_total is None else n_total
     w = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
     if w.shape != (n_classes,):
         raise ValueError(f"weight must have shape ({n_classes},), got {w.shape}")
@@ -281,11 +300,55 @@ def _normalisers(w_y: Any, ignored: Any, reduction: str,
     return np.sum(w_y), float(np.count_nonzero(~ignored))
 
 
+def _shard(logits: Any, target: Any, lse: Any, class_start: int, num_classes: int | None,
+           weight: Any, ignore_index: int, reduction: str, label_smoothing: float) -> tuple[Any, ...]:
+    """The hard-target setup of a call given its lse (a vocabulary shard, or a whole row
+    reusing a known lse): rows, targets, the full weights, and the lse per row."""
+    C = np.shape(logits)[-1]
+    n_total = C if num_classes is None else int(num_classes)
+    if not (0 <= class_start and class_start + C <= n_total):
+        raise ValueError(f"classes [{class_start}, {class_start + C}) are not within {n_total}")
+    if lse is None:
+        raise ValueError("a vocabulary shard needs lse= (the log-sum-exp over all classes)")
+    x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index, reduction,
+                                               label_smoothing, n_total=n_total)
+    lse_rows = np.asarray(lse, dtype=np.float64).reshape(x.shape[0])
+    return x, y, ignored, w, w_y, lse_rows
+
+
+def _shard_rows(xc: Any, lse: Any, y: Any, ignored: Any, w: Any, w_y: Any, class_start: int,
+                eps: float, z_loss: float) -> tuple[Any, Any]:
+    """(this shard's cross-entropy share, its z share) per row: the module docstring."""
+    n, C = xc.shape
+    owns = ~ignored & (y >= class_start) & (y < class_start + C)
+    yl = np.where(owns, y - class_start, 0)
+    with np.errstate(invalid="ignore"):
+        rows = np.where(owns, (1.0 - eps) * w_y * (lse - xc[np.arange(n), yl]), 0.0)
+        if eps > 0:
+            rows = rows + eps / len(w) * np.sum(w[class_start:class_start + C] * (lse[:, None] - xc), axis=1)
+        z = np.where(owns, z_loss * lse ** 2, 0.0)
+    return np.where(ignored, 0.0, rows), z
+
+
+def _shard_grad(xc: Any, lse: Any, y: Any, ignored: Any, w: Any, w_y: Any, class_start: int,
+                eps: float, z_loss: float, scale: Any, zscale: Any) -> Any:
+    n, C = xc.shape
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(xc - lse[:, None])
+        a = scale * ((1.0 - eps) * w_y + eps / len(w) * np.sum(w)) + zscale * 2.0 * z_loss * lse
+        d = a[:, None] * p - (scale * eps / len(w))[:, None] * w[class_start:class_start + C]
+        owns = ~ignored & (y >= class_start) & (y < class_start + C)
+        rows = np.flatnonzero(owns)
+        d[rows, y[rows] - class_start] -= scale[rows] * (1.0 - eps) * w_y[rows]
+    return np.where(ignored[:, None], 0.0, d)
+
+
 def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
                   ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0, z_loss: float = 0.0,
                   softcap: float | None = None, logit_scale: float = 1.0,
-                  num_items: float | None = None) -> RefLoss:
+                  num_items: float | None = None, lse: npt.ArrayLike | None = None,
+                  class_start: int = 0, num_classes: int | None = None) -> RefLoss:
     """Softmax cross-entropy with PyTorch semantics, in float64.
 
     Parameters
@@ -307,12 +370,25 @@ def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.A
         Mixes ``eps / C`` of the weighted uniform target into every row.
     z_loss, softcap, logit_scale, num_items
         The LLM options (module docstring).
+    lse : array_like, optional
+        Each row's log-sum-exp (of the transformed logits, over the whole vocabulary):
+        used instead of being computed. Hard targets only.
+    class_start, num_classes : int, optional
+        A vocabulary shard: ``logits`` holds classes ``[class_start, class_start + C)`` of
+        ``num_classes``; targets and ``weight`` are over all of them, ``lse`` is required,
+        and the result is this shard's share (module docstring).
 
     Returns
     -------
     numpy.float64 or numpy.ndarray
         Scalar for 'mean'/'sum'; per-row losses of ``target.shape`` for 'none'.
     """
+    if lse is not None or class_start != 0 or num_classes is not None:
+        x, y, ignored, w, w_y, lse_r = _shard(logits, target, lse, class_start, num_classes, weight,
+                                              ignore_index, reduction, label_smoothing)
+        xc, _ = _transform(x, logit_scale, softcap)
+        rows, z = _shard_rows(xc, lse_r, y, ignored, w, w_y, class_start, label_smoothing, z_loss)
+        return _finish_loss(logits, rows, z, w_y, ignored, reduction, num_items)
     if _is_soft(logits, target):
         x, t, w, w_y, ignored = _soft_target_setup(logits, target, weight, ignore_index,
                                                    reduction, label_smoothing)
@@ -325,7 +401,13 @@ def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.A
             rows = -np.sum(w * t * log_softmax(xc, axis=1), axis=1)
     else:
         rows = _row_losses(log_softmax(xc, axis=1), y, ignored, w, w_y, label_smoothing)
-    z = _z_rows(xc, ignored, z_loss)
+    return _finish_loss(logits, rows, _z_rows(xc, ignored, z_loss), w_y, ignored, reduction,
+                        num_items)
+
+
+def _finish_loss(logits: Any, rows: Any, z: Any, w_y: Any, ignored: Any, reduction: str,
+                 num_items: float | None) -> RefLoss:
+    """Per-row cross-entropy and z terms -> the reduced loss."""
     if reduction == "none":
         shape = np.shape(logits)[:1] if np.ndim(logits) > 1 else ()
         return (rows + z).reshape(shape)  # type: ignore[no-any-return]
@@ -340,7 +422,9 @@ def cross_entropy_backward(logits: npt.ArrayLike, target: npt.ArrayLike, grad_ou
                            weight: npt.ArrayLike | None = None, ignore_index: int = -100,
                            reduction: str = "mean", label_smoothing: float = 0.0,
                            z_loss: float = 0.0, softcap: float | None = None,
-                           logit_scale: float = 1.0, num_items: float | None = None) -> F64Array:
+                           logit_scale: float = 1.0, num_items: float | None = None,
+                           lse: npt.ArrayLike | None = None, class_start: int = 0,
+                           num_classes: int | None = None) -> F64Array:
     """Gradient of :func:`cross_entropy` with respect to ``logits``, in float64.
 
     Parameters
@@ -350,7 +434,7 @@ def cross_entropy_backward(logits: npt.ArrayLike, target: npt.ArrayLike, grad_ou
     grad_output : float or array_like, default 1.0
         Upstream gradient: a scalar (any reduction), or for 'none' an array that
         broadcasts to ``target.shape``.
-    z_loss, softcap, logit_scale, num_items
+    z_loss, softcap, logit_scale, num_items, lse, class_start, num_classes
         As in :func:`cross_entropy`.
 
     Returns
@@ -358,8 +442,12 @@ def cross_entropy_backward(logits: npt.ArrayLike, target: npt.ArrayLike, grad_ou
     numpy.ndarray
         Same shape as ``logits``; ignored rows are 0.
     """
-    soft = _is_soft(logits, target)
-    if soft:
+    sharded = lse is not None or class_start != 0 or num_classes is not None
+    soft = not sharded and _is_soft(logits, target)
+    if sharded:
+        x, y, ignored, w, w_y, lse_r = _shard(logits, target, lse, class_start, num_classes, weight,
+                                              ignore_index, reduction, label_smoothing)
+    elif soft:
         x, t, w, w_y, ignored = _soft_target_setup(logits, target, weight, ignore_index,
                                                    reduction, label_smoothing)
     else:
@@ -375,6 +463,9 @@ def cross_entropy_backward(logits: npt.ArrayLike, target: npt.ArrayLike, grad_ou
         scale, zscale = g / norm, g / znorm
     xc, dxc = _transform(x, logit_scale, softcap)
     eps = label_smoothing
+    if sharded:
+        d = _shard_grad(xc, lse_r, y, ignored, w, w_y, class_start, eps, z_loss, scale, zscale)
+        return (d * dxc).reshape(np.shape(logits))  # type: ignore[no-any-return]
     with np.errstate(invalid="ignore"):
         p = softmax(xc, axis=1)
         if soft:  # d/dx of -sum_c w_c t'_c logp_c
@@ -397,13 +488,16 @@ def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *, wei
                             ignore_index: int = -100, reduction: str = "mean",
                             label_smoothing: float = 0.0, z_loss: float = 0.0,
                             softcap: float | None = None, logit_scale: float = 1.0,
-                            num_items: float | None = None,
+                            num_items: float | None = None, lse: npt.ArrayLike | None = None,
+                            class_start: int = 0, num_classes: int | None = None,
                             grad_output: npt.ArrayLike = 1.0) -> tuple[RefLoss, F64Array]:
     """Loss and gradient together: ``(cross_entropy(...), cross_entropy_backward(...))``.
 
     Parameters
     ----------
-    logits, target, weight, ignore_index, reduction, label_smoothing
+    logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+        As in :func:`cross_entropy`.
+    logit_scale, num_items, lse, class_start, num_classes
         As in :func:`cross_entropy`.
     grad_output : float or array_like, default 1.0
         As in :func:`cross_entropy_backward`.
@@ -415,9 +509,73 @@ def cross_entropy_with_grad(logits: npt.ArrayLike, target: npt.ArrayLike, *, wei
     """
     kw: dict[str, Any] = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
               label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-              logit_scale=logit_scale, num_items=num_items)
+              logit_scale=logit_scale, num_items=num_items, lse=lse,
+              class_start=class_start, num_classes=num_classes)
     return (cross_entropy(logits, target, **kw),
             cross_entropy_backward(logits, target, grad_output, **kw))
+
+
+# ------------------------------------------------------------- linear cross-entropy
+def _linear_logits(hidden: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any]:
+    h = np.asarray(hidden, dtype=np.float64)
+    W = np.asarray(weight, dtype=np.float64)
+    if h.ndim != 2 or W.ndim != 2 or h.shape[1] != W.shape[1]:
+        raise ValueError(f"hidden (N, H) and weight (V, H) do not match: {h.shape}, {W.shape}")
+    logits = h @ W.T
+    if bias is not None:
+        logits = logits + np.asarray(bias, dtype=np.float64)
+    return h, W, logits
+
+
+def linear_cross_entropy(hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike, *,
+                         bias: npt.ArrayLike | None = None, ignore_index: int = -100,
+                         reduction: str = "mean", label_smoothing: float = 0.0,
+                         z_loss: float = 0.0) -> RefLoss:
+    """``cross_entropy(hidden @ weight.T + bias, target)`` in float64, the logits held whole.
+
+    Parameters
+    ----------
+    hidden : array_like, shape (N, H)
+    weight : array_like, shape (V, H)
+    target : array_like of int, shape (N,)
+    bias : array_like, shape (V,), optional
+    ignore_index, reduction, label_smoothing, z_loss
+        As in :func:`cross_entropy`.
+
+    Returns
+    -------
+    numpy.float64 or numpy.ndarray
+    """
+    _, _, logits = _linear_logits(hidden, weight, bias)
+    return cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction,
+                         label_smoothing=label_smoothing, z_loss=z_loss)
+
+
+def linear_cross_entropy_with_grad(
+        hidden: npt.ArrayLike, weight: npt.ArrayLike, target: npt.ArrayLike, *,
+        bias: npt.ArrayLike | None = None, ignore_index: int = -100, reduction: str = "mean",
+        label_smoothing: float = 0.0, z_loss: float = 0.0, grad_output: npt.ArrayLike = 1.0,
+) -> tuple[RefLoss, F64Array, F64Array, F64Array | None]:
+    """Loss and gradients of :func:`linear_cross_entropy`: ``(loss, d_hidden, d_weight,
+    d_bias)`` with ``G`` the logits' gradient, ``d_hidden = G @ weight``, ``d_weight =
+    G.T @ hidden``, ``d_bias = G.sum(0)`` (None without a bias).
+
+    Parameters
+    ----------
+    hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss
+        As in :func:`linear_cross_entropy`.
+    grad_output : float or array_like, default 1.0
+        As in :func:`cross_entropy_backward`.
+
+    Returns
+    -------
+    loss, d_hidden, d_weight, d_bias
+    """
+    h, W, logits = _linear_logits(hidden, weight, bias)
+    loss, G = cross_entropy_with_grad(logits, target, ignore_index=ignore_index,
+                                      reduction=reduction, label_smoothing=label_smoothing,
+                                      z_loss=z_loss, grad_output=grad_output)
+    return loss, G @ W, G.T @ h, (G.sum(axis=0) if bias is not None else None)
 
 
 # ------------------------------------------------------ binary cross-entropy with logits

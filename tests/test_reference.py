@@ -223,3 +223,107 @@ def test_reference_errors(reference):
         reference.cross_entropy(x, np.array([0, 1]))
     with pytest.raises(ValueError, match="weight"):
         reference.cross_entropy(x, np.array([0, 1, 1]), weight=np.ones(3))
+
+
+# ------------------------------------------------------ vocabulary shards and linear CE
+SHARD_OPTIONS = [
+    dict(),
+    dict(weight="random", label_smoothing=0.2),
+    dict(label_smoothing=0.1, z_loss=1e-2, softcap=3.0),
+    dict(weight="random", logit_scale=0.5, z_loss=1e-3),
+]
+
+
+def _shard_kw(opts, V):
+    kw = dict(opts)
+    if kw.get("weight") == "random":
+        kw["weight"] = make_weight(V, "random")
+    return kw
+
+
+@pytest.mark.parametrize("opts", SHARD_OPTIONS, ids=lambda o: ",".join(o) or "plain")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_shards_add_up_to_the_whole_vocabulary(reference, opts, reduction):
+    """The reference's shard share (its own formula, from a given lse) is specified so that
+    the shares of a partition add up to the full loss and their gradients are its columns:
+    checked against the reference's whole-vocabulary call (log_softmax-based)."""
+    rng = np.random.default_rng(11)
+    N, V = 10, 29
+    x = rng.standard_normal((N, V)) * 4
+    t = rng.integers(0, V, N)
+    t[[1, 6]] = IGNORE_INDEX
+    kw = dict(_shard_kw(opts, V), reduction=reduction)
+    g = _grad_output(reduction, t)
+    xc = x * kw.get("logit_scale", 1.0)
+    if kw.get("softcap"):
+        xc = kw["softcap"] * np.tanh(xc / kw["softcap"])
+    lse = reference.logsumexp(xc, axis=1)
+    bounds = [(0, 1), (1, 12), (12, 29)]
+    shares = [reference.cross_entropy(x[:, a:b], t, lse=lse, class_start=a, num_classes=V, **kw)
+              for a, b in bounds]
+    grads = [reference.cross_entropy_backward(x[:, a:b], t, g, lse=lse, class_start=a,
+                                              num_classes=V, **kw) for a, b in bounds]
+    _check(np.sum(shares, axis=0), reference.cross_entropy(x, t, **kw), f"loss {kw}")
+    _check(np.concatenate(grads, axis=1), reference.cross_entropy_backward(x, t, g, **kw),
+           f"gradient {kw}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opts", SHARD_OPTIONS, ids=lambda o: ",".join(o) or "plain")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_fastce_shards_vs_reference(reference, opts, reduction, dtype):
+    import fastce
+    rng = np.random.default_rng(12)
+    N, V, a, b = 12, 40, 9, 31
+    x = (rng.standard_normal((N, V)) * 4).astype(dtype)
+    t = rng.integers(0, V, N)
+    t[3] = IGNORE_INDEX
+    kw = dict(_shard_kw(opts, V), reduction=reduction)
+    xc = x.astype(np.float64) * kw.get("logit_scale", 1.0)
+    if kw.get("softcap"):
+        xc = kw["softcap"] * np.tanh(xc / kw["softcap"])
+    lse = reference.logsumexp(xc, axis=1)
+    shard = np.ascontiguousarray(x[:, a:b])
+    fkw = dict(kw, weight=None if kw.get("weight") is None else kw["weight"].astype(dtype))
+    loss, grad = fastce.cross_entropy_with_grad(shard, t, lse=lse, class_start=a, num_classes=V, **fkw)
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == "float32" else dict(rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(loss, reference.cross_entropy(shard, t, lse=lse, class_start=a,
+                                                             num_classes=V, **fkw), **tol)
+    np.testing.assert_allclose(grad, reference.cross_entropy_backward(
+        shard, t, lse=lse, class_start=a, num_classes=V, **fkw), **tol)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_linear_cross_entropy_reference(torch, reference, reduction, bias):
+    """The reference's linear CE against torch's autograd of F.linear + F.cross_entropy,
+    and fastce's (float64) against the reference."""
+    import fastce
+    rng = np.random.default_rng(13)
+    N, H, V = 17, 6, 23
+    h = rng.standard_normal((N, H))
+    W = rng.standard_normal((V, H))
+    bvec = rng.standard_normal(V) if bias else None
+    t = rng.integers(0, V, N)
+    t[4] = IGNORE_INDEX
+    kw = dict(reduction=reduction, label_smoothing=0.1)
+    g = _grad_output(reduction, t)
+    ref = reference.linear_cross_entropy_with_grad(h, W, t, bias=bvec, grad_output=g, **kw)
+    th, tW = torch.tensor(h, requires_grad=True), torch.tensor(W, requires_grad=True)
+    tb = torch.tensor(bvec, requires_grad=True) if bias else None
+    tl = torch.nn.functional.cross_entropy(torch.nn.functional.linear(th, tW, tb), torch.tensor(t), **kw)
+    tl.backward(torch.tensor(g))
+    _check(ref[0], tl.detach().numpy(), "loss vs torch")
+    _check(ref[1], th.grad.numpy(), "d_hidden vs torch")
+    _check(ref[2], tW.grad.numpy(), "d_weight vs torch")
+    if bias:
+        _check(ref[3], tb.grad.numpy(), "d_bias vs torch")
+    else:
+        assert ref[3] is None
+    _check(reference.linear_cross_entropy(h, W, t, bias=bvec, **kw), ref[0], "loss alone")
+    fc = fastce.linear_cross_entropy_with_grad(h, W, t, bias=bvec, grad_output=g, chunk_size=5, **kw)
+    for got, want, what in zip(fc, ref, ("loss", "d_hidden", "d_weight", "d_bias")):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=f"fastce {what}")
