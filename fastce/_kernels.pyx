@@ -437,6 +437,7 @@ cdef int64_t scan_targets(const Sweep *s, double *valid, double *wsum) noexcept 
     [0, Ctot) nor ignore_index (-1 if none); the rows not ignored; their summed weights."""
     cdef int64_t r, y
     cdef double n = 0.0, w = 0.0, comp = 0.0, v, t
+    cdef bint weighted = s.wd != NULL or s.wdf != NULL  # else the total is the count
     for r in range(s.rows):
         y = raw_target(s, r)
         if s.has_ignore and y == s.ignore_index:
@@ -444,13 +445,13 @@ cdef int64_t scan_targets(const Sweep *s, double *valid, double *wsum) noexcept 
         if y < 0 or y >= s.Ctot:
             return r
         n += 1.0
-        if s.wd == NULL and s.wdf == NULL:
-            continue  # unweighted: the total is the count
+        if not weighted:
+            continue
         v = weight_of(s, y)  # Neumaier's compensated sum: the weight total to ~1 ulp
         t = w + v
         comp += (w - t) + v if fabs(w) >= fabs(v) else (v - t) + w
         w = t
-    valid[0], wsum[0] = n, (w + comp) if (s.wd != NULL or s.wdf != NULL) else n
+    valid[0], wsum[0] = n, (w + comp) if weighted else n
     return -1
 
 
