@@ -872,13 +872,19 @@ MINI_COLUMNS = ["shape", "dtype", "threads", "fastce fwd us", "torch fwd us", "t
 
 
 def _autorange(fn, min_s):
-    """Like :meth:`timeit.Timer.autorange`: loop length whose run takes >= ``min_s``."""
+    """Like :meth:`timeit.Timer.autorange`: loop length whose run takes >= ``min_s``.
+
+    After one warm-up call; a single call is judged by the fastest of three, so that one
+    preempted call on a busy machine does not make a microsecond call be timed alone."""
+    fn()
     number = 1
     while True:
-        t0 = time.perf_counter()
-        for _ in itertools.repeat(None, number):
-            fn()
-        t = time.perf_counter() - t0
+        t = math.inf
+        for _ in range(3 if number == 1 else 1):
+            t0 = time.perf_counter()
+            for _ in itertools.repeat(None, number):
+                fn()
+            t = min(t, time.perf_counter() - t0)
         if t >= min_s or number >= 1 << 24:
             return number, t
         number *= max(2, min(10, int(math.ceil(min_s / max(t, 1e-9)))))
