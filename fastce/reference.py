@@ -287,6 +287,8 @@ def _transform(x: Any, logit_scale: float, softcap: float | None) -> tuple[Any, 
 
 
 def _z_rows(xc: Any, ignored: Any, z_loss: float) -> Any:
+    if not z_loss:  # exactly nothing, also for rows whose lse is infinite (0 * inf)
+        return np.zeros(len(xc))
     return np.where(ignored, 0.0, z_loss * logsumexp(xc, axis=1) ** 2)
 
 
