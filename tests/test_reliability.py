@@ -16,6 +16,38 @@ def run_child(code, timeout=120):
                           text=True, timeout=timeout, cwd="/")
 
 
+def run_while_reconfiguring(work, n_workers, setters):
+    """Run ``work(i)`` in ``n_workers`` threads while one thread per setter calls it with
+    0, 1, 2, ... until the workers are done. Returns the exceptions the workers raised."""
+    import threading
+
+    stop = threading.Event()
+    errors = []
+
+    def flip(setter):
+        k = 0
+        while not stop.is_set():
+            setter(k)
+            k += 1
+
+    def guarded(i):
+        try:
+            work(i)
+        except Exception as exc:  # pragma: no cover - reported by the caller
+            errors.append(exc)
+
+    flippers = [threading.Thread(target=flip, args=(f,)) for f in setters]
+    workers = [threading.Thread(target=guarded, args=(i,)) for i in range(n_workers)]
+    for th in flippers + workers:
+        th.start()
+    for th in workers:
+        th.join()
+    stop.set()
+    for th in flippers:
+        th.join()
+    return errors
+
+
 def test_forked_child_does_not_hang():
     """After a multi-threaded call, a fork-started worker runs serial instead of waiting in
     libgomp's barrier for threads that did not survive the fork."""
@@ -94,8 +126,6 @@ def test_set_isa_during_calls_gives_one_isas_result():
     """Each call takes one snapshot of the kernel table: with other threads flipping
     set_isa, every result is bitwise one of the single-ISA results (the sweeps release the
     GIL, so the calls really overlap)."""
-    import threading
-
     isas = fastce.supported_isas()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((100_000, 10)).astype(np.float32)
@@ -108,32 +138,14 @@ def test_set_isa_during_calls_gives_one_isas_result():
             fastce.set_isa(isa)
             want_ce.add(fastce.cross_entropy(x, t, reduction="none", n_threads=2).tobytes())
             want_bce.add(fastce.binary_cross_entropy_with_logits(x, y, n_threads=2).tobytes())
-        stop = threading.Event()
-        got, errors = [], []
+        got = []
 
-        def flip():
-            k = 0
-            while not stop.is_set():
-                fastce.set_isa(isas[k % len(isas)])
-                k += 1
+        def work(_):
+            for _ in range(8):
+                got.append(("ce", fastce.cross_entropy(x, t, reduction="none", n_threads=2).tobytes()))
+                got.append(("bce", fastce.binary_cross_entropy_with_logits(x, y, n_threads=2).tobytes()))
 
-        def work():
-            try:
-                for _ in range(8):
-                    got.append(("ce", fastce.cross_entropy(x, t, reduction="none", n_threads=2).tobytes()))
-                    got.append(("bce", fastce.binary_cross_entropy_with_logits(x, y, n_threads=2).tobytes()))
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        flipper = threading.Thread(target=flip)
-        workers = [threading.Thread(target=work) for _ in range(4)]
-        flipper.start()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        stop.set()
-        flipper.join()
+        errors = run_while_reconfiguring(work, 4, [lambda k: fastce.set_isa(isas[k % len(isas)])])
     finally:
         fastce.set_isa(before)
     assert not errors, errors
@@ -218,7 +230,6 @@ def test_every_public_function_under_threads_and_reconfiguration():
     """Many Python threads call every public function at once while two others flip
     set_isa and set_num_threads: every call's result is bitwise one of its single-threaded
     results on the ISAs in play (results do not depend on the thread count)."""
-    import threading
 
     calls = _every_public_call()
     skip = {"ArgumentTypeError", "ArgumentValueError", "get_isa", "set_isa", "supported_isas",
@@ -239,40 +250,17 @@ def test_every_public_function_under_threads_and_reconfiguration():
                 for isa2 in isas:
                     fastce.set_isa(isa)
                     want[name, 1].add(calls[name](lambda: fastce.set_isa(isa2))[1])
-        stop = threading.Event()
-        got, errors = [], []
-
-        def flip_isa():
-            k = 0
-            while not stop.is_set():
-                fastce.set_isa(isas[k % len(isas)])
-                k += 1
-
-        def flip_threads():
-            k = 0
-            while not stop.is_set():
-                fastce.set_num_threads(1 + k % 2)
-                k += 1
+        got = []
 
         def work(seed):
             order = list(calls)
             np.random.default_rng(seed).shuffle(order)
-            try:
-                for _ in range(2):
-                    for name in order:
-                        got.append((name, calls[name]()))
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            for _ in range(2):
+                for name in order:
+                    got.append((name, calls[name]()))
 
-        flippers = [threading.Thread(target=flip_isa), threading.Thread(target=flip_threads)]
-        workers = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-        for th in flippers + workers:
-            th.start()
-        for th in workers:
-            th.join()
-        stop.set()
-        for th in flippers:
-            th.join()
+        errors = run_while_reconfiguring(work, 6, [lambda k: fastce.set_isa(isas[k % len(isas)]),
+                                                   lambda k: fastce.set_num_threads(1 + k % 2)])
     finally:
         fastce.set_isa(isa0)
         fastce.set_num_threads(threads0)
