@@ -177,25 +177,31 @@ def bce_sweep(x, y, w, pw, ge, grad, loss_elem, int64_t R, int64_t L, int64_t n_
     n_threads = clamp_threads(n_threads, g.R * L)  # the cross-entropy sweeps' rule
     if nitems < n_threads:
         n_threads = <int> max(nitems, 1)
-    if x[0].dtype == np.float32:
-        _bce_sweep[float](ops, &g, need_scratch, n_threads)
-    else:
-        _bce_sweep[double](ops, &g, need_scratch, n_threads)
+    # every thread's scratch, allocated before anything is written
+    cdef size_t per = BCE_NOPS * g.blk * (4 if x[0].dtype == np.float32 else 8) if need_scratch else 0
+    cdef char *scratch = <char *> malloc(per * n_threads) if per else NULL
+    if per and scratch == NULL:
+        raise MemoryError(f"fastce: cannot allocate {per * n_threads} bytes of scratch for a "
+                          f"BCE sweep on {n_threads} thread(s)")
+    try:
+        if x[0].dtype == np.float32:
+            _bce_sweep[float](ops, &g, scratch, per, n_threads)
+        else:
+            _bce_sweep[double](ops, &g, scratch, per, n_threads)
+    finally:
+        free(scratch)
 
 
-cdef void _bce_sweep(const BceOp *ops, const BceGrid *g, bint need_scratch, int n_threads,
+cdef void _bce_sweep(const BceOp *ops, const BceGrid *g, char *scratch, size_t per, int n_threads,
                      floating *dummy=NULL):
     cdef int64_t item, nitems = g.R * g.nchunks
-    cdef floating *scratch
+    cdef floating *mine
     if n_threads == 1:  # no parallel region for work too small to split
         with nogil:
-            scratch = <floating *> malloc(BCE_NOPS * g.blk * sizeof(floating)) if need_scratch else NULL
             for item in range(nitems):
-                bce_item(ops, g, item, scratch)
-            free(scratch)
+                bce_item(ops, g, item, <floating *> scratch)
         return
     with nogil, parallel(num_threads=n_threads):
-        scratch = <floating *> malloc(BCE_NOPS * g.blk * sizeof(floating)) if need_scratch else NULL
+        mine = <floating *> (scratch + threadid() * per) if per else NULL
         for item in prange(nitems, schedule='static'):
-            bce_item(ops, g, item, scratch)
-        free(scratch)
+            bce_item(ops, g, item, mine)

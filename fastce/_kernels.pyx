@@ -11,13 +11,15 @@ Design, in layers:
    for 2-D logits).  A "row" is ``(a, b)``, flat index ``r = a * B + b``: ``C`` scores
    ``x[a, :, b]``.  ``plan`` picks how rows are walked from shapes and strides alone:
    rows (SIMD along classes), columns (``lanes`` rows side by side, for class-strided
-   layouts, read in place, or small ``C``, transposed into scratch), or split (a few
-   huge rows cut into fixed chunks).
+   layouts, read in place, or small ``C``, transposed into scratch), or split (huge rows
+   cut into fixed chunks: fewer than 16 of them, or rows whose scratch would exceed
+   16 MiB per thread; chunks are gathered, converted and transformed like whole rows).
 3. Per-row arithmetic.  ``finish_row`` turns a row's statistics (lse as the pair
    ``(max, log sum)``, deviations from the max) into its loss and the coefficients of its
    output row, with the formulas of ``include/fastce/row.h``; every mode shares it.
 4. Sweeps.  ``prange`` over rows, blocks or chunks, static schedule, GIL released,
-   per-thread scratch of ``C`` (or ``C * lanes``) elements, never ``N x C``.  Each row is
+   per-thread scratch of at most ``3 C`` elements (``C * lanes`` for columns, ``3 *
+   SPLIT_CHUNK`` for split rows), never ``N x C``.  Each row is
    computed by one thread in a fixed order, and per-row results land in ``O(N)`` float64
    buffers the caller reduces in a fixed order: bitwise identical for any ``n_threads``.
 
@@ -272,15 +274,17 @@ cdef inline char *row_addr(const RowGeom *g, int64_t r) noexcept nogil:
 
 # The walk depends on shapes and strides only, never on the thread count.
 DEF MODE_ROWS = 0     # one row at a time, SIMD along the classes (gathered when strided)
-DEF MODE_SPLIT = 1    # a few huge rows: fixed-size chunks in parallel, merged in order
+DEF MODE_SPLIT = 1    # huge rows: fixed-size chunks in parallel, merged in order
 DEF MODE_COLS = 2     # `lanes` rows side by side, read in place (class-strided layouts)
 DEF MODE_COLS_T = 3   # `lanes` rows side by side, transposed into scratch (small C)
 
 DEF SMALL_C = 32          # up to here, contiguous rows go `lanes` at a time
 DEF SPLIT_CHUNK = 16384   # elements per chunk when huge rows are split
 DEF SPLIT_MIN_C = 65536   # rows at least this long are split ...
-DEF SPLIT_MAX_ROWS = 16   # ... when there are fewer than this many
-DEF SPLIT_COEF = 5        # per split row: a, beta, gamma and the lse pair (m, l)
+DEF SPLIT_MAX_ROWS = 16   # ... when there are fewer than this many, or when a row through
+DEF SPLIT_MAX_SCRATCH = 16777216  # scratch (gathered, converted, transformed) would take
+                                  # more than this many bytes per thread
+DEF SPLIT_COEF = 6        # per split row: a, beta, gamma, the lse pair (m, l), the target logit
 DEF MAX_LANES = 16
 DEF MIN_WORK_PER_THREAD = 8192  # elements: below this per thread, use fewer threads
 DEF FUSED_MAX_BYTES = 262144     # rows up to this size take the one-exp gradient (three passes,
@@ -334,8 +338,10 @@ cdef struct Sweep:
     bint transform              # softcap or logit_scale: rows go through scratch
     bint direct_out             # the output has the input's strides (columns write in place)
     const fce_kernels *kt       # the kernel table of this call: one snapshot (set_isa may run)
-    char *scratch               # every thread's scratch, allocated before the sweep ...
-    int64_t scratch_per         # ... scratch_per bytes each (split rows: the shared buffers)
+    char *scratch               # the sweep's scratch, allocated before it: split rows'
+    int64_t scratch_shared      # shared buffers (scratch_shared bytes), then every
+    int64_t scratch_per         # thread's own scratch_per bytes
+    int64_t sw                  # elements per buffer of a thread's scratch: C, or SPLIT_CHUNK
 
 
 cdef int half_kind(cnp.ndarray arr):
@@ -375,7 +381,16 @@ cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target
     s.oh = half_kind(out) if out is not None else HALF_NONE
     s.th = half_kind(soft_target) if s.soft else HALF_NONE
     s.mode = MODE_ROWS
+    s.sw = s.C
     s.transform = s.softcap != 0.0 or s.logit_scale != 1.0
+    cdef bint loads = s.soft or s.xh or s.oh or s.transform or s.x_strided or s.o_strided
+    cdef int64_t celem = 8 if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE else 4
+    if s.C >= SPLIT_MIN_C and (s.rows < SPLIT_MAX_ROWS
+                               or (loads and 3 * s.C * celem > SPLIT_MAX_SCRATCH)):
+        s.mode, s.sw = MODE_SPLIT, SPLIT_CHUNK
+        s.per = (s.C + SPLIT_CHUNK - 1) // SPLIT_CHUNK
+        s.nblocks = s.rows * s.per
+        return
     if s.soft or s.xh or s.oh or s.transform:
         return
     if s.x_strided and s.x.B >= lanes and s.x.sb == item:
@@ -389,10 +404,6 @@ cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target
     elif s.C <= SMALL_C and lanes > 1:
         s.mode = MODE_COLS_T
         s.nblocks = (s.rows + lanes - 1) // lanes
-    elif s.C >= SPLIT_MIN_C and s.rows < SPLIT_MAX_ROWS and not s.x_strided and not s.o_strided:
-        s.mode = MODE_SPLIT
-        s.per = (s.C + SPLIT_CHUNK - 1) // SPLIT_CHUNK
-        s.nblocks = s.rows * s.per
 
 
 # ---------------------------------------------------------------------------------------
@@ -635,11 +646,14 @@ cdef void run_sweep(Sweep *s, int n_threads, floating *dummy) noexcept nogil:
 # -- rows ------------------------------------------------------------------------------
 cdef int64_t scratch_bytes(Sweep *s, int64_t elem, int n_threads) noexcept:
     """Bytes of scratch the planned sweep needs, for all its threads (sets scratch_per)."""
+    s.scratch_shared = 0
     if s.rows == 0 or s.C == 0:
         return 0
-    if s.mode == MODE_SPLIT:  # chunk statistics, and SPLIT_COEF doubles per row
-        s.scratch_per = 0
-        return s.nblocks * <int64_t> sizeof(fce_stats) + SPLIT_COEF * s.rows * <int64_t> sizeof(double)
+    if s.mode == MODE_SPLIT:  # chunk statistics and SPLIT_COEF doubles per row; chunk buffers
+        s.scratch_shared = s.nblocks * <int64_t> sizeof(fce_stats) + SPLIT_COEF * s.rows * <int64_t> sizeof(double)
+        s.scratch_shared = (s.scratch_shared + 63) // 64 * 64
+        s.scratch_per = (3 if s.soft else 2) * SPLIT_CHUNK * elem
+        return s.scratch_shared + s.scratch_per * n_threads
     if s.mode == MODE_ROWS:
         s.scratch_per = 3 * s.C * elem if (s.x_strided or s.o_strided or s.soft or s.xh or s.oh
                                            or s.transform) else 0
@@ -651,7 +665,7 @@ cdef int64_t scratch_bytes(Sweep *s, int64_t elem, int n_threads) noexcept:
 
 
 cdef inline floating *thread_scratch(const Sweep *s, floating *dummy) noexcept nogil:
-    return <floating *> (s.scratch + threadid() * s.scratch_per) if s.scratch_per else NULL
+    return <floating *> (s.scratch + s.scratch_shared + threadid() * s.scratch_per) if s.scratch_per else NULL
 
 
 cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
@@ -677,18 +691,11 @@ cdef void sweep_rows(const Sweep *s, int n_threads, floating *dummy) noexcept no
 cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
     # l = sum_c w_c t'_c (lse - x_c), t' = (1 - eps) t + eps / C (row.h)
     cdef const floating *row = load_x(s, r, scratch)
-    cdef const floating *trow = <const floating *> row_addr(&s.t, r)
+    cdef const floating *trow = target_part(s, r, 0, s.C, scratch + s.sw)
     cdef floating *dst
     cdef fce_stats st
     cdef double l, g
     cdef double coef[3]
-    if floating is float:
-        if s.th:
-            load_row(s.kt, s.th, row_addr(&s.t, r), s.t.sc, scratch + s.C, s.C)
-            trow = scratch + s.C
-    if s.t.sc != 1 and not s.th:
-        copy_strided(trow, s.t.sc, scratch + s.C, 1, s.C)
-        trow = scratch + s.C
     if floating is float:
         s.kt.f32.row_soft_stats(row, trow, s.C, <const float *> s.wt, 1.0 - s.rp.eps,
                                 s.rp.eps / s.C, &st)
@@ -704,62 +711,101 @@ cdef inline void one_soft_row(const Sweep *s, int64_t r, floating *scratch) noex
         return
     g = s.scale[r] if s.scale != NULL else s.scale0
     fce_soft_coef(&s.rp, st.u, st.max + l, g, coef)
-    dst = out_buffer(s, r, scratch)
+    dst = out_part(s, r, 0, scratch)
     if floating is float:
         s.kt.f32.row_soft_grad(row, trow, dst, s.C, st.max, l, coef[0], coef[1], coef[2],
                                <const float *> s.wt)
     else:
         s.kt.f64.row_soft_grad(row, trow, dst, s.C, st.max, l, coef[0], coef[1], coef[2],
                                <const double *> s.wt)
-    store_out(s, r, dst, row)
+    store_part(s, r, 0, s.C, dst, row)
 
 
-cdef inline const floating *load_x(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
-    """Row r of x, ready for the kernels: in place, or in scratch[0:C) when it had to be
-    gathered (strided), converted (half) or softcapped."""
-    cdef const floating *row = <const floating *> row_addr(&s.x, r)
+# Rows whole (c0 = 0, n = C) or in chunks of a split row: classes [c0, c0 + n) of row r.
+# A thread's scratch holds s.sw elements for x, then the soft targets, then the output.
+cdef inline char *part_addr(const RowGeom *g, int half, int64_t r, int64_t c0,
+                            size_t item) noexcept nogil:
+    return row_addr(g, r) + c0 * g.sc * <int64_t> (2 if half else item)
+
+
+cdef inline const floating *load_part(const Sweep *s, int64_t r, int64_t c0, int64_t n,
+                                      floating *scratch) noexcept nogil:
+    """Classes [c0, c0 + n) of row r of x, ready for the kernels: in place, or in
+    scratch[0:n) when they had to be gathered (strided), converted (half) or transformed."""
+    cdef char *src = part_addr(&s.x, s.xh, r, c0, sizeof(floating))
+    cdef const floating *row = <const floating *> src
     if floating is float:
         if s.xh:
-            load_row(s.kt, s.xh, row_addr(&s.x, r), s.x.sc, scratch, s.C)
+            load_row(s.kt, s.xh, src, s.x.sc, scratch, n)
             row = scratch
     if s.x_strided and not s.xh:
-        copy_strided(row, s.x.sc, scratch, 1, s.C)
+        copy_strided(row, s.x.sc, scratch, 1, n)
         row = scratch
     if s.logit_scale != 1.0:
         if row != scratch:
-            memcpy(scratch, row, s.C * sizeof(floating))
-        k_scale(s.kt, scratch, s.C, s.logit_scale)
+            memcpy(scratch, row, n * sizeof(floating))
+        k_scale(s.kt, scratch, n, s.logit_scale)
         row = scratch
     if s.softcap != 0.0:
-        k_softcap(s.kt, row, scratch, s.C, s.softcap)
+        k_softcap(s.kt, row, scratch, n, s.softcap)
         row = scratch
     return row
 
 
-cdef inline floating *out_buffer(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
-    """Where row r's output is computed: the output row itself, or scratch when it must be
-    scattered, converted or chained afterwards (after the x row and any target row)."""
+cdef inline const floating *load_x(const Sweep *s, int64_t r, floating *scratch) noexcept nogil:
+    return load_part(s, r, 0, s.C, scratch)
+
+
+cdef inline const floating *target_part(const Sweep *s, int64_t r, int64_t c0, int64_t n,
+                                        floating *buf) noexcept nogil:
+    """Classes [c0, c0 + n) of row r of the probability targets: in place, or in buf."""
+    cdef char *src = part_addr(&s.t, s.th, r, c0, sizeof(floating))
+    if floating is float:
+        if s.th:
+            load_row(s.kt, s.th, src, s.t.sc, buf, n)
+            return buf
+    if s.t.sc != 1:
+        copy_strided(<const floating *> src, s.t.sc, buf, 1, n)
+        return buf
+    return <const floating *> src
+
+
+cdef inline floating *out_part(const Sweep *s, int64_t r, int64_t c0, floating *scratch) noexcept nogil:
+    """Where the output of classes [c0, ...) of row r is computed: the output itself, or
+    scratch when it must be scattered, converted or chained afterwards (after x and any
+    targets)."""
     if s.transform:
-        return scratch + (2 if s.soft else 1) * s.C
+        return scratch + (2 if s.soft else 1) * s.sw
     if s.o_strided or s.oh:
         return scratch
-    return <floating *> row_addr(&s.o, r)
+    return (<floating *> row_addr(&s.o, r)) + c0
 
 
-cdef inline void store_out(const Sweep *s, int64_t r, floating *dst, const floating *xrow) noexcept nogil:
-    """Finish row r's output computed in dst: the chain rule of softcap and logit_scale,
-    then store it."""
-    cdef floating *orow = <floating *> row_addr(&s.o, r)
+cdef inline void store_part(const Sweep *s, int64_t r, int64_t c0, int64_t n, floating *dst,
+                            const floating *xpart) noexcept nogil:
+    """Finish the output of classes [c0, c0 + n) of row r, computed in dst: the chain rule
+    of softcap and logit_scale, then store it."""
+    cdef char *oaddr = part_addr(&s.o, s.oh, r, c0, sizeof(floating))
     if s.softcap != 0.0:
-        k_softcap_grad(s.kt, xrow, dst, s.C, s.softcap)  # d/dx = d/dxc * (1 - (xc / c)**2)
+        k_softcap_grad(s.kt, xpart, dst, n, s.softcap)  # d/dx = d/dxc * (1 - (xc / c)**2)
     if s.logit_scale != 1.0:
-        k_scale(s.kt, dst, s.C, s.logit_scale)
+        k_scale(s.kt, dst, n, s.logit_scale)
     if floating is float:
         if s.oh:
-            store_row(s.kt, s.oh, dst, row_addr(&s.o, r), s.o.sc, s.C)
+            store_row(s.kt, s.oh, dst, oaddr, s.o.sc, n)
             return
-    if dst != orow:
-        copy_strided(dst, 1, orow, s.o.sc, s.C)
+    if dst != <floating *> oaddr:
+        copy_strided(dst, 1, <floating *> oaddr, s.o.sc, n)
+
+
+cdef inline void zero_part(const Sweep *s, int64_t r, int64_t c0, int64_t n,
+                           floating *dummy) noexcept nogil:
+    """The output of classes [c0, c0 + n) of an ignored row r: zeros (`dummy`: the dtype)."""
+    cdef char *oaddr = part_addr(&s.o, s.oh, r, c0, sizeof(floating))
+    if s.oh:
+        zero_half(oaddr, s.o.sc, n)
+    else:
+        zero_strided(<floating *> oaddr, s.o.sc, n)
 
 
 cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating *dummy) noexcept nogil:
@@ -778,10 +824,7 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
             k_stats(s.kt, row, s.C, NULL, 0, &st)
             s.lse[r] = st.max + log_sum(s.kt, row, s.C, &st)
         if s.out_kind != OUT_NONE:
-            if s.oh:
-                zero_half(row_addr(&s.o, r), s.o.sc, s.C)
-            else:
-                zero_strided(<floating *> row_addr(&s.o, r), s.o.sc, s.C)
+            zero_part(s, r, 0, s.C, scratch)
         return
     row = load_x(s, r, scratch)
     if s.out_kind == OUT_EXP and s.compute_lse and s.C * sizeof(floating) <= FUSED_MAX_BYTES:
@@ -800,11 +843,11 @@ cdef inline void one_row(const Sweep *s, int64_t r, floating *scratch, floating 
     finish_row(s, r, y, m, l, xy, st.max, st.dev, coef)
     if s.out_kind == OUT_NONE:
         return
-    dst = out_buffer(s, r, scratch)
+    dst = out_part(s, r, 0, scratch)
     k_out(s, row, dst, s.C, m, l, coef)
     if yl >= 0 and s.out_kind == OUT_EXP:
         dst[yl] = dst[yl] - <floating> coef[2]
-    store_out(s, r, dst, row)
+    store_part(s, r, 0, s.C, dst, row)
 
 
 cdef inline void fused_row(const Sweep *s, int64_t r, int64_t y, const floating *row,
@@ -813,7 +856,7 @@ cdef inline void fused_row(const Sweep *s, int64_t r, int64_t y, const floating 
     output while summing it, then scaled in cache by a / sum (the row fits in L2)."""
     cdef int64_t yl = owned_class(s, y)
     cdef double xy = row[yl] if yl >= 0 else 0.0  # before the output overwrites an in-place row
-    cdef floating *dst = out_buffer(s, r, scratch)
+    cdef floating *dst = out_part(s, r, 0, scratch)
     cdef fce_stats st
     cdef double l
     cdef double coef[3]
@@ -832,7 +875,7 @@ cdef inline void fused_row(const Sweep *s, int64_t r, int64_t y, const floating 
         s.kt.f64.row_scale(dst, s.C, coef[0] / st.sum, coef[1], <const double *> s.wt)
     if yl >= 0:
         dst[yl] = dst[yl] - <floating> coef[2]
-    store_out(s, r, dst, row)
+    store_part(s, r, 0, s.C, dst, row)
 
 
 cdef inline double tail_of_e(const floating *e, int64_t n) noexcept nogil:
@@ -848,74 +891,160 @@ cdef inline double tail_of_e(const floating *e, int64_t n) noexcept nogil:
     return t + ones
 
 
-# -- split: few huge rows ----------------------------------------------------------------
+# -- split: huge rows --------------------------------------------------------------------
 cdef void sweep_split(const Sweep *s, int n_threads, floating *dummy) noexcept nogil:
-    """Chunk statistics in parallel; merged per row in chunk order (thread-independent)."""
-    cdef int64_t k, r, y
+    """Chunk statistics in parallel, merged per row in chunk order (thread-independent),
+    then the output chunks in parallel. Scratch is O(SPLIT_CHUNK) per thread, whatever C."""
+    cdef int64_t k, r
     cdef fce_stats *parts = <fce_stats *> s.scratch
     cdef double *coef = <double *> (s.scratch + s.nblocks * sizeof(fce_stats))  # SPLIT_COEF per row
-    if s.compute_lse or wants_dev(s):
-        for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
-            split_stats(s, k, parts, dummy)
+    cdef floating *scratch
+    if n_threads == 1:  # no parallel region for work too small to split
+        scratch = thread_scratch(s, dummy)
+        for k in range(s.nblocks):
+            split_stats(s, k, parts, coef, scratch)
+    else:
+        with parallel(num_threads=n_threads):
+            scratch = thread_scratch(s, dummy)
+            for k in prange(s.nblocks, schedule='static'):
+                split_stats(s, k, parts, coef, scratch)
+    scratch = thread_scratch(s, dummy)  # the calling thread's
     for r in range(s.rows):
-        split_finish(s, r, parts, coef + SPLIT_COEF * r, dummy)
-    if s.out_kind != OUT_NONE:
-        for k in prange(s.nblocks, schedule='static', num_threads=n_threads, nogil=True):
-            split_out(s, k, coef, dummy)
-        for r in range(s.rows):
-            y = owned_class(s, target_of(s, r))
-            if y >= 0 and s.out_kind == OUT_EXP:
-                (<floating *> row_addr(&s.o, r))[y] -= <floating> coef[SPLIT_COEF * r + 2]
+        split_finish(s, r, parts, coef + SPLIT_COEF * r, scratch)
+    if s.out_kind == OUT_NONE:
+        return
+    if n_threads == 1:
+        for k in range(s.nblocks):
+            split_out(s, k, coef, scratch)
+        return
+    with parallel(num_threads=n_threads):
+        scratch = thread_scratch(s, dummy)
+        for k in prange(s.nblocks, schedule='static'):
+            split_out(s, k, coef, scratch)
 
 
-cdef inline void split_stats(const Sweep *s, int64_t k, fce_stats *parts, floating *dummy) noexcept nogil:
+cdef inline bint split_wants_stats(const Sweep *s) noexcept nogil:
+    return s.compute_lse or s.soft or wants_dev(s)
+
+
+cdef inline void split_stats(const Sweep *s, int64_t k, fce_stats *parts, double *coef,
+                             floating *scratch) noexcept nogil:
+    """Chunk k's statistics, and the target's logit (as the kernels see it) if it is here."""
     cdef int64_t r = k // s.per
     cdef int64_t c0 = (k - r * s.per) * SPLIT_CHUNK
+    cdef int64_t n = min(<int64_t> SPLIT_CHUNK, s.C - c0)
+    cdef int64_t yl = owned_class(s, target_of(s, r)) - c0
     cdef const floating *w = (<const floating *> s.wt) + c0 if s.wt != NULL else NULL
-    k_stats(s.kt, (<const floating *> row_addr(&s.x, r)) + c0, min(<int64_t> SPLIT_CHUNK, s.C - c0), w,
-            wants_dev(s), &parts[k])
+    cdef const floating *p
+    cdef const floating *tp
+    if not split_wants_stats(s) and not (0 <= yl < n):
+        return
+    p = load_part(s, r, c0, n, scratch)
+    if 0 <= yl < n:
+        coef[SPLIT_COEF * r + 5] = p[yl]
+    if not split_wants_stats(s):
+        return
+    if not s.soft:
+        k_stats(s.kt, p, n, w, wants_dev(s), &parts[k])
+        return
+    tp = target_part(s, r, c0, n, scratch + s.sw)
+    if floating is float:
+        s.kt.f32.row_soft_stats(p, tp, n, w, 1.0 - s.rp.eps, s.rp.eps / s.C, &parts[k])
+    else:
+        s.kt.f64.row_soft_stats(p, tp, n, w, 1.0 - s.rp.eps, s.rp.eps / s.C, &parts[k])
+
+
+cdef inline double split_log_sum(const Sweep *s, int64_t r, const fce_stats *st,
+                                 floating *scratch) noexcept nogil:
+    """l = log(sum exp(x - max)) of split row r; a row dominated by its max takes log1p of
+    its tail, recomputed chunk by chunk (row.h: FCE_TAIL_REFINE; as row_tail: each term
+    exp(x - max) in the input precision, summed in float64 apart from the scores at max)."""
+    cdef int64_t c0, c, n
+    cdef double tail = 0.0, tops = -1.0
+    cdef floating top = <floating> st.max
+    cdef floating *d = scratch + s.sw
+    cdef const floating *p
+    if not fce_needs_tail(st.sum):
+        return log(st.sum)
+    for c0 in range(0, s.C, SPLIT_CHUNK):
+        n = min(<int64_t> SPLIT_CHUNK, s.C - c0)
+        p = load_part(s, r, c0, n, scratch)
+        for c in range(n):
+            d[c] = p[c] - top
+        if floating is float:
+            s.kt.f32.vexp(d, d, n)
+        else:
+            s.kt.f64.vexp(d, d, n)
+        for c in range(n):
+            if p[c] < top:
+                tail += d[c]
+            else:
+                tops += 1.0
+    return log1p(tail + tops)
 
 
 cdef inline void split_finish(const Sweep *s, int64_t r, const fce_stats *parts, double *coef,
-                              floating *dummy) noexcept nogil:
-    """Row r's merged statistics -> its loss and coef = (a, beta, gamma, m, l)."""
+                              floating *scratch) noexcept nogil:
+    """Row r's merged statistics -> its lse, its loss and coef = (a, beta, gamma, m, l)."""
     cdef int64_t k, y = target_of(s, r)
-    cdef int64_t yl = owned_class(s, y)
-    cdef const floating *row = <const floating *> row_addr(&s.x, r)
     cdef fce_stats st
     cdef double m, l = 0.0
-    st.max, st.dev = 0.0, 0.0
-    if s.compute_lse or wants_dev(s):
+    memset(&st, 0, sizeof(st))
+    if split_wants_stats(s):
         st = parts[r * s.per]
         for k in range(1, s.per):
             st = fce_stats_merge(st, parts[r * s.per + k])
-    if s.compute_lse:
-        m, l = st.max, log_sum(s.kt, row, s.C, &st)  # the tail pass, if any, reads the whole row
+    if s.compute_lse or s.soft:
+        m, l = st.max, split_log_sum(s, r, &st, scratch)
     else:
         m = s.lse[r]
+    coef[3], coef[4] = m, l
+    if s.soft:  # as one_soft_row
+        if s.lse != NULL:
+            s.lse[r] = m + l
+        if s.loss != NULL:
+            s.loss[r] = fce_soft_loss(&s.rp, m, l, m, st.dev, st.u)
+        if s.out_kind != OUT_NONE:
+            fce_soft_coef(&s.rp, st.u, m + l, s.scale[r] if s.scale != NULL else s.scale0, coef)
+        return
     if y == IGNORED:
         ignore_row(s, r)
         if s.compute_lse and s.lse != NULL:  # only the loss is masked
             s.lse[r] = m + l
         return
-    finish_row(s, r, y, m, l, row[yl] if yl >= 0 else 0.0, st.max, st.dev, coef)
-    coef[3], coef[4] = m, l
+    finish_row(s, r, y, m, l, coef[5] if owned_class(s, y) >= 0 else 0.0, st.max, st.dev, coef)
 
 
-cdef inline void split_out(const Sweep *s, int64_t k, const double *coef, floating *dummy) noexcept nogil:
+cdef inline void split_out(const Sweep *s, int64_t k, const double *coef, floating *scratch) noexcept nogil:
     cdef int64_t r = k // s.per
     cdef int64_t c0 = (k - r * s.per) * SPLIT_CHUNK
     cdef int64_t n = min(<int64_t> SPLIT_CHUNK, s.C - c0)
+    cdef int64_t y = target_of(s, r)
+    cdef int64_t yl = owned_class(s, y) - c0
     cdef const double *cf = coef + SPLIT_COEF * r
-    cdef floating *dst = (<floating *> row_addr(&s.o, r)) + c0
+    cdef const floating *w = (<const floating *> s.wt) + c0 if s.wt != NULL else NULL
+    cdef const floating *p
+    cdef const floating *tp
+    cdef floating *dst
     cdef Sweep sub
-    if target_of(s, r) == IGNORED:
-        memset(dst, 0, n * sizeof(floating))
+    if y == IGNORED:
+        zero_part(s, r, c0, n, scratch)
         return
-    sub = s[0]
-    if sub.wt != NULL:
-        sub.wt = (<const floating *> s.wt) + c0
-    k_out(&sub, (<const floating *> row_addr(&s.x, r)) + c0, dst, n, cf[3], cf[4], cf)
+    p = load_part(s, r, c0, n, scratch)
+    dst = out_part(s, r, c0, scratch)
+    if s.soft:
+        tp = target_part(s, r, c0, n, scratch + s.sw)
+        if floating is float:
+            s.kt.f32.row_soft_grad(p, tp, dst, n, cf[3], cf[4], cf[0], cf[1], cf[2], w)
+        else:
+            s.kt.f64.row_soft_grad(p, tp, dst, n, cf[3], cf[4], cf[0], cf[1], cf[2], w)
+    else:
+        sub = s[0]
+        sub.wt = w
+        k_out(&sub, p, dst, n, cf[3], cf[4], cf)
+        if 0 <= yl < n and s.out_kind == OUT_EXP:
+            dst[yl] = dst[yl] - <floating> cf[2]
+    store_part(s, r, c0, n, dst, p)
 
 
 # -- columns: `lanes` rows side by side ----------------------------------------------------

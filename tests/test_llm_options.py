@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import fastce
-from conftest import IGNORE_INDEX, assert_close, dtype_id, make_weight, require_torch
+from conftest import IGNORE_INDEX, assert_close, dtype_id, make_logits, make_weight, require_torch
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -638,3 +638,90 @@ def test_bitwise_identical_across_threads(dtype, reduction, isa):
             assert grad.tobytes() == grad1.tobytes(), f"gradient differs: {what}"
             assert grad32.tobytes() == grad32_1.tobytes(), f"float32 gradient differs: {what}"
             assert lse.tobytes() == lse1.tobytes(), f"lse differs: {what}"
+
+
+# ----------------------------------------------------------------------------- split rows
+SPLIT_C = 70001  # >= 65536 classes with fewer than 16 rows: rows are split into chunks
+SPLIT_LAYOUTS = ("C", "F", "strided", "float16", "bfloat16")
+SPLIT_OPTIONS = {
+    "plain": {},
+    "softcap": dict(softcap=4.0, z_loss=1e-3),
+    "logit_scale": dict(logit_scale=0.7, label_smoothing=0.1),
+    "weight+smoothing": dict(label_smoothing=0.1, weight="random", reduction="sum"),
+    "probabilities": dict(label_smoothing=0.05, reduction="none"),
+    "ignored": dict(reduction="none", z_loss=1e-3),
+}
+
+
+def split_rows_case(dtype, layout, option):
+    """Three rows of SPLIT_C classes in the given layout (one row dominated by its max: the
+    log1p tail, chunk by chunk), float64 copies of the same values, and the options."""
+    x64 = make_logits((3, SPLIT_C), np.float64, seed=7)
+    x64[1] = -40.0
+    x64[1, SPLIT_C - 2] = 0.0
+    store = dtype if layout in ("C", "F", "strided") else np.dtype(layout if layout == "float16" else BF16)
+    x = x64.astype(store)
+    x64 = x.astype(np.float64)
+    if layout == "F":
+        x = np.asfortranarray(x)
+    elif layout == "strided":
+        x = np.repeat(x, 2, axis=1)[:, ::2]
+    kw = dict(SPLIT_OPTIONS[option])
+    if kw.get("weight") == "random":
+        kw["weight"] = make_weight(SPLIT_C, "random")
+    if option == "probabilities":
+        p = np.random.default_rng(3).random((3, SPLIT_C))
+        t = (p / p.sum(axis=1, keepdims=True)).astype(np.float32 if x.dtype.itemsize == 2 else x.dtype)
+    else:
+        t = np.array([5, SPLIT_C - 2, IGNORE_INDEX if option == "ignored" else 40000])
+    return x, x64, t, kw
+
+
+# half-precision logits compute in float32: one case each
+SPLIT_CASES = [(d, lay) for d in DTYPES for lay in SPLIT_LAYOUTS
+               if d == np.float32 or lay in ("C", "F", "strided")]
+
+
+@pytest.mark.parametrize("option", SPLIT_OPTIONS)
+@pytest.mark.parametrize("dtype,layout", SPLIT_CASES,
+                         ids=[f"{dtype_id(d)}-{lay}" for d, lay in SPLIT_CASES])
+def test_split_rows_every_path(dtype, layout, option):
+    """Huge rows go through fixed-size chunks on every path, also when the chunks must be
+    gathered (strided), converted (half precision) or transformed (softcap, logit_scale):
+    the loss, lse and gradient of the float64 reference, bitwise the same on 1 and 2
+    threads. The gradient of half-precision logits is rounded to their dtype once."""
+    from fastce import reference
+
+    x, x64, t, kw = split_rows_case(dtype, layout, option)
+    t64 = t.astype(np.float64) if t.dtype.kind == "f" else t
+    want_loss, want_grad = reference.cross_entropy_with_grad(x64, t64, **kw)
+    xt = x64 * kw.get("logit_scale", 1.0)
+    if "softcap" in kw:
+        xt = kw["softcap"] * np.tanh(xt / kw["softcap"])
+    want_lse = reference.logsumexp(xt, axis=1)
+    results = [fastce.cross_entropy_with_grad(x, t, **kw, return_lse=True, n_threads=n)
+               for n in (1, 2)]
+    (loss, grad, lse), (loss2, grad2, lse2) = results
+    what = f"{np.dtype(dtype).name} {layout} {option}"
+    assert np.array_equal(grad, grad2) and np.array_equal(np.asarray(loss), np.asarray(loss2)) \
+        and np.array_equal(lse, lse2), f"1 and 2 threads differ: {what}"
+    f64 = dtype == np.float64 and layout in ("C", "F", "strided")
+    tol = 1e-12 if f64 else 2e-6
+    grad_tol = 1e-12 if f64 else (2e-6 if x.dtype.itemsize > 2 else 2 ** -8 if layout == "bfloat16" else 2 ** -11)
+    assert_close(loss, want_loss, rtol=tol, atol=tol, what=f"loss: {what}")
+    assert_close(lse, want_lse, rtol=tol, atol=1e-15, what=f"lse (the tail row too): {what}")
+    assert_close(np.asarray(grad, np.float64), want_grad, rtol=grad_tol, atol=grad_tol,
+                 what=f"gradient: {what}", scale_atol=True)
+
+
+def test_split_rows_when_a_row_of_scratch_is_too_big():
+    """Many rows (16, >= the split's row limit) whose transformed row would take more than
+    16 MiB of scratch per thread are split too; the loss is the reference's."""
+    from fastce import reference
+
+    C = (1 << 24) // 12 + 1  # 3 * C float32 > 16 MiB
+    x = make_logits((16, C), np.float32, seed=5)
+    t = np.arange(16) * 1000
+    got = fastce.cross_entropy(x, t, softcap=6.0, reduction="none")
+    want = reference.cross_entropy(x.astype(np.float64), t, softcap=6.0, reduction="none")
+    assert_close(got, want, rtol=2e-6, atol=2e-6, what="16 rows of 1.4 M classes, softcap")
