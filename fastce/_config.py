@@ -43,7 +43,16 @@ def set_isa(name: str) -> str:
     -------
     str
         The previous path, so a caller can restore it.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str.
+    ValueError
+        ``name`` is not a path, or not one this build and CPU have.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"isa must be a str, one of {list(_ISA_NAMES)}, got {name!r}")
     built = {n: ok for n, _, ok in _kernels.isa_table()}
     if name not in _ISA_NAMES:
         raise ValueError(f"isa must be one of {list(_ISA_NAMES)}, got {name!r}")

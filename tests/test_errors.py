@@ -230,6 +230,8 @@ CASES = [
                  id="CrossEntropyLoss.backward-before-forward"),
     # ISA
     pytest.param(lambda: fastce.set_isa("bogus"), ValueError, ["bogus"], id="set_isa-bogus"),
+    pytest.param(lambda: fastce.set_isa(3), TypeError, ["isa", "str", "3"], id="set_isa-int"),
+    pytest.param(lambda: fastce.set_isa(None), TypeError, ["isa", "str", "None"], id="set_isa-None"),
 ]
 
 # n_threads, for every function that takes it (set_num_threads calls its argument n)
