@@ -30,7 +30,7 @@ WORKER = HERE / "_distributed_worker.py"
 LAUNCH_TIMEOUT = 240  # seconds per launch; a launch takes ~5-25 s here
 
 GROUPS = ["options", "shards", "no_target", "all_ignored", "extreme", "out", "counts", "errors",
-          "linear"]
+          "linear", "soft"]
 
 
 def child_env():

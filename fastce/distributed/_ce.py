@@ -22,10 +22,13 @@ _SUM_HEAD = 2   # classes held, sum of end**2 - start**2 (the shards tile [0, V)
 _OPTIONS_DOC = """local_logits : array_like of float32, float64, float16 or bfloat16
         This rank's logits, shape ``(N, C_local)``, ``(C_local,)`` or
         ``(N, C_local, d1, ..., dk)``: the classes ``[class_start, class_start + C_local)``.
-    target : array_like of int
+    target : array_like of int, or of float
         Global class indices in ``[0, num_classes)`` or ``ignore_index``, the same on every
-        rank of ``comm``. Probability targets are refused (ValueError): their exact
-        sharded gradient is not in fastce's shard kernels.
+        rank of ``comm``; or class probabilities: this rank's slice of the rows, a float
+        array of ``local_logits``' shape (torch's rule, per shard), on every rank of
+        ``comm`` alike. The row loss is ``sum_c w_c t'_c (lse - x_c)`` over the global
+        vocabulary, ``t' = (1 - eps) t + eps / num_classes``, 'mean' divides by the rows
+        and ``ignore_index`` must stay -100 (as :func:`fastce.cross_entropy`).
     class_start : int
         The first global class of this rank's shard.
     num_classes : int
@@ -109,12 +112,16 @@ class _Call:
         self.start, self.V = _kernels.check_shard(class_start, num_classes, C)
         self.C = C
         t = np.asarray(target)
-        if t.dtype.kind == "f" and t.shape == x.shape:
-            raise ValueError("target: probability targets are not supported by "
-                             "fastce.distributed (their sharded gradient is not exact in "
-                             "fastce's shard kernels); pass class indices")
+        floating = t.dtype.kind == "f" or t.dtype.name == "bfloat16"
+        self.soft = floating and t.shape == x.shape
+        full = x.shape[:axis] + (self.V,) + x.shape[axis + 1:]
+        if floating and not self.soft and t.shape == full:
+            raise ValueError(f"target: probability targets are this rank's slice of the rows, "
+                             f"local_logits' shape {x.shape} (classes [{self.start}, "
+                             f"{self.start + C})), got the full rows {t.shape}")
         self.t = t
         self.tshape = x.shape[:axis] + x.shape[axis + 1:]
+        self.axis = axis
         if weight is not None:
             w = np.asarray(weight)
             if w.shape != (self.V,):
@@ -126,6 +133,9 @@ class _Call:
         self.weight = weight
         self.opts = dict(ignore_index=self.ignore_index, softcap=softcap,
                          logit_scale=logit_scale, n_threads=n_threads)
+        if self.soft:
+            self._soft_sweep(x, t, axis, C)
+            return
         # sweep 1: the transformed local lse of every row (all rows ignored: no target read)
         ignored = np.full(self.tshape, self.ignore_index, dtype=np.int64)
         _, lse_loc = _ce(x, ignored, reduction="none", return_lse=True, **self.opts)
@@ -156,6 +166,46 @@ class _Call:
                     + self.eps / self.V * w_local_sum)
         self.n = self.lse_loc.shape[0]
 
+    def _soft_sweep(self, x: Any, t: Any, axis: int, C: int) -> None:
+        """Probability targets: one local sweep (fastce's soft-target kernel on the
+        targets smoothed over the GLOBAL vocabulary) gives the local lse lam_s and the
+        share sum_c w_c t'_c (lam_s - x_c) in the kernel's exact form; NumPy gives
+        u_s = sum_c w_c t'_c, the shard's coefficient of the lse (docs/design.md §6)."""
+        tp = np.asarray(t, dtype=np.float64)
+        if self.eps:
+            tp = (1.0 - self.eps) * tp + self.eps / self.V  # over the global V, not C_local
+        elif tp is t:
+            tp = tp.copy()  # (scaled in place by the weights below)
+        w_loc = None
+        if self.weight is not None:
+            w_loc = self.weight[self.start:self.start + C].astype(np.float64)
+        share, lse_loc = _ce(x, tp, reduction="none", return_lse=True, weight=w_loc,
+                             **self.opts)
+        if w_loc is not None:
+            shape = [1] * x.ndim
+            shape[axis] = C
+            tp *= w_loc.reshape(shape)
+        self.wt = tp  # w_c t'_c, local_logits' shape: u_s here, the gradient later
+        self.lse_loc = np.asarray(lse_loc, dtype=np.float64).reshape(-1)
+        self.n = self.lse_loc.shape[0]
+        self.lam = np.where(np.isfinite(self.lse_loc), self.lse_loc, 0.0)
+        self.share = np.asarray(share, dtype=np.float64).reshape(-1)
+        wt_rows = self._rows(tp)
+        self.b_s = wt_rows.sum(axis=1)  # u_s
+        masked = self.lse_loc == -np.inf
+        if masked.any() and C:
+            # every local logit -inf: w t' (L - x) is +inf per class, 0 * inf = nan where
+            # w t' = 0, as the unsharded row (the kernel's own lse is -inf here)
+            with np.errstate(invalid="ignore"):
+                self.share[masked] = np.sum(wt_rows[masked] * np.inf, axis=1)
+        self.kept = np.ones(self.n, dtype=bool)
+        self.wy = np.ones(self.n)  # 'mean' divides by the rows, as torch
+        self.W = 0.0
+
+    def _rows(self, a: Any) -> Any:
+        """An array of local_logits' shape as (rows, C_local), rows in the target's order."""
+        return np.moveaxis(a, self.axis, -1).reshape(self.n, self.C)
+
 
 def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm: object,
              dp_comm: object, weight: Any, ignore_index: Any, reduction: Any,
@@ -178,7 +228,8 @@ def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm:
     mx = np.empty(n + _MAX_HEAD)
     if call is not None:
         mx[:n] = call.lse_loc
-        mx[n:] = (0.0, call.V, -call.V, call.start + call.C, -call.start)
+        kind = 2.0 * call.V + call.soft  # num_classes and the target kind, checked at once
+        mx[n:] = (0.0, kind, -kind, call.start + call.C, -call.start)
     else:
         mx[:] = 0.0
         mx[n] = c.rank + 1
@@ -188,28 +239,35 @@ def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm:
         problem = err or RuntimeError(
             f"fastce.distributed: rank {int(mx[n]) - 1} of comm raised an error before the "
             f"all-reduce (its traceback says which argument)")
+    elif mx[n + 1] != -mx[n + 2] and mx[n + 1] // 2 == -mx[n + 2] // 2:
+        problem = ValueError("target: some ranks of comm pass probability targets and others "
+                             "class indices")
     elif mx[n + 1] != -mx[n + 2]:
         problem = ValueError(f"num_classes differs across the ranks of comm: from "
-                             f"{int(-mx[n + 2])} to {int(mx[n + 1])}")
+                             f"{int(-mx[n + 2] // 2)} to {int(mx[n + 1] // 2)}")
     else:
         V = call.V
         m = mx[:n]
         # 2. SUM: the exps of the non-maximal shards, the count of maximal ones, and the
-        # shares moved to the common shift m (every term >= 0: no cancellation, §6)
-        sm = np.empty(3 * n + _SUM_HEAD)
+        # shares moved to the common shift m (every term >= 0: no cancellation, §6);
+        # probability targets add u_s = sum_c w_c t'_c, the lse's coefficient
+        k = 4 if call.soft else 3
+        sm = np.empty(k * n + _SUM_HEAD)
         top = call.lse_loc == m
         with np.errstate(invalid="ignore", over="ignore"):
             np.exp(call.lse_loc - m, out=sm[:n])
             sm[:n][top] = 0.0
             sm[n:2 * n] = top
             sm[2 * n:3 * n] = call.share + (m - call.lam) * call.b_s
-        sm[3 * n:] = (call.C, float(call.start + call.C) ** 2 - float(call.start) ** 2)
+            if call.soft:
+                sm[3 * n:4 * n] = call.b_s
+        sm[k * n:] = (call.C, float(call.start + call.C) ** 2 - float(call.start) ** 2)
         c.allreduce_sum(sm)
-        if (sm[3 * n] != V or sm[3 * n + 1] != float(V) ** 2 or mx[n + 3] != V
+        if (sm[k * n] != V or sm[k * n + 1] != float(V) ** 2 or mx[n + 3] != V
                 or mx[n + 4] != 0):
             problem = ValueError(
                 f"class_start: the shards [class_start, class_start + C_local) of comm's "
-                f"ranks do not tile [0, num_classes={V}): they hold {int(sm[3 * n])} classes "
+                f"ranks do not tile [0, num_classes={V}): they hold {int(sm[k * n])} classes "
                 f"from {int(-mx[n + 4])} to {int(mx[n + 3])}, overlapping or with gaps")
 
     # 3. the data-parallel normalisers (also when failing: the peers wait on this one)
@@ -239,7 +297,10 @@ def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm:
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         d = np.log1p((sm[n:2 * n] - 1.0) + sm[:n])
         lse = np.where(m == -np.inf, -np.inf, m + d)
-        B = (1.0 - call.eps) * call.wy + call.eps * call.W / V
+        if call.soft:
+            B = call.U = sm[3 * n:4 * n]  # U = sum over ALL classes of w_c t'_c
+        else:
+            B = (1.0 - call.eps) * call.wy + call.eps * call.W / V
         ce = np.where(call.kept, d * B + sm[2 * n:3 * n], 0.0)
         ce[call.kept & ~np.isfinite(m)] = np.nan  # all -inf, +inf or nan: nan, as unsharded
         zt = np.where(call.kept, call.z * lse * lse, 0.0) if call.z else None
@@ -272,6 +333,8 @@ def _grad(call: _Call, lse: Any, norms: Any, dp_mean: bool, grad_output: Any, ou
           inplace: bool, grad_dtype: Any) -> FloatArray:
     """The gradient slice: fastce's shard kernel at the global lse; the data-parallel
     'mean' through its normalisers (weight and z scaled when they differ)."""
+    if call.soft:
+        return _soft_grad(call, lse, norms, grad_output, out, inplace, grad_dtype)
     red, weight, z, items = call.red, call.weight, call.z, call.num_items
     if dp_mean and norms[0] != 0 and norms[1] != 0:
         if weight is None or z == 0.0:
@@ -283,6 +346,52 @@ def _grad(call: _Call, lse: Any, norms: Any, dp_mean: bool, grad_output: Any, ou
                         weight=weight, reduction=red, label_smoothing=call.eps, z_loss=z,
                         num_items=items, class_start=call.start, num_classes=call.V,
                         out=out, inplace=inplace, grad_dtype=grad_dtype, **call.opts)
+
+
+def _soft_grad(call: _Call, lse: Any, norms: Any, grad_output: Any, out: Any, inplace: bool,
+               grad_dtype: Any) -> FloatArray:
+    """The gradient slice of probability targets, in NumPy float64 (one pass of a few
+    N x C_local temporaries; fastce's shard kernels have no soft-target form):
+    g [(U + 2 z lse) p_c - w_c t'_c] chained through softcap and logit_scale, with
+    p_c = exp(x_c - lse) at the GLOBAL lse and U the global sum of w t' (the SUM)."""
+    x = call.x
+    gdtype = _kernels.check_grad_dtype(grad_dtype, x.dtype)
+    if inplace:
+        _kernels.check_inplace(x, out)
+        if gdtype != x.dtype:
+            raise ValueError("inplace=True writes the gradient into local_logits: grad_dtype "
+                             "must be its dtype")
+    elif out is not None:
+        _kernels.check_out(out, x.shape, gdtype, {"local_logits": x, "target": call.t})
+    g0, g_rows = _kernels.checked_grad_output(grad_output, call.red, call.tshape,
+                                              "the shape of the per-row loss")
+    g = np.full(call.n, g0) if g_rows is None else np.asarray(g_rows, np.float64).reshape(-1)
+    if call.red == "mean":  # both terms over the (global) rows, or num_items
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g = g / norms[0]
+    s, cap = float(call.opts["logit_scale"]), call.opts["softcap"]
+    xc = call._rows(x).astype(np.float64) * s
+    dxc: Any = s
+    if cap is not None:
+        cap = float(cap)
+        xc = cap * np.tanh(xc / cap)
+        dxc = s * (1.0 - (xc / cap) ** 2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(xc - lse[:, None], out=xc)
+        a = g * call.U
+        if call.z:
+            a = a + g * 2.0 * call.z * lse
+        d = a[:, None] * p
+        d -= g[:, None] * call._rows(call.wt)
+        d *= dxc
+    grad = np.moveaxis(d.reshape(np.moveaxis(x, call.axis, -1).shape), -1, call.axis)
+    if inplace:
+        np.copyto(x, grad, casting="unsafe")
+        return x  # type: ignore[no-any-return]
+    if out is not None:
+        np.copyto(out, grad, casting="unsafe")
+        return out  # type: ignore[no-any-return]
+    return np.ascontiguousarray(grad.astype(gdtype))
 
 
 @overload
