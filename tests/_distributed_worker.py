@@ -748,6 +748,25 @@ def autograd_cases(rec, group, rank, size):
                     f"backward {len(cc.log) - n_fwd}")
         rec.run("autograd", f"z_loss+softcap+logit_scale {red} vs fastce.torch", run_llm)
 
+    for red in ("mean", "none"):
+        def run_soft():  # probability targets, this rank's slice, against torch
+            gen = torch.Generator().manual_seed(25)
+            full = torch.randn(N, V, generator=gen, dtype=torch.float64)
+            probs = torch.softmax(torch.randn(N, V, generator=gen, dtype=torch.float64), 1)
+            w = torch.rand(V, generator=gen, dtype=torch.float64) + 0.5
+            opts = dict(reduction=red, weight=w, label_smoothing=0.1)
+            local = full[:, lo:hi].clone().requires_grad_(True)
+            loss = ftd.cross_entropy(local, probs[:, lo:hi].contiguous(), class_start=lo,
+                                     num_classes=V, comm=group, **opts)
+            loss.sum().backward()
+            ref_in = full.clone().requires_grad_(True)
+            ref = F.cross_entropy(ref_in, probs, **opts)
+            ref.sum().backward()
+            el = rel(loss.detach().numpy(), ref.detach().numpy())
+            eg = rel(local.grad.numpy(), ref_in.grad[:, lo:hi].numpy())
+            return el <= 1e-12 and eg <= 1e-12, f"loss vs torch {el:.2e}, grad {eg:.2e}"
+        rec.run("autograd", f"probability targets {red} vs torch", run_soft)
+
     def run_nograd():
         gen = torch.Generator().manual_seed(24)
         full = torch.randn(N, V, generator=gen, dtype=torch.float64)

@@ -90,6 +90,8 @@ def global_weight(local_weight: npt.ArrayLike, *, class_start: int, num_classes:
 class _Call:
     """One call's local state: the arguments checked, the two local sweeps, the buffers."""
 
+    U: Any = None  # probability targets: the global sum of w t' per row, after the SUM
+
     def __init__(self, x: Any, target: Any, class_start: Any, num_classes: Any, weight: Any,
                  ignore_index: Any, reduction: Any, label_smoothing: Any, z_loss: Any,
                  softcap: Any, logit_scale: Any, num_items: Any, n_threads: Any) -> None:
