@@ -531,21 +531,23 @@ def linear_cases(rec, comm, rank, size):
         b = rng.standard_normal(V).astype(dtype)
         y = rng.integers(0, V, N)
         y[2] = -100
-        for red in ("mean", "sum"):
+        for red, chunk in (("mean", None), ("sum", None), ("mean", 2), ("none", 4)):
             opts = dict(reduction=red, label_smoothing=0.1, z_loss=1e-3)
+            g = np.linspace(-1.0, 2.0, N) if red == "none" else 1.0
 
             def run():
                 cc = CountingCommunicator(fd.as_communicator(comm))
                 loss, dh, dw, db = fd.linear_cross_entropy_with_grad(
                     h, W[lo:hi], y, class_start=lo, num_classes=V, comm=cc, local_bias=b[lo:hi],
-                    n_threads=1, **opts)
-                rl, rdh, rdw, rdb = fastce.linear_cross_entropy_with_grad(h, W, y, bias=b, **opts)
+                    n_threads=1, chunk_size=chunk, grad_output=g, **opts)
+                rl, rdh, rdw, rdb = fastce.linear_cross_entropy_with_grad(h, W, y, bias=b,
+                                                                          grad_output=g, **opts)
                 tol = TOL[dtype] * 5
                 errs = [rel(loss, rl), rel(dh, rdh), rel(dw, rdw[lo:hi]), rel(db, rdb[lo:hi])]
                 want = [("max", N + 5), ("sum", 3 * N + 2), ("sum", N * H)]
                 ok = max(errs) <= tol and cc.log == want and dh.dtype == dtype
                 return ok, f"loss, d_hidden, d_weight, d_bias: {errs} (tol {tol:g}); {cc.log}"
-            rec.run("linear", f"{np.dtype(dtype).name} {red}", run)
+            rec.run("linear", f"{np.dtype(dtype).name} {red} chunk_size={chunk}", run)
 
 
 def expect_error(fn, etype, words):

@@ -2,6 +2,7 @@
 interface (the package docstring and docs/design.md §6 state the communication)."""
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -204,6 +205,26 @@ class _Call:
         self.wy = np.ones(self.n)  # 'mean' divides by the rows, as torch
         self.W = 0.0
 
+    @staticmethod
+    def merged(calls: list[_Call]) -> _Call:
+        """One call's state from the calls of its row chunks (same options, rows in
+        order): the per-row arrays concatenated.  ``x``/``t`` stay the first chunk's
+        (their dtype is what the loss needs; the gradient takes each chunk's, see
+        :meth:`chunk`)."""
+        m = copy.copy(calls[0])
+        if len(calls) > 1:
+            for name in ("lse_loc", "lam", "share", "kept", "wy", "b_s"):
+                setattr(m, name, np.concatenate([getattr(c, name) for c in calls]))
+            m.n = sum(c.n for c in calls)
+            m.tshape = (m.n,)
+        return m
+
+    def chunk(self, x: Any, t: Any) -> _Call:
+        """This (merged) call's state for rows held in ``x`` and ``t``: for the gradient."""
+        c = copy.copy(self)
+        c.x, c.t, c.tshape = x, t, t.shape
+        return c
+
     def _rows(self, a: Any) -> Any:
         """An array of local_logits' shape as (rows, C_local), rows in the target's order."""
         return np.moveaxis(a, self.axis, -1).reshape(self.n, self.C)
@@ -212,14 +233,21 @@ class _Call:
 def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm: object,
              dp_comm: object, weight: Any, ignore_index: Any, reduction: Any,
              label_smoothing: Any, z_loss: Any, softcap: Any, logit_scale: Any, num_items: Any,
-             n_threads: Any) -> tuple[_Call, Any, Any, Any, Any]:
+             n_threads: Any, make_call: Any = None) -> tuple[_Call, Any, Any, Any, Any]:
+    """The two all-reduces and the row losses.  ``make_call``: builds the local state
+    instead of ``_Call(logits, ...)`` (linear CE's chunks; ``logits`` then only gives the
+    row count of a failed call)."""
     c = as_communicator(comm, "comm")
     dp = as_communicator(dp_comm, "dp_comm", default_torch=False)
     err: Exception | None = None
     call: Any = None  # a _Call once the checks passed (else err is raised below)
     try:
-        call = _Call(logits, target, class_start, num_classes, weight, ignore_index, reduction,
-                     label_smoothing, z_loss, softcap, logit_scale, num_items, n_threads)
+        if make_call is not None:
+            call = make_call()
+        else:
+            call = _Call(logits, target, class_start, num_classes, weight, ignore_index,
+                         reduction, label_smoothing, z_loss, softcap, logit_scale, num_items,
+                         n_threads)
         n = call.n
     except Exception as exc:  # raised on every rank below, after the same all-reduces
         err = exc
