@@ -12,7 +12,8 @@ Communication per call over ``comm`` (N = the number of rows), as float64 payloa
   argument checks: an error flag, ``num_classes`` and the shard bounds);
 - one SUM all-reduce of 3N + 2 values (the exps of the local lse below the maximum,
   the count of shards at it, and each shard's share of the row loss -- target logit and
-  smoothing sum fused into one value per row; plus the tiling check);
+  smoothing sum fused into one value per row; plus the tiling check); with probability
+  targets 4N + 2 (each shard's sum of w_c t'_c too);
 - :func:`cross_entropy_with_grad` and backward: nothing more.
 
 With ``dp_comm`` (the data-parallel group of a data x vocabulary grid) and

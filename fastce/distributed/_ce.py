@@ -509,8 +509,9 @@ cross_entropy.__doc__ = f"""Vocabulary-parallel cross-entropy: the full loss fro
 
     Every rank of ``comm`` calls it with its own class range and the same rows; every rank
     gets the unsharded loss (the value :func:`fastce.cross_entropy` gives on the
-    concatenated logits). Two local sweeps of the logits, then one MAX all-reduce of
-    N + 5 and one SUM all-reduce of 3N + 2 float64 values over ``comm`` (plus 3 values
+    concatenated logits). Two local sweeps of the logits (one with probability targets),
+    then one MAX all-reduce of N + 5 and one SUM all-reduce of 3N + 2 float64 values
+    (4N + 2 with probability targets) over ``comm`` (plus 3 values
     over ``dp_comm`` for a data-parallel 'mean'). Argument errors found on any rank are
     raised on every rank (the others raise RuntimeError naming it), not left to hang.
 

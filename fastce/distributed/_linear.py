@@ -14,7 +14,7 @@ into ONE reused ``(chunk_size, C_local)`` buffer, so this rank never holds the
 4. d_hidden = sum over the ranks of the local ones: one more SUM all-reduce of N x H.
 
 d_weight and d_bias are local.  More than one chunk costs the forward product twice
-(3 products in all instead of 2): the price of bounded memory.
+(4 products in all instead of 3): the price of bounded memory.
 """
 from __future__ import annotations
 
