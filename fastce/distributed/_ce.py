@@ -91,7 +91,11 @@ def global_weight(local_weight: npt.ArrayLike, *, class_start: int, num_classes:
 class _Call:
     """One call's local state: the arguments checked, the two local sweeps, the buffers."""
 
-    U: Any = None  # probability targets: the global sum of w t' per row, after the SUM
+    # probability targets: the targets as the kernel reads them, the local weights, and
+    # the global sum of w t' per row (after the SUM)
+    tp: Any = None
+    w_loc: Any = None
+    U: Any = None
 
     def __init__(self, x: Any, target: Any, class_start: Any, num_classes: Any, weight: Any,
                  ignore_index: Any, reduction: Any, label_smoothing: Any, z_loss: Any,
@@ -173,34 +177,36 @@ class _Call:
         """Probability targets: one local sweep (fastce's soft-target kernel on the
         targets smoothed over the GLOBAL vocabulary) gives the local lse lam_s and the
         share sum_c w_c t'_c (lam_s - x_c) in the kernel's exact form; NumPy gives
-        u_s = sum_c w_c t'_c, the shard's coefficient of the lse (docs/design.md §6)."""
-        tp = np.asarray(t, dtype=np.float64)
+        u_s = sum_c w_c t'_c (float64), the shard's coefficient of the lse (§6)."""
+        # t' in the kernel's compute dtype, which is what it reads (no copy when t is
+        # already in it and unsmoothed)
+        cdt = np.float64 if x.dtype == np.float64 else np.float32
+        tp = np.asarray(t)
         if self.eps:
-            tp = (1.0 - self.eps) * tp + self.eps / self.V  # over the global V, not C_local
-        elif tp is t:
-            tp = tp.copy()  # (scaled in place by the weights below)
+            tp = ((1.0 - self.eps) * tp.astype(cdt, copy=False)
+                  + cdt(self.eps / self.V))  # over the global V, not C_local
+        else:
+            tp = tp.astype(cdt, copy=False)
         w_loc = None
         if self.weight is not None:
             w_loc = self.weight[self.start:self.start + C].astype(np.float64)
         share, lse_loc = _ce(x, tp, reduction="none", return_lse=True, weight=w_loc,
                              **self.opts)
-        if w_loc is not None:
-            shape = [1] * x.ndim
-            shape[axis] = C
-            tp *= w_loc.reshape(shape)
-        self.wt = tp  # w_c t'_c, local_logits' shape: u_s here, the gradient later
+        self.tp, self.w_loc = tp, w_loc
         self.lse_loc = np.asarray(lse_loc, dtype=np.float64).reshape(-1)
         self.n = self.lse_loc.shape[0]
         self.lam = np.where(np.isfinite(self.lse_loc), self.lse_loc, 0.0)
         self.share = np.asarray(share, dtype=np.float64).reshape(-1)
-        wt_rows = self._rows(tp)
-        self.b_s = wt_rows.sum(axis=1)  # u_s
+        t_rows = self._rows(tp)
+        self.b_s = (t_rows.sum(axis=1, dtype=np.float64) if w_loc is None
+                    else (t_rows * w_loc).sum(axis=1))  # u_s
         masked = self.lse_loc == -np.inf
         if masked.any() and C:
             # every local logit -inf: w t' (L - x) is +inf per class, 0 * inf = nan where
             # w t' = 0, as the unsharded row (the kernel's own lse is -inf here)
+            wt = t_rows[masked].astype(np.float64) * (1.0 if w_loc is None else w_loc)
             with np.errstate(invalid="ignore"):
-                self.share[masked] = np.sum(wt_rows[masked] * np.inf, axis=1)
+                self.share[masked] = np.sum(wt * np.inf, axis=1)
         self.kept = np.ones(self.n, dtype=bool)
         self.wy = np.ones(self.n)  # 'mean' divides by the rows, as torch
         self.W = 0.0
@@ -380,10 +386,15 @@ def _grad(call: _Call, lse: Any, norms: Any, dp_mean: bool, grad_output: Any, ou
 
 def _soft_grad(call: _Call, lse: Any, norms: Any, grad_output: Any, out: Any, inplace: bool,
                grad_dtype: Any) -> FloatArray:
-    """The gradient slice of probability targets, in NumPy float64 (one pass of a few
-    N x C_local temporaries; fastce's shard kernels have no soft-target form):
-    g [(U + 2 z lse) p_c - w_c t'_c] chained through softcap and logit_scale, with
-    p_c = exp(x_c - lse) at the GLOBAL lse and U the global sum of w t' (the SUM)."""
+    """The gradient slice of probability targets, g [(U + 2 z lse) p_c - w_c t'_c] chained
+    through softcap and logit_scale, at the GLOBAL lse (p_c = exp(x_c - lse)) and with U
+    the global sum of w t' (from the SUM).
+
+    fastce's shard kernels have no soft-target form, but the class-index shard kernel
+    with a target OUTSIDE this shard, no weights and no smoothing writes exactly
+    ``a p_c`` (chained) for a per-row ``a`` passed as grad_output: that sweep, then one
+    NumPy pass subtracts ``g w_c t'_c`` (chained). A single shard (C_local = V) is the
+    unsharded soft-target backward itself."""
     x = call.x
     gdtype = _kernels.check_grad_dtype(grad_dtype, x.dtype)
     if inplace:
@@ -399,29 +410,44 @@ def _soft_grad(call: _Call, lse: Any, norms: Any, grad_output: Any, out: Any, in
     if call.red == "mean":  # both terms over the (global) rows, or num_items
         with np.errstate(invalid="ignore", divide="ignore"):
             g = g / norms[0]
+    opts = dict(call.opts, reduction="none", grad_dtype=gdtype)
+    if call.C == call.V:  # one shard: the unsharded kernel (its lse is the global one)
+        return _ce_backward(x, call.tp, g.reshape(call.tshape), weight=call.w_loc,
+                            z_loss=call.z, out=out, inplace=inplace, **opts)
     s, cap = float(call.opts["logit_scale"]), call.opts["softcap"]
-    xc = call._rows(x).astype(np.float64) * s
     dxc: Any = s
-    if cap is not None:
-        cap = float(cap)
-        xc = cap * np.tanh(xc / cap)
-        dxc = s * (1.0 - (xc / cap) ** 2)
+    if cap is not None:  # d(transform)/dx, before an in-place sweep overwrites x
+        xc = np.tanh(x.astype(np.float64) * (s / float(cap)))
+        dxc = s * (1.0 - xc * xc)
     with np.errstate(invalid="ignore", over="ignore"):
-        p = np.exp(xc - lse[:, None], out=xc)
         a = g * call.U
         if call.z:
             a = a + g * 2.0 * call.z * lse
-        d = a[:, None] * p
-        d -= g[:, None] * call._rows(call.wt)
-        d *= dxc
-    grad = np.moveaxis(d.reshape(np.moveaxis(x, call.axis, -1).shape), -1, call.axis)
+    half = np.dtype(gdtype).itemsize == 2
+    if half:  # the half gradient is rounded once, at the end, as the unsharded call's
+        opts["grad_dtype"] = np.float32
+    outside = call.start + call.C if call.start + call.C < call.V else call.start - 1
+    grad = _ce_backward(x, np.full(call.tshape, outside, dtype=np.int64), a.reshape(call.tshape),
+                        lse=lse.reshape(call.tshape), class_start=call.start,
+                        num_classes=call.V, out=None if half else out,
+                        inplace=inplace and not half, **opts)
+    row = np.expand_dims(g.reshape(call.tshape), call.axis)  # per-row, broadcast on classes
+    sub = call.tp * row
+    if call.w_loc is not None:
+        shape = [1] * x.ndim
+        shape[call.axis] = call.C
+        sub *= call.w_loc.reshape(shape)
+    sub *= dxc
+    np.subtract(grad, sub, out=grad, casting="unsafe")
+    if not half:
+        return grad  # type: ignore[no-any-return]
     if inplace:
         np.copyto(x, grad, casting="unsafe")
         return x  # type: ignore[no-any-return]
     if out is not None:
         np.copyto(out, grad, casting="unsafe")
         return out  # type: ignore[no-any-return]
-    return np.ascontiguousarray(grad.astype(gdtype))
+    return grad.astype(gdtype)  # type: ignore[no-any-return]
 
 
 @overload
