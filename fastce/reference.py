@@ -402,7 +402,7 @@ def _soft_shard_grad(xc: Any, lse: Any, t: Any, w: Any, class_start: int, z_loss
         u = np.sum(w * t, axis=1)  # over ALL classes
         p = np.exp(xc - lse[:, None])
         a = scale * u + (zscale * 2.0 * z_loss * lse if z_loss else 0.0)
-        return a[:, None] * p - scale[:, None] * (w[sl] * t[:, sl])  # type: ignore[no-any-return]
+        return a[:, None] * p - scale[:, None] * (w[sl] * t[:, sl])
 
 
 def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,

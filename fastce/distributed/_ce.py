@@ -181,7 +181,7 @@ class _Call:
         # t' in the kernel's compute dtype, which is what it reads (no copy when t is
         # already in it and unsmoothed)
         cdt = np.float64 if x.dtype == np.float64 else np.float32
-        tp = np.asarray(t)
+        tp: Any = np.asarray(t)
         if self.eps:
             tp = ((1.0 - self.eps) * tp.astype(cdt, copy=False)
                   + cdt(self.eps / self.V))  # over the global V, not C_local
@@ -440,14 +440,10 @@ def _soft_grad(call: _Call, lse: Any, norms: Any, grad_output: Any, out: Any, in
     sub *= dxc
     np.subtract(grad, sub, out=grad, casting="unsafe")
     if not half:
-        return grad  # type: ignore[no-any-return]
-    if inplace:
-        np.copyto(x, grad, casting="unsafe")
-        return x  # type: ignore[no-any-return]
-    if out is not None:
-        np.copyto(out, grad, casting="unsafe")
-        return out  # type: ignore[no-any-return]
-    return grad.astype(gdtype)  # type: ignore[no-any-return]
+        return grad
+    dest: FloatArray = x if inplace else out if out is not None else np.empty(x.shape, gdtype)
+    np.copyto(dest, grad, casting="unsafe")
+    return dest
 
 
 @overload
