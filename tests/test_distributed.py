@@ -306,6 +306,44 @@ def test_torch_compile_fullgraph():
             assert set(res.values()) == {"SUCCESS"}, res
         with pytest.raises(ValueError, match="not a handle"):
             ftd.cross_entropy(x, y, class_start=0, num_classes=V, comm=h + 1000)
+        with pytest.raises(ValueError, match="target.detach"):  # not differentiated
+            ftd.cross_entropy(x, probs.clone().requires_grad_(True), class_start=0,
+                              num_classes=V)
     finally:
         torch._dynamo.reset()
         dist.destroy_process_group()
+
+
+def test_linear_chunks_single_process():
+    """linear_cross_entropy_with_grad in chunks on a one-rank communicator: any chunk size
+    (1 row, uneven last chunk, all rows) gives the unsharded fused call's loss and
+    gradients, with one MAX and one SUM for all chunks; bad chunk arguments are errors."""
+    import fastce
+    import fastce.distributed as fd
+
+    class One(fd.Communicator):
+        def allreduce_max(self, buf):
+            pass
+
+        def allreduce_sum(self, buf):
+            pass
+
+    rng = np.random.default_rng(3)
+    N, H, V = 11, 5, 13
+    h, W, b = rng.standard_normal((N, H)), rng.standard_normal((V, H)), rng.standard_normal(V)
+    y = rng.integers(0, V, N)
+    y[[2, 7]] = -100
+    opts = dict(label_smoothing=0.1, z_loss=1e-2)
+    want = fastce.linear_cross_entropy_with_grad(h, W, y, bias=b, **opts)
+    for chunk in (1, 4, N, 100):
+        cc = fd.CountingCommunicator(One())
+        got = fd.linear_cross_entropy_with_grad(h, W, y, class_start=0, num_classes=V, comm=cc,
+                                                local_bias=b, chunk_size=chunk, **opts)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15, err_msg=f"chunk {chunk}")
+        assert [op for op, _ in cc.log] == ["max", "sum", "sum"], cc.log
+    kw = dict(class_start=0, num_classes=V, comm=One())
+    for bad, match in ((dict(chunk_size=0), "chunk_size"), (dict(memory_budget=-1), "memory_budget"),
+                       (dict(chunk_size=2, memory_budget=10**6), "not both")):
+        with pytest.raises(ValueError, match=match):
+            fd.linear_cross_entropy_with_grad(h, W, y, **kw, **bad)
