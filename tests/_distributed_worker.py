@@ -114,6 +114,14 @@ class Recorder:
         self.add(group, case, ok, detail)
 
 
+def forward_log(comm, N, soft=False):
+    """The all-reduces of one forward as CountingCommunicator logs them: a MAX and a SUM,
+    or ONE fused record all-reduce where the engine offers it (mpi4py)."""
+    if fd.as_communicator(comm).fused_lse:
+        return [("lse", 8 * (N + 2))]
+    return [("max", N + 5), ("sum", (4 if soft else 3) * N + 2)]
+
+
 def is_soft(x, y):
     return np.asarray(y).dtype.kind == "f" and np.shape(y) == np.shape(x)
 
@@ -392,7 +400,7 @@ def count_cases(rec, comm, rank, size):
     x, y, w = make(N, V, np.float64, seed=9, ignore=(3,))
     xl = np.ascontiguousarray(x[:, lo:hi])
     cc = CountingCommunicator(fd.as_communicator(comm))
-    want = [("max", N + 5), ("sum", 3 * N + 2)]
+    want = forward_log(comm, N)
     for fn_name in ("cross_entropy", "cross_entropy_with_grad"):
         for red in ("mean", "sum", "none"):
             opts = build_opts({"weight": True, "label_smoothing": 0.1, "z_loss": 1e-3}, w, red)
@@ -516,8 +524,56 @@ def soft_cases(rec, comm, rank, size):
               and np.array_equal(xi, g) and l3 == loss)
         return ok, "out= and inplace=True equal the fresh gradient"
     rec.run("soft", "out= and inplace", run_out)
-    rec.run("soft", "communication", lambda: (cc.log == [("max", 7 + 5), ("sum", 4 * 7 + 2)],
+    rec.run("soft", "communication", lambda: (cc.log == forward_log(comm, 7, soft=True),
                                               f"{cc.log}"))
+
+
+class TwoStep(fd.Communicator):
+    """An engine's MAX and SUM only (hides the fused all-reduce)."""
+
+    def __init__(self, inner):
+        self.inner = fd.as_communicator(inner)
+        self.rank, self.size = self.inner.rank, self.inner.size
+
+    def allreduce_max(self, buf):
+        self.inner.allreduce_max(buf)
+
+    def allreduce_sum(self, buf):
+        self.inner.allreduce_sum(buf)
+
+
+def fused_cases(rec, comm, rank, size):
+    """Where the engine fuses the forward into one all-reduce: the same results as its
+    MAX + SUM, to 1e-15, and the same loss bits on every rank."""
+    if not fd.as_communicator(comm).fused_lse:
+        return
+    V = 41
+    lo, hi = split(V, size, "skew")[rank]
+    for name, (x, y, w) in (("class indices", make(12, V, np.float64, seed=41, ignore=(3,))),
+                            ("probabilities", make_soft(12, V, np.float64, seed=42))):
+        eps = 0.1
+        if name == "class indices":  # rank 0's shard masked in row 0 (a finite loss: its
+            eps = 0.0                # target elsewhere, no smoothing over -inf logits)
+            x[0, split(V, size, "skew")[0][0]:split(V, size, "skew")[0][1]] = -np.inf
+            y[0] = 0 if split(V, size, "skew")[0][0] > 0 else V - 1
+        yl = np.ascontiguousarray(y[:, lo:hi]) if is_soft(x, y) else y
+        xl = np.ascontiguousarray(x[:, lo:hi])
+        for red in ("mean", "none"):
+            opts = build_opts({"weight": True, "label_smoothing": eps, "z_loss": 1e-3}, w, red)
+
+            def run():
+                kw = dict(class_start=lo, num_classes=V, **opts)
+                l1, g1 = fd.cross_entropy_with_grad(xl, yl, comm=comm, **kw)
+                l2, g2 = fd.cross_entropy_with_grad(xl, yl, comm=TwoStep(comm), **kw)
+                lo_hi = np.concatenate([np.ravel(l1), -np.ravel(l1)]).astype(np.float64)
+                fd.as_communicator(comm).allreduce_max(lo_hi)
+                k = lo_hi.size // 2
+                same = bool(np.array_equal(lo_hi[:k], -lo_hi[k:], equal_nan=True))
+                el, eg = rel(l1, l2), rel(g1, g2)
+                return (el <= 1e-15 and eg <= 1e-15 and same,
+                        f"fused vs two-step: loss {el:.2e}, grad {eg:.2e}; same bits on every "
+                        f"rank {same}")
+            rec.run("fused", f"{name} {red}", run)
 
 
 def linear_cases(rec, comm, rank, size):
@@ -544,7 +600,7 @@ def linear_cases(rec, comm, rank, size):
                                                                           grad_output=g, **opts)
                 tol = TOL[dtype] * 5
                 errs = [rel(loss, rl), rel(dh, rdh), rel(dw, rdw[lo:hi]), rel(db, rdb[lo:hi])]
-                want = [("max", N + 5), ("sum", 3 * N + 2), ("sum", N * H)]
+                want = forward_log(comm, N) + [("sum", N * H)]
                 ok = max(errs) <= tol and cc.log == want and dh.dtype == dtype
                 return ok, f"loss, d_hidden, d_weight, d_bias: {errs} (tol {tol:g}); {cc.log}"
             rec.run("linear", f"{np.dtype(dtype).name} {red} chunk_size={chunk}", run)
@@ -680,7 +736,7 @@ def grid_cases(rec, vp, dp, vp_rank, dp_rank, vp_size, dp_size):
         cd = CountingCommunicator(fd.as_communicator(dp))
         fd.cross_entropy_with_grad(xl, y[rows], class_start=lo, num_classes=V, comm=cv,
                                    dp_comm=cd, weight=w, z_loss=1e-3)
-        ok = cv.log == [("max", N + 5), ("sum", 3 * N + 2)] and cd.log == [("sum", 3)]
+        ok = cv.log == forward_log(vp, N) and cd.log == [("sum", 3)]
         return ok, f"comm {cv.log}, dp_comm {cd.log}"
     rec.run("grid", "communication of a dp mean", run_counts)
 
@@ -796,7 +852,7 @@ def run_all(comm, rank, size, grid=None, group=None):
     torch process group for the autograd cases (None: skip them)."""
     rec = Recorder()
     for fn in (options_cases, shard_cases, no_target_cases, ignored_cases, extreme_cases,
-               out_cases, count_cases, error_cases, linear_cases, soft_cases):
+               out_cases, count_cases, error_cases, linear_cases, soft_cases, fused_cases):
         fn(rec, comm, rank, size)
     if grid is not None:
         grid_cases(rec, *grid)

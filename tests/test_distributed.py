@@ -131,6 +131,14 @@ def test_cases(engine, size, group, tmp_path_factory):
     check_group(launched(engine, size, tmp_path_factory), group)
 
 
+@pytest.mark.parametrize("size", [2, 4])
+def test_mpi_fused_forward(size, tmp_path_factory):
+    """mpi4py: the forward's MAX and SUM as one all-reduce with a user-defined MPI.Op
+    (the engine allows it; torch.distributed has no custom reductions): the same results
+    as the two all-reduces, the same loss bits on every rank."""
+    check_group(launched("mpi", size, tmp_path_factory), "fused")
+
+
 @pytest.mark.parametrize("engine", ["torch", "mpi"])
 def test_grid_2x2(engine, tmp_path_factory):
     """data parallel x vocabulary parallel on 4 ranks: the dp 'mean' normalisers."""

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # names for annotations only: never imported at run time
 # the fixed parts of the two vocabulary-group buffers (after the N row values)
 _MAX_HEAD = 5   # error flag, num_classes, -num_classes, shard end, -shard start
 _SUM_HEAD = 2   # classes held, sum of end**2 - start**2 (the shards tile [0, V) iff == V**2)
+# the records of the fused exchange: (tag, 7 values); tags: a row, the MAX head, the SUM head
+_REC, _REC_ROW, _REC_MAX, _REC_SUM = 8, 0.0, 1.0, 2.0
 
 _OPTIONS_DOC = """local_logits : array_like of float32, float64, float16 or bfloat16
         This rank's logits, shape ``(N, C_local)``, ``(C_local,)`` or
@@ -269,7 +271,11 @@ def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm:
     else:
         mx[:] = 0.0
         mx[n] = c.rank + 1
-    c.allreduce_max(mx)
+    fused = c.fused_lse
+    if fused:  # steps 1 and 2 in one all-reduce (an engine with the (max, sum) operator)
+        sm_fused = _fused_exchange(c, call, mx, n)
+    else:
+        c.allreduce_max(mx)
     problem = None
     if mx[n] > 0:
         problem = err or RuntimeError(
@@ -288,17 +294,20 @@ def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm:
         # shares moved to the common shift m (every term >= 0: no cancellation, §6);
         # probability targets add u_s = sum_c w_c t'_c, the lse's coefficient
         k = 4 if call.soft else 3
-        sm = np.empty(k * n + _SUM_HEAD)
-        top = call.lse_loc == m
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.exp(call.lse_loc - m, out=sm[:n])
-            sm[:n][top] = 0.0
-            sm[n:2 * n] = top
-            sm[2 * n:3 * n] = call.share + (m - call.lam) * call.b_s
-            if call.soft:
-                sm[3 * n:4 * n] = call.b_s
-        sm[k * n:] = (call.C, float(call.start + call.C) ** 2 - float(call.start) ** 2)
-        c.allreduce_sum(sm)
+        if fused:
+            sm = sm_fused
+        else:
+            sm = np.empty(k * n + _SUM_HEAD)
+            top = call.lse_loc == m
+            with np.errstate(invalid="ignore", over="ignore"):
+                np.exp(call.lse_loc - m, out=sm[:n])
+                sm[:n][top] = 0.0
+                sm[n:2 * n] = top
+                sm[2 * n:3 * n] = call.share + (m - call.lam) * call.b_s
+                if call.soft:
+                    sm[3 * n:4 * n] = call.b_s
+            sm[k * n:] = (call.C, float(call.start + call.C) ** 2 - float(call.start) ** 2)
+            c.allreduce_sum(sm)
         if (sm[k * n] != V or sm[k * n + 1] != float(V) ** 2 or mx[n + 3] != V
                 or mx[n + 4] != 0):
             problem = ValueError(
@@ -341,6 +350,79 @@ def _forward(logits: Any, target: Any, class_start: Any, num_classes: Any, comm:
         ce[call.kept & ~np.isfinite(m)] = np.nan  # all -inf, +inf or nan: nan, as unsharded
         zt = np.where(call.kept, call.z * lse * lse, 0.0) if call.z else None
     return call, lse, ce, zt, norms
+
+
+def _fused_exchange(c: Communicator, call: Any, mx: Any, n: int) -> Any:
+    """The MAX and the SUM of ``_forward`` as ONE all-reduce of records (the engine's
+    (max, sum) operator, ``Communicator.allreduce_lse``): per row ``(m, e, k, rho, S, B)``
+    -- k shards at the max m, the others' exps e below it, the shares S measured from the
+    reference rho (the max of the shards' own lam) and their lse coefficients B, combined
+    exactly by shifting to the larger max and reference -- then a MAX record of the
+    argument checks and a SUM record of the tiling check.  Fills ``mx`` in place and
+    returns the SUM buffer in the two-step layout (None on a failing rank)."""
+    rec = np.zeros((n + 2, _REC))
+    rec[n, 0], rec[n + 1, 0] = _REC_MAX, _REC_SUM
+    rec[n, 1:1 + _MAX_HEAD] = mx[n:]
+    if call is None:  # neutral rows: no shard, no share
+        rec[:n, 1] = rec[:n, 4] = -np.inf
+    else:
+        rec[:n, 1] = call.lse_loc
+        rec[:n, 3] = 1.0
+        rec[:n, 4] = call.lam
+        rec[:n, 5] = call.share
+        rec[:n, 6] = call.b_s
+        rec[n + 1, 1:3] = (call.C, float(call.start + call.C) ** 2 - float(call.start) ** 2)
+    c.allreduce_lse(rec)
+    mx[:n] = m = rec[:n, 1]
+    mx[n:] = rec[n, 1:1 + _MAX_HEAD]
+    if call is None:
+        return None
+    k = 4 if call.soft else 3
+    sm = np.empty(k * n + _SUM_HEAD)
+    sm[:n], sm[n:2 * n] = rec[:n, 2], rec[:n, 3]
+    with np.errstate(invalid="ignore"):  # the shares, moved from rho to m as in the SUM
+        sm[2 * n:3 * n] = rec[:n, 5] + (m - rec[:n, 4]) * rec[:n, 6]
+    if call.soft:
+        sm[3 * n:4 * n] = rec[:n, 6]
+    sm[k * n:] = rec[n + 1, 1:3]
+    return sm
+
+
+def combine_lse_records(a: Any, b: Any) -> None:
+    """``b = a (+) b`` for the records of :func:`_fused_exchange` (the (max, sum)
+    operator; ``a``, ``b``: (R, 8) float64, b written in place).  Symmetric in a and b
+    term by term, so bitwise commutative: every rank of a reduction tree gets the same
+    bits.  Exact: e, k, S are shifted to the larger max / reference, never subtracted."""
+    tag = a[:, 0]
+    hm, hs, r = tag == _REC_MAX, tag == _REC_SUM, tag == _REC_ROW
+    if hm.any():
+        b[hm, 1:] = np.maximum(a[hm, 1:], b[hm, 1:])
+    if hs.any():
+        b[hs, 1:] += a[hs, 1:]
+    if not r.any():
+        return
+    A, B_ = a[r], b[r]
+    M = np.maximum(A[:, 1], B_[:, 1])
+    R = np.maximum(A[:, 4], B_[:, 4])
+    with np.errstate(invalid="ignore", over="ignore"):
+        def exps(x: Any) -> Any:  # the exps below M (tops below M become exps)
+            return np.where(x[:, 1] == M, x[:, 2], (x[:, 2] + x[:, 3]) * np.exp(x[:, 1] - M))
+
+        def tops(x: Any) -> Any:
+            return np.where(x[:, 1] == M, x[:, 3], 0.0)
+
+        def shares(x: Any) -> Any:  # S moved from x's reference to R (no shard: nothing)
+            return x[:, 5] + np.where((x[:, 4] == R) | (x[:, 6] == 0.0), 0.0,
+                                      (R - x[:, 4]) * x[:, 6])
+        out = np.empty_like(A)
+        out[:, 0] = _REC_ROW
+        out[:, 1], out[:, 4] = M, R
+        out[:, 2] = exps(A) + exps(B_)
+        out[:, 3] = tops(A) + tops(B_)
+        out[:, 5] = shares(A) + shares(B_)
+        out[:, 6] = A[:, 6] + B_[:, 6]
+        out[:, 7] = 0.0
+    b[r] = out
 
 
 def _rows(logits: Any) -> int:
