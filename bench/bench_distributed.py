@@ -224,8 +224,7 @@ def main():
         b = {k: runs[k][f"{N} bytes"] for k in runs}
         print(f"bytes into all-reduces per rank per call, N = {N}: "
               + ", ".join(f"{e} x{s}: {v}" for (e, s), v in b.items())
-              + f" (torch: 8 * (N + 5) + 8 * (3N + 2) = {8 * (4 * N + 7)}; MPI, one fused "
-              f"all-reduce: 8 * 8 (N + 2) = {64 * (N + 2)})")
+              + f" (8 * (N + 5) + 8 * (3N + 2) = {8 * (4 * N + 7)})")
     for size in (2, 4):
         r = runs["torch", size]
         for N in ROWS:

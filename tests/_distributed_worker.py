@@ -528,25 +528,15 @@ def soft_cases(rec, comm, rank, size):
                                               f"{cc.log}"))
 
 
-class TwoStep(fd.Communicator):
-    """An engine's MAX and SUM only (hides the fused all-reduce)."""
-
-    def __init__(self, inner):
-        self.inner = fd.as_communicator(inner)
-        self.rank, self.size = self.inner.rank, self.inner.size
-
-    def allreduce_max(self, buf):
-        self.inner.allreduce_max(buf)
-
-    def allreduce_sum(self, buf):
-        self.inner.allreduce_sum(buf)
-
-
 def fused_cases(rec, comm, rank, size):
-    """Where the engine fuses the forward into one all-reduce: the same results as its
-    MAX + SUM, to 1e-15, and the same loss bits on every rank."""
-    if not fd.as_communicator(comm).fused_lse:
+    """mpi4py's fused forward (one all-reduce, a user-defined MPI.Op): the same results as
+    its MAX + SUM, to 1e-15, the same loss bits on every rank, the traffic, the option
+    matrix against the unsharded call, and collective errors."""
+    MPI = sys.modules.get("mpi4py.MPI")
+    if MPI is None or not isinstance(comm, MPI.Intracomm):
         return
+    plain = comm
+    comm = fd.MPICommunicator(plain, fused=True)
     V = 41
     lo, hi = split(V, size, "skew")[rank]
     for name, (x, y, w) in (("class indices", make(12, V, np.float64, seed=41, ignore=(3,))),
@@ -564,7 +554,7 @@ def fused_cases(rec, comm, rank, size):
             def run():
                 kw = dict(class_start=lo, num_classes=V, **opts)
                 l1, g1 = fd.cross_entropy_with_grad(xl, yl, comm=comm, **kw)
-                l2, g2 = fd.cross_entropy_with_grad(xl, yl, comm=TwoStep(comm), **kw)
+                l2, g2 = fd.cross_entropy_with_grad(xl, yl, comm=plain, **kw)
                 lo_hi = np.concatenate([np.ravel(l1), -np.ravel(l1)]).astype(np.float64)
                 fd.as_communicator(comm).allreduce_max(lo_hi)
                 k = lo_hi.size // 2
@@ -574,6 +564,32 @@ def fused_cases(rec, comm, rank, size):
                         f"fused vs two-step: loss {el:.2e}, grad {eg:.2e}; same bits on every "
                         f"rank {same}")
             rec.run("fused", f"{name} {red}", run)
+    # the option matrix and the shards through it, against the unsharded call
+    sub = Recorder()
+    options_cases(sub, comm, rank, size)
+    soft_cases(sub, comm, rank, size)
+    extreme_cases(sub, comm, rank, size)
+    for group, cases in sub.groups.items():
+        for c in cases:
+            rec.add("fused", f"{group}: {c['case']}", c["ok"], c["detail"])
+    N = 6
+    x, y, w = make(N, V, np.float64, seed=43)
+    lo, hi = split(V, size)[rank]
+    xl = np.ascontiguousarray(x[:, lo:hi])
+    cc = CountingCommunicator(comm)
+    fd.cross_entropy(xl, y, class_start=lo, num_classes=V, comm=cc)
+    rec.add("fused", "communication", cc.log == [("lse", 8 * (N + 2))], f"{cc.log}")
+    bad = y.copy()
+    bad[2] = V + 5
+
+    def run_error():
+        call = lambda t: fd.cross_entropy(xl, t, class_start=lo, num_classes=V, comm=comm)  # noqa: E731
+        if rank == size - 1:
+            return expect_error(lambda: call(bad), IndexError, ["target"])
+        return expect_error(lambda: call(y), RuntimeError, [f"rank {size - 1}"])
+    rec.run("fused", "a bad target on one rank raises on every rank", run_error)
+    rec.run("fused", "usable afterwards",
+            lambda: compare(x, y, V, lo, hi, comm, build_opts({}, w, "mean"), np.float64))
 
 
 def linear_cases(rec, comm, rank, size):

@@ -133,9 +133,10 @@ def test_cases(engine, size, group, tmp_path_factory):
 
 @pytest.mark.parametrize("size", [2, 4])
 def test_mpi_fused_forward(size, tmp_path_factory):
-    """mpi4py: the forward's MAX and SUM as one all-reduce with a user-defined MPI.Op
-    (the engine allows it; torch.distributed has no custom reductions): the same results
-    as the two all-reduces, the same loss bits on every rank."""
+    """mpi4py, ``MPICommunicator(comm, fused=True)``: the forward's MAX and SUM as one
+    all-reduce with a user-defined MPI.Op (torch.distributed has no custom reductions):
+    the same results as the two all-reduces, the same loss bits on every rank, the option
+    matrix against the unsharded call, collective errors."""
     check_group(launched("mpi", size, tmp_path_factory), "fused")
 
 

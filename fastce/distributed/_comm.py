@@ -116,17 +116,21 @@ class TorchCommunicator(Communicator):
 class MPICommunicator(Communicator):
     """An mpi4py intracommunicator: ``Allreduce`` in place on the buffer (no pickling).
 
-    It offers the fused forward (``fused_lse``): a user-defined ``MPI.Op`` (commutative)
-    on a contiguous datatype of one 8-double record, so the engine splits a reduction
-    only between records."""
+    ``fused=True`` offers the fused forward (``fused_lse``): ONE all-reduce instead of a
+    MAX and a SUM, through a user-defined ``MPI.Op`` (commutative) on a contiguous
+    datatype of one 8-double record, so the engine splits a reduction only between
+    records. Off by default: the operator runs in Python, ~0.1 ms per all-reduce on one
+    machine where the two built-in all-reduces take ~0.01 ms (BENCHMARKS.md); it can pay
+    where a network round costs more than that.
+    """
 
-    fused_lse = True
     _op: Any = None
     _rec_type: Any = None
 
-    def __init__(self, comm: Any) -> None:
+    def __init__(self, comm: Any, fused: bool = False) -> None:
         from mpi4py import MPI
         self._comm, self._mpi = comm, MPI
+        self.fused_lse = bool(fused)
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
 
