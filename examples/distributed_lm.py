@@ -111,8 +111,10 @@ def main():
     say(f"check vs unsharded: loss {loss:.6f} vs {float(rl):.6f}; max relative difference "
         f"d_hidden {rel(dh, rdh):.2e}, d_weight {rel(dW, rdw[lo:hi]):.2e}")
     per_call = comm.values
+    parts = ("one fused (max, sum) of 8(N+2), sum N*H for d_hidden" if comm.fused_lse else
+             "max N+5, sum 3N+2, sum N*H for d_hidden")
     say(f"communication per step: {comm.calls} all-reduces, {per_call} float64 values "
-        f"({8 * per_call} bytes) per rank: max N+5, sum 3N+2, d_hidden N*H (N={BATCH}, H={HIDDEN})")
+        f"({8 * per_call} bytes) per rank: {parts} (N={BATCH}, H={HIDDEN})")
 
     val_rs = np.random.default_rng(2)
     val = [batch(val_rs, split, len(data)) for _ in range(4)]

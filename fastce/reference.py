@@ -31,7 +31,15 @@ loss and their gradients are its columns::
                      - (1 - eps) w_{y_i} [c = y_i] + 2 z lse_i p_ic
 
 with ``w`` and ``Wtot`` over the whole vocabulary, ``p_ic = exp(x_ic - lse_i)``, and the
-normalisers of 'mean' those of the full call. Linear cross-entropy is
+normalisers of 'mean' those of the full call.  A shard with probability targets takes the
+FULL rows ``t`` (shape ``(N, Ctot)``, like the global ``weight``), smooths them over the
+whole vocabulary, ``t' = (1 - eps) t + eps / Ctot``, and with ``U_i = sum_c w_c t'_ic``
+over ALL classes::
+
+    share_i = sum_{c in shard} w_c t'_ic (lse_i - x_ic) + [class_start = 0] z lse_i**2
+    dshare_i/dx_ic = (U_i + 2 z lse_i) p_ic - w_c t'_ic
+
+(the z-term once per row, from the shard holding class 0; 'mean' divides by the rows). Linear cross-entropy is
 ``cross_entropy(hidden @ weight.T + bias, target)``; its gradients are ``G @ weight``,
 ``G.T @ hidden`` and ``G.sum(0)`` for the logits' gradient ``G``.
 
@@ -345,6 +353,58 @@ def _shard_grad(xc: Any, lse: Any, y: Any, ignored: Any, w: Any, w_y: Any, class
     return np.where(ignored[:, None], 0.0, d)
 
 
+def _is_soft_shard(logits: Any, target: Any, num_classes: int | None) -> bool:
+    """Probability targets of a shard: a floating target holding the full rows, shape
+    ``logits.shape[:-1] + (num_classes,)``."""
+    t = np.asarray(target)
+    C = np.shape(logits)[-1] if np.ndim(logits) else 0
+    n_total = C if num_classes is None else int(num_classes)
+    return (np.issubdtype(t.dtype, np.floating) and np.ndim(logits) in (1, 2)
+            and t.shape == np.shape(logits)[:-1] + (n_total,))
+
+
+def _soft_shard(logits: Any, target: Any, lse: Any, class_start: int, num_classes: int | None,
+                weight: Any, ignore_index: int, reduction: str,
+                label_smoothing: float) -> tuple[Any, ...]:
+    """The setup of a shard with probability targets: 2-D rows, the full smoothed targets
+    ``t'`` (over ``num_classes``), the full weights, and the lse per row."""
+    C = np.shape(logits)[-1]
+    n_total = C if num_classes is None else int(num_classes)
+    if not (0 <= class_start and class_start + C <= n_total):
+        raise ValueError(f"classes [{class_start}, {class_start + C}) are not within {n_total}")
+    if lse is None:
+        raise ValueError("a vocabulary shard needs lse= (the log-sum-exp over all classes)")
+    x = np.asarray(logits, dtype=np.float64)
+    x2 = x[None, :] if x.ndim == 1 else x
+    full = np.zeros(x2.shape[:1] + (n_total,))  # the soft setup, on rows of every class
+    _, t2, w, w_y, ignored = _soft_target_setup(full, np.reshape(target, full.shape), weight,
+                                                ignore_index, reduction, label_smoothing)
+    lse_rows = np.asarray(lse, dtype=np.float64).reshape(x2.shape[0])
+    return x2, t2, w, w_y, ignored, lse_rows
+
+
+def _soft_shard_rows(xc: Any, lse: Any, t: Any, w: Any, class_start: int,
+                     z_loss: float) -> tuple[Any, Any]:
+    """(this shard's cross-entropy share, its z share) per row, probability targets."""
+    C = xc.shape[1]
+    sl = slice(class_start, class_start + C)
+    with np.errstate(invalid="ignore"):
+        rows = np.sum(w[sl] * t[:, sl] * (lse[:, None] - xc), axis=1)
+        z = (z_loss * lse ** 2 if class_start == 0 and z_loss else np.zeros(len(xc)))
+    return rows, z
+
+
+def _soft_shard_grad(xc: Any, lse: Any, t: Any, w: Any, class_start: int, z_loss: float,
+                     scale: Any, zscale: Any) -> Any:
+    C = xc.shape[1]
+    sl = slice(class_start, class_start + C)
+    with np.errstate(invalid="ignore", over="ignore"):
+        u = np.sum(w * t, axis=1)  # over ALL classes
+        p = np.exp(xc - lse[:, None])
+        a = scale * u + (zscale * 2.0 * z_loss * lse if z_loss else 0.0)
+        return a[:, None] * p - scale[:, None] * (w[sl] * t[:, sl])
+
+
 def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.ArrayLike | None = None,
                   ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0, z_loss: float = 0.0,
@@ -374,17 +434,25 @@ def cross_entropy(logits: npt.ArrayLike, target: npt.ArrayLike, *, weight: npt.A
         The LLM options (module docstring).
     lse : array_like, optional
         Each row's log-sum-exp (of the transformed logits, over the whole vocabulary):
-        used instead of being computed. Hard targets only.
+        used instead of being computed (probability targets: with a shard only).
     class_start, num_classes : int, optional
         A vocabulary shard: ``logits`` holds classes ``[class_start, class_start + C)`` of
-        ``num_classes``; targets and ``weight`` are over all of them, ``lse`` is required,
-        and the result is this shard's share (module docstring).
+        ``num_classes``; targets and ``weight`` are over all of them (probability
+        targets: the full rows, shape ``(N, num_classes)``), ``lse`` is required, and the
+        result is this shard's share (module docstring).
 
     Returns
     -------
     numpy.float64 or numpy.ndarray
         Scalar for 'mean'/'sum'; per-row losses of ``target.shape`` for 'none'.
     """
+    if ((lse is not None or class_start != 0 or num_classes is not None)
+            and _is_soft_shard(logits, target, num_classes)):
+        x, t, w, w_y, ignored, lse_r = _soft_shard(logits, target, lse, class_start, num_classes,
+                                                   weight, ignore_index, reduction, label_smoothing)
+        xc, _ = _transform(x, logit_scale, softcap)
+        rows, z = _soft_shard_rows(xc, lse_r, t, w, class_start, z_loss)
+        return _finish_loss(logits, rows, z, w_y, ignored, reduction, num_items)
     if lse is not None or class_start != 0 or num_classes is not None:
         x, y, ignored, w, w_y, lse_r = _shard(logits, target, lse, class_start, num_classes, weight,
                                               ignore_index, reduction, label_smoothing)
@@ -446,6 +514,19 @@ def cross_entropy_backward(logits: npt.ArrayLike, target: npt.ArrayLike, grad_ou
     """
     sharded = lse is not None or class_start != 0 or num_classes is not None
     soft = not sharded and _is_soft(logits, target)
+    if sharded and _is_soft_shard(logits, target, num_classes):
+        x, t, w, w_y, ignored, lse_r = _soft_shard(logits, target, lse, class_start, num_classes,
+                                                   weight, ignore_index, reduction, label_smoothing)
+        g = np.asarray(grad_output, dtype=np.float64)
+        if reduction != "none" and g.shape != ():
+            raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
+        g = np.broadcast_to(g, np.shape(logits)[:-1]).reshape(x.shape[0])
+        norm, znorm = _normalisers(w_y, ignored, reduction, num_items)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale, zscale = g / norm, g / znorm
+        xc, dxc = _transform(x, logit_scale, softcap)
+        d = _soft_shard_grad(xc, lse_r, t, w, class_start, z_loss, scale, zscale)
+        return (d * dxc).reshape(np.shape(logits))  # type: ignore[no-any-return]
     if sharded:
         x, y, ignored, w, w_y, lse_r = _shard(logits, target, lse, class_start, num_classes, weight,
                                               ignore_index, reduction, label_smoothing)
@@ -459,7 +540,8 @@ def cross_entropy_backward(logits: npt.ArrayLike, target: npt.ArrayLike, grad_ou
     g = np.asarray(grad_output, dtype=np.float64)
     if reduction != "none" and g.shape != ():
         raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
-    g = np.broadcast_to(g, np.shape(logits)[:1] if soft else np.shape(target)).reshape(n)
+    rows = (np.shape(logits)[:1] if np.ndim(logits) > 1 else ()) if soft else np.shape(target)
+    g = np.broadcast_to(g, rows).reshape(n)  # (1-D probability rows: one row, shape ())
     norm, znorm = _normalisers(w_y, ignored, reduction, num_items)
     with np.errstate(invalid="ignore", divide="ignore"):
         scale, zscale = g / norm, g / znorm

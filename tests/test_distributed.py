@@ -30,7 +30,7 @@ WORKER = HERE / "_distributed_worker.py"
 LAUNCH_TIMEOUT = 240  # seconds per launch; a launch takes ~5-25 s here
 
 GROUPS = ["options", "shards", "no_target", "all_ignored", "extreme", "out", "counts", "errors",
-          "linear"]
+          "linear", "soft"]
 
 
 def child_env():
@@ -129,6 +129,15 @@ ENGINES = [("torch", 2), ("torch", 4), ("mpi", 2), ("mpi", 4)]
 @pytest.mark.parametrize("group", GROUPS)
 def test_cases(engine, size, group, tmp_path_factory):
     check_group(launched(engine, size, tmp_path_factory), group)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_mpi_fused_forward(size, tmp_path_factory):
+    """mpi4py, ``MPICommunicator(comm, fused=True)``: the forward's MAX and SUM as one
+    all-reduce with a user-defined MPI.Op (torch.distributed has no custom reductions):
+    the same results as the two all-reduces, the same loss bits on every rank, the option
+    matrix against the unsharded call, collective errors."""
+    check_group(launched("mpi", size, tmp_path_factory), "fused")
 
 
 @pytest.mark.parametrize("engine", ["torch", "mpi"])
@@ -234,3 +243,116 @@ def test_communicator_interface():
                                fastce.cross_entropy(x, t), rtol=1e-14)
     assert [op for op, _ in cc.log] == ["max", "sum"]
     assert cc.calls == 2 and cc.values == (4 + 5) + (3 * 4 + 2)
+
+
+def test_torch_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces fastce.torch.distributed.cross_entropy (the
+    custom op fastce::vocab_parallel_cross_entropy: no graph break), forward and backward,
+    with comm=None, a process group passed as an argument, and probability targets;
+    torch.library.opcheck passes on the op.  A gloo group of one rank in this process."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    import fastce.torch.distributed as ftd
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch._dynamo.reset()
+        V, N = 17, 6
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(N, V, dtype=torch.float64, generator=gen)
+        y = torch.randint(0, V, (N,), generator=gen)
+        y[2] = -100
+        w = torch.rand(V, dtype=torch.float64, generator=gen) + 0.5
+        probs = torch.softmax(torch.randn(N, V, dtype=torch.float64, generator=gen), 1)
+
+        def step(x, y):
+            return 3.0 * ftd.cross_entropy(x * 1.5, y, class_start=0, num_classes=V, weight=w,
+                                           label_smoothing=0.1, z_loss=1e-3)
+
+        def soft_step(x, t, handle):
+            return ftd.cross_entropy(x, t, class_start=0, num_classes=V, comm=handle,
+                                     reduction="none", label_smoothing=0.2)
+
+        group = dist.new_group([0])
+        h = ftd.comm_handle(group)
+        assert ftd.comm_handle(group) == h and ftd.comm_handle(None) == -1
+        for fn, args, ref in (
+                (step, (y,), lambda a, b: 3.0 * F.cross_entropy(
+                    a * 1.5, b, weight=w, label_smoothing=0.1)),
+                (soft_step, (probs, h), lambda a, b, _: F.cross_entropy(
+                    a, b, reduction="none", label_smoothing=0.2))):
+            xc = x.clone().requires_grad_(True)
+            out = torch.compile(fn, fullgraph=True)(xc, *args)
+            (out * torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
+             ).sum().backward()
+            xr = x.clone().requires_grad_(True)
+            want = ref(xr, *args)
+            if fn is step:  # z_loss is not torch's: add it by hand
+                want = want + 3.0 * 1e-3 * (torch.logsumexp(xr * 1.5, 1)[y != -100] ** 2).mean()
+            (want * torch.linspace(0.5, 1.5, want.numel(), dtype=want.dtype).reshape(want.shape)
+             ).sum().backward()
+            torch.testing.assert_close(out, want, rtol=1e-12, atol=0)
+            torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-12, atol=1e-15)
+        # two communicators through one compiled function: each call reaches its own
+        import fastce.distributed as fd
+        c1, c2 = fd.CountingCommunicator(group), fd.CountingCommunicator(group)
+        f = torch.compile(lambda a, b, c: ftd.cross_entropy(a, b, class_start=0, num_classes=V,
+                                                            comm=c), fullgraph=True)
+        for c in (c1, c2, c1):
+            f(x, y, c)
+        assert (c1.calls, c2.calls) == (4, 2), (c1.log, c2.log)
+        with pytest.raises(Exception, match="comm_handle"):  # a group as a traced input
+            torch.compile(lambda a, b, g: ftd.cross_entropy(a, b, class_start=0, num_classes=V,
+                                                            comm=g), fullgraph=True)(x, y, group)
+        op = ftd.vocab_parallel_cross_entropy_op
+        for args in ((x.clone().requires_grad_(True), y, w, 0, V, -1, -1, -100, "mean", 0.1,
+                      1e-3, 3.0, 1.2, None, True, 1),
+                     (x, probs, None, 0, V, h, -1, -100, "none", 0.1, 0.0, None, 1.0, None,
+                      False, 1)):
+            res = torch.library.opcheck(op, args)
+            assert set(res.values()) == {"SUCCESS"}, res
+        with pytest.raises(ValueError, match="not a handle"):
+            ftd.cross_entropy(x, y, class_start=0, num_classes=V, comm=h + 1000)
+        with pytest.raises(ValueError, match="target.detach"):  # not differentiated
+            ftd.cross_entropy(x, probs.clone().requires_grad_(True), class_start=0,
+                              num_classes=V)
+    finally:
+        torch._dynamo.reset()
+        dist.destroy_process_group()
+
+
+def test_linear_chunks_single_process():
+    """linear_cross_entropy_with_grad in chunks on a one-rank communicator: any chunk size
+    (1 row, uneven last chunk, all rows) gives the unsharded fused call's loss and
+    gradients, with one MAX and one SUM for all chunks; bad chunk arguments are errors."""
+    import fastce
+    import fastce.distributed as fd
+
+    class One(fd.Communicator):
+        def allreduce_max(self, buf):
+            pass
+
+        def allreduce_sum(self, buf):
+            pass
+
+    rng = np.random.default_rng(3)
+    N, H, V = 11, 5, 13
+    h, W, b = rng.standard_normal((N, H)), rng.standard_normal((V, H)), rng.standard_normal(V)
+    y = rng.integers(0, V, N)
+    y[[2, 7]] = -100
+    opts = dict(label_smoothing=0.1, z_loss=1e-2)
+    want = fastce.linear_cross_entropy_with_grad(h, W, y, bias=b, **opts)
+    for chunk in (1, 4, N, 100):
+        cc = fd.CountingCommunicator(One())
+        got = fd.linear_cross_entropy_with_grad(h, W, y, class_start=0, num_classes=V, comm=cc,
+                                                local_bias=b, chunk_size=chunk, **opts)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15, err_msg=f"chunk {chunk}")
+        assert [op for op, _ in cc.log] == ["max", "sum", "sum"], cc.log
+    kw = dict(class_start=0, num_classes=V, comm=One())
+    for bad, match in ((dict(chunk_size=0), "chunk_size"), (dict(memory_budget=-1), "memory_budget"),
+                       (dict(chunk_size=2, memory_budget=10**6), "not both")):
+        with pytest.raises(ValueError, match=match):
+            fd.linear_cross_entropy_with_grad(h, W, y, **kw, **bad)

@@ -268,6 +268,70 @@ def test_shards_add_up_to_the_whole_vocabulary(reference, opts, reduction):
            f"gradient {kw}")
 
 
+SOFT_SHARD_OPTIONS = SHARD_OPTIONS + [
+    dict(weight="random", label_smoothing=0.3, z_loss=1e-2, softcap=2.5, logit_scale=1.4),
+    dict(z_loss=1e-2, num_items=6.5),
+]
+
+
+@pytest.mark.parametrize("opts,reduction", [(o, r) for o in SOFT_SHARD_OPTIONS for r in REDUCTIONS
+                                             if r == "mean" or "num_items" not in o],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(v) or "plain")
+def test_soft_shards_add_up_to_the_whole_vocabulary(reference, opts, reduction):
+    """Probability targets over shards: each shard gets the full target rows and the global
+    lse; the shares add up to the whole-vocabulary loss (smoothing over the global V, the
+    z-term once, from the shard of class 0) and the gradients are its columns."""
+    rng = np.random.default_rng(13)
+    N, V = 9, 31
+    x = rng.standard_normal((N, V)) * 3
+    t = rng.dirichlet(np.full(V, 0.3), N)
+    t[2] = 0.0  # a row with no target mass (only smoothing and z remain)
+    t[4] *= 1.5  # a row whose mass is not 1 (torch does not normalise either)
+    kw = dict(_shard_kw(opts, V), reduction=reduction)
+    g = _grad_output(reduction, np.zeros(N))
+    xc = x * kw.get("logit_scale", 1.0)
+    if kw.get("softcap"):
+        xc = kw["softcap"] * np.tanh(xc / kw["softcap"])
+    lse = reference.logsumexp(xc, axis=1)
+    bounds = [(0, 1), (1, 14), (14, 31)]
+    shares = [reference.cross_entropy(x[:, a:b], t, lse=lse, class_start=a, num_classes=V, **kw)
+              for a, b in bounds]
+    grads = [reference.cross_entropy_backward(x[:, a:b], t, g, lse=lse, class_start=a,
+                                              num_classes=V, **kw) for a, b in bounds]
+    _check(np.sum(shares, axis=0), reference.cross_entropy(x, t, **kw), f"loss {kw}")
+    _check(np.concatenate(grads, axis=1), reference.cross_entropy_backward(x, t, g, **kw),
+           f"gradient {kw}")
+    # a single row (1-D logits, the full target row)
+    shares1 = [reference.cross_entropy(x[5, a:b], t[5], lse=lse[5], class_start=a,
+                                       num_classes=V, **kw) for a, b in bounds]
+    _check(np.sum(shares1), reference.cross_entropy(x[5], t[5], **kw), f"1-D loss {kw}")
+    grads1 = [reference.cross_entropy_backward(x[5, a:b], t[5], 0.75, lse=lse[5], class_start=a,
+                                               num_classes=V, **kw) for a, b in bounds]
+    _check(np.concatenate(grads1), reference.cross_entropy_backward(x[5], t[5], 0.75, **kw),
+           f"1-D gradient {kw}")
+
+
+def test_soft_shard_vs_torch(torch, reference):
+    """The soft shard's shares against torch's probability-target loss on the whole row."""
+    rng = np.random.default_rng(14)
+    N, V = 7, 23
+    x = rng.standard_normal((N, V)) * 2
+    t = rng.dirichlet(np.ones(V), N)
+    w = make_weight(V, "random")
+    lse = reference.logsumexp(x, axis=1)
+    bounds = [(0, 10), (10, 23)]
+    xt = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(xt, torch.tensor(t), weight=torch.tensor(w),
+                                            label_smoothing=0.2)
+    ref.backward()
+    kw = dict(weight=w, label_smoothing=0.2, num_classes=V, lse=lse)
+    loss = sum(reference.cross_entropy(x[:, a:b], t, class_start=a, **kw) for a, b in bounds)
+    grad = np.concatenate([reference.cross_entropy_backward(x[:, a:b], t, class_start=a, **kw)
+                           for a, b in bounds], axis=1)
+    _check(loss, ref.item(), "loss vs torch")
+    _check(grad, xt.grad.numpy(), "gradient vs torch")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("opts", SHARD_OPTIONS, ids=lambda o: ",".join(o) or "plain")
 @pytest.mark.parametrize("reduction", REDUCTIONS)

@@ -12,7 +12,10 @@ Communication per call over ``comm`` (N = the number of rows), as float64 payloa
   argument checks: an error flag, ``num_classes`` and the shard bounds);
 - one SUM all-reduce of 3N + 2 values (the exps of the local lse below the maximum,
   the count of shards at it, and each shard's share of the row loss -- target logit and
-  smoothing sum fused into one value per row; plus the tiling check);
+  smoothing sum fused into one value per row; plus the tiling check); with probability
+  targets 4N + 2 (each shard's sum of w_c t'_c too);
+- ``MPICommunicator(comm, fused=True)`` makes the two ONE all-reduce of 8 (N + 2)
+  values (records combined by a user-defined ``MPI.Op``; docs/design.md §6);
 - :func:`cross_entropy_with_grad` and backward: nothing more.
 
 With ``dp_comm`` (the data-parallel group of a data x vocabulary grid) and
