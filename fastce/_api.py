@@ -155,9 +155,7 @@ def softmax(x: npt.ArrayLike, axis: int = -1, *, out: npt.NDArray[Any] | None = 
 
 
 def _array_axis(x: npt.NDArray[Any], axis: int) -> int:
-    if x.ndim == 0:
-        raise ValueError("x must have at least one dimension, got a 0-d array")
-    return V.check_axis(axis, x.ndim)
+    return V.array_axis(x.ndim, axis)
 
 
 def _softmax_impl(name: str, x: Any, axis: int, out: npt.NDArray[Any] | None,

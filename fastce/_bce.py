@@ -123,7 +123,7 @@ class _BCECall:
         self.y = V.as_probability_target(target, x.shape, x.dtype)
         self.w = V.as_broadcast_operand(weight, "weight", x.shape, x.dtype)
         self.pw = V.as_broadcast_operand(pos_weight, "pos_weight", x.shape, x.dtype)
-        self.inputs = {"target": target, "weight": weight, "pos_weight": pos_weight}
+        self.inputs = V.bce_inputs(target, weight, pos_weight)
         self.x = x
         self.set_output(out, inplace)
 
@@ -132,10 +132,7 @@ class _BCECall:
     def set_output(self, out: Any, inplace: bool,
                    more_inputs: dict[str, Any] | None = None) -> None:
         inputs = dict(self.inputs, **(more_inputs or {}))
-        if inplace:
-            V.check_inplace_inputs(self.x, inputs)
-        elif out is not None:
-            V.check_out(out, self.x.shape, self.x.dtype, {"logits": self.x, **inputs})
+        V.check_grad_buffer(self.x, out, inplace, self.x.dtype, inputs)
         self.out, self.inplace = out, inplace
 
     def _empty(self) -> npt.NDArray[Any]:

@@ -245,6 +245,11 @@ cdef inline bint is_cupy(object x):
     return nd is not None and isinstance(x, nd)
 
 
+def mix_error(name, other="logits"):
+    """The NumPy path's error for the CuPy array ``name`` among NumPy arrays (``other``)."""
+    return TypeError(f"{name} is a CuPy array but {other} is not: mix of CuPy and NumPy")
+
+
 def is_half(dtype):
     """float16, or ml_dtypes' bfloat16 (recognised by name: no import needed)."""
     return dtype == np.float16 or dtype.name == "bfloat16"
@@ -277,11 +282,9 @@ cdef inline bint is_float_logits(cnp.ndarray a):
 def as_float_array(x, name, allow_half=False):
     """``x`` as a float32/float64 (optionally float16/bfloat16) ndarray, no copy of ndarrays."""
     if is_cupy(x):
-        raise TypeError(f"{name} is a CuPy array but another argument is not: mix of CuPy and NumPy")
+        raise mix_error(name, "another argument")
     arr = np.asarray(x)
-    if arr.dtype not in (_f32, _f64) and not (allow_half and is_half(arr.dtype)):
-        kinds = "float32, float64, float16 or bfloat16" if allow_half else "float32 or float64"
-        raise TypeError(f"{name} must have dtype {kinds}, got {arr.dtype}")
+    check_float_dtype(arr.dtype, name, allow_half)
     return arr
 
 
@@ -357,36 +360,74 @@ def writable_rows3(out, axis):
     return view, None
 
 
-cdef void byte_extent(cnp.ndarray a, char **lo, char **hi):
-    """[lo, hi): the bytes an array's elements can touch."""
-    cdef char *p = <char *> cnp.PyArray_DATA(a)
-    cdef char *q = p
-    cdef int i
-    cdef Py_ssize_t st, n
-    for i in range(cnp.PyArray_NDIM(a)):
-        n = cnp.PyArray_DIMS(a)[i]
-        if n == 0:
-            lo[0] = hi[0] = p
-            return
-        st = cnp.PyArray_STRIDES(a)[i]
-        if st < 0:
-            p += st * (n - 1)
+# Outputs and overlap: one rule for every backend.  A backend (fastce.cuda's CuPy one, the
+# test suite's emulator) is passed as ``backend`` and describes its arrays by
+# ``array_name``, ``is_array(a)`` and ``address(a)``; ``backend=None`` is NumPy.  Only
+# metadata is read (shape, dtype, strides, flags, address), never an array's memory.
+cdef bint extent_core(Py_ssize_t addr, Py_ssize_t nd, const Py_ssize_t *dims,
+                      const Py_ssize_t *strides, Py_ssize_t item, Py_ssize_t *lo,
+                      Py_ssize_t *hi) noexcept nogil:
+    """[lo, hi): the bytes an array's elements can touch; False when it has none."""
+    cdef Py_ssize_t i
+    lo[0] = hi[0] = addr
+    for i in range(nd):
+        if dims[i] == 0:
+            return False
+        if strides[i] < 0:
+            lo[0] += strides[i] * (dims[i] - 1)
         else:
-            q += st * (n - 1)
-    lo[0], hi[0] = p, q + cnp.PyArray_ITEMSIZE(a)
+            hi[0] += strides[i] * (dims[i] - 1)
+    hi[0] += item
+    return True
 
 
-cdef bint overlaps(object a, object b):
-    """Whether two arrays share memory: extents first (C), exact test when they meet."""
-    cdef char *alo
-    cdef char *ahi
-    cdef char *blo
-    cdef char *bhi
-    if a is None or b is None or not isinstance(a, cnp.ndarray) or not isinstance(b, cnp.ndarray):
+def byte_extent(address, shape, strides, itemsize):
+    """``[lo, hi)`` bytes an array at ``address`` (shape, byte strides) touches, or None
+    when it has no element."""
+    cdef Py_ssize_t nd = len(shape), i, lo, hi
+    cdef Py_ssize_t *buf = <Py_ssize_t *> malloc(2 * (nd + 1) * sizeof(Py_ssize_t))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        for i in range(nd):
+            buf[i], buf[nd + i] = shape[i], strides[i]
+        if not extent_core(address, nd, buf, buf + nd, itemsize, &lo, &hi):
+            return None
+        return lo, hi
+    finally:
+        free(buf)
+
+
+def extents_overlap(e1, e2):
+    """Do two byte extents intersect (None: empty, never overlaps)?  Conservative:
+    interleaved views such as ``a[:, ::2]`` / ``a[:, 1::2]`` count as overlapping."""
+    if e1 is None or e2 is None:
         return False
-    byte_extent(<cnp.ndarray> a, &alo, &ahi)
-    byte_extent(<cnp.ndarray> b, &blo, &bhi)
-    if alo >= ahi or blo >= bhi or ahi <= blo or bhi <= alo:
+    return e1[0] < e2[1] and e2[0] < e1[1]
+
+
+cdef bint nd_extent(cnp.ndarray a, Py_ssize_t *lo, Py_ssize_t *hi) noexcept:
+    return extent_core(<Py_ssize_t> cnp.PyArray_DATA(a), cnp.PyArray_NDIM(a),
+                       <const Py_ssize_t *> cnp.PyArray_DIMS(a),
+                       <const Py_ssize_t *> cnp.PyArray_STRIDES(a), cnp.PyArray_ITEMSIZE(a), lo, hi)
+
+
+def overlaps(a, b, backend=None):
+    """Whether two arrays may share memory.  NumPy arrays: their extents (in C), then the
+    exact test where they meet; a backend's arrays: their byte extents (conservative: no
+    exact test without reading the device's layout).  Anything else never overlaps."""
+    cdef Py_ssize_t alo, ahi, blo, bhi
+    if a is None or b is None:
+        return False
+    if backend is not None:
+        if not (backend.is_array(a) and backend.is_array(b)):
+            return False
+        return extents_overlap(byte_extent(backend.address(a), a.shape, a.strides, a.itemsize),
+                               byte_extent(backend.address(b), b.shape, b.strides, b.itemsize))
+    if not isinstance(a, cnp.ndarray) or not isinstance(b, cnp.ndarray):
+        return False
+    if (not nd_extent(<cnp.ndarray> a, &alo, &ahi) or not nd_extent(<cnp.ndarray> b, &blo, &bhi)
+            or ahi <= blo or bhi <= alo):
         return False
     try:
         return np.shares_memory(a, b, max_work=10_000)
@@ -394,61 +435,198 @@ cdef bint overlaps(object a, object b):
         return True
 
 
-cdef bint self_overlapping(cnp.ndarray a):
-    """Whether two elements of ``a`` may share memory (conservative): with the axes sorted
-    by stride, each stride must clear the extent of the axes below it."""
-    cdef int i, j, nd = cnp.PyArray_NDIM(a)
-    cdef Py_ssize_t extent = cnp.PyArray_ITEMSIZE(a), st, n
-    axes = sorted((abs(cnp.PyArray_STRIDES(a)[i]), cnp.PyArray_DIMS(a)[i]) for i in range(nd)
-                  if cnp.PyArray_DIMS(a)[i] > 1)
-    for st, n in axes:
+def self_overlapping(shape, strides, itemsize):
+    """Whether two elements of one array may share memory (conservative): with the axes
+    sorted by stride, each stride must clear the extent of the axes below it.  A zero or
+    overlapping stride (``as_strided`` views) fails."""
+    extent = itemsize
+    for st, n in sorted((abs(s), n) for n, s in zip(shape, strides) if n > 1):
         if st < extent:
             return True
         extent += st * (n - 1)
     return False
 
 
-def check_out(out, shape, dtype, inputs, name="out"):
-    """Check a caller's output buffer: ndarray, shape, dtype, writeable, no input overlap."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+cdef inline str array_name(object backend):
+    return "numpy.ndarray" if backend is None else backend.array_name
+
+
+cdef inline bint is_array_of(object a, object backend) except -1:
+    return isinstance(a, np.ndarray) if backend is None else backend.is_array(a)
+
+
+cdef inline bint writeable(object a) except -1:
+    """The writeable flag (CuPy arrays have none: always writeable)."""
+    return getattr(a.flags, "writeable", True)
+
+
+def check_out(out, shape, dtype, inputs, name="out", backend=None):
+    """Check a caller's output buffer: an array of the call's kind (NumPy, or
+    ``backend``'s), shape, dtype, writeable, elements distinct (the kernels write each once,
+    from any thread), no overlap with any of ``inputs`` (name -> array)."""
+    if not is_array_of(out, backend):
+        raise TypeError(f"{name} must be a {array_name(backend)}, got {type(out).__name__}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
     if out.dtype != dtype:
         raise TypeError(f"{name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
-    if not out.flags.writeable:
+    if not writeable(out):
         raise ValueError(f"{name} is read-only")
-    if out.size > 1 and self_overlapping(out):
+    if out.size > 1 and self_overlapping(out.shape, out.strides, out.itemsize):
         raise ValueError(f"{name} has elements that share memory (a view such as as_strided's); "
                          f"pass a buffer whose elements are distinct")
     for input_name, arr in inputs.items():
-        if overlaps(out, arr):
+        if overlaps(out, arr, backend):
             raise ValueError(f"{name} overlaps the input {input_name!r}; pass a separate buffer "
                              f"(or inplace=True where the function offers it)")
     return out
 
 
-def check_inplace(logits, out):
-    """``inplace=True`` needs the caller's own writeable, C-contiguous float ndarray."""
+def check_inplace(logits, out, backend=None):
+    """``inplace=True`` needs the caller's own writeable, C-contiguous float array."""
     if out is not None:
         raise ValueError("inplace=True and out= are exclusive: in place, the gradient goes into logits")
-    if not isinstance(logits, np.ndarray):
-        raise ValueError(f"inplace=True needs logits to be a numpy.ndarray, got {type(logits).__name__}")
-    if logits.dtype not in (_f32, _f64) and not is_half(logits.dtype):
-        raise TypeError(f"logits must have dtype float32, float64, float16 or bfloat16, got {logits.dtype}")
-    if not logits.flags.writeable:
+    if not is_array_of(logits, backend):
+        raise ValueError(f"inplace=True needs logits to be a {array_name(backend)}, "
+                         f"got {type(logits).__name__}")
+    check_float_dtype(logits.dtype, "logits", True)
+    if not writeable(logits):
         raise ValueError("inplace=True needs writeable logits, but logits is read-only")
     if not logits.flags.c_contiguous:
         raise ValueError("inplace=True needs C-contiguous logits; pass out= for other layouts")
 
 
-def check_inplace_inputs(logits, inputs):
+def check_inplace_inputs(logits, inputs, backend=None):
     """With ``inplace=True`` the gradient overwrites ``logits`` while the other inputs are
     still being read: none of them may share memory with it."""
     for input_name, arr in inputs.items():
-        if overlaps(logits, arr):
+        if overlaps(logits, arr, backend):
             raise ValueError(f"inplace=True would overwrite {input_name!r}, which shares memory "
                              f"with logits; pass a separate {input_name} (or use out=)")
+
+
+def check_grad_buffer(logits, out, inplace, dtype, inputs, logits_name="logits", backend=None):
+    """The buffer a gradient goes into, for every loss family and backend: with
+    ``inplace`` the logits, which none of ``inputs`` (the call's other array arguments,
+    name -> array) may share memory with; else ``out`` when given, which may overlap
+    neither the logits nor any input."""
+    if inplace:
+        check_inplace_inputs(logits, inputs, backend)
+    elif out is not None:
+        check_out(out, logits.shape, dtype, {logits_name: logits, **inputs}, backend=backend)
+
+
+cpdef dict ce_inputs(target, weight, lse, grad_output):
+    """The array inputs of a cross-entropy or NLL call that its gradient may not overwrite."""
+    return {"target": target, "weight": weight, "lse": lse, "grad_output": grad_output}
+
+
+# Array checks on metadata (dtype, shape): the NumPy path runs them on its arrays, the GPU
+# path on device arrays, whose memory they never read.
+GRAD_OUTPUT_ROWS = "the shape of the per-row loss"   # what grad_output must have, by family
+GRAD_OUTPUT_ELEMENTS = "the logits' shape"
+
+
+def check_float_dtype(dtype, name, allow_half=False):
+    """Raise unless ``dtype`` is float32/float64 (or, with ``allow_half``, a half type)."""
+    if dtype not in (_f32, _f64) and not (allow_half and is_half(dtype)):
+        kinds = "float32, float64, float16 or bfloat16" if allow_half else "float32 or float64"
+        raise TypeError(f"{name} must have dtype {kinds}, got {dtype}")
+
+
+def check_real_dtype(dtype, name):
+    """Raise unless ``dtype`` holds real numbers (an integer or floating type, not bool)."""
+    if dtype == np.bool_ or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {dtype}")
+
+
+cpdef object check_ce_logits(tuple shape, object dtype, object grad_dtype, bint inplace,
+                             str name="logits"):
+    """The logits' shape of a cross-entropy/NLL call and the gradient's dtype (returned)."""
+    cdef Py_ssize_t nd = len(shape)
+    if nd == 0:
+        raise ValueError(f"{name} must have shape (C,), (N, C) or (N, C, d1, ..., dk), "
+                         f"got a 0-d array")
+    gdtype = dtype if grad_dtype is None else check_grad_dtype(grad_dtype, dtype)
+    if inplace and gdtype != dtype:
+        raise ValueError(f"inplace=True writes the gradient into the logits: grad_dtype must be "
+                         f"{dtype}, got {gdtype}")
+    if shape[0 if nd == 1 else 1] == 0:
+        raise ValueError(f"{name} must have at least one class, got shape {shape}")
+    return gdtype
+
+
+def check_class_target(dtype, shape, logits_shape, logits_name="logits"):
+    """Class-index targets: an integer dtype and the logits' shape without the class axis."""
+    expected = expected_target_shape(logits_shape)
+    if dtype == np.bool_ or not np.issubdtype(dtype, np.integer):
+        raise ArgumentTypeError(
+            f"target must hold class indices (an integer dtype) of shape {expected}, or class "
+            f"probabilities (a float dtype) of the {logits_name}' shape {tuple(logits_shape)}; got "
+            f"dtype {dtype} and shape {tuple(shape)}")
+    if tuple(shape) != expected:
+        raise ArgumentValueError(f"target has shape {tuple(shape)}, but {logits_name} of shape "
+                                 f"{tuple(logits_shape)} need a target of shape {expected} (class "
+                                 f"indices) or {tuple(logits_shape)} (class probabilities)")
+
+
+def bad_target_error(shape, flat, value, n_classes, ignore_index):
+    """The IndexError of the class index ``value`` at flat position ``flat`` of targets of
+    ``shape``."""
+    pos = [int(i) for i in np.unravel_index(flat, shape)] if len(shape) else []
+    return IndexError(f"target{pos} = {value} is out of bounds for {n_classes} "
+                      f"classes (valid: 0 <= target < {n_classes}, or ignore_index={ignore_index})")
+
+
+def check_soft_target(logits_shape, ignore_index, sharded=False):
+    """Probability targets: not over vocabulary shards, no ``ignore_index``."""
+    if sharded:
+        raise ValueError("probability targets cannot be split over vocabulary shards "
+                         "(class_start/num_classes); pass class indices")
+    if ignore_index != -100:
+        raise ArgumentValueError(f"ignore_index={ignore_index} is not supported with probability "
+                                 f"targets (a float target of the logits' shape {tuple(logits_shape)})")
+
+
+def check_class_weight(dtype, shape, n_classes):
+    """Class weights: real numbers, one per class of the whole vocabulary."""
+    check_real_dtype(dtype, "weight")
+    if tuple(shape) != (n_classes,):
+        raise ArgumentValueError(f"weight must have shape ({n_classes},) (one per class), got {tuple(shape)}")
+
+
+def check_lse(dtype, shape, target_shape):
+    """The caller's log-sum-exp: real numbers, one per row."""
+    check_real_dtype(dtype, "lse")
+    if tuple(shape) != tuple(target_shape):
+        raise ValueError(f"lse must have one value per row, shape {tuple(target_shape)}, got {tuple(shape)}")
+
+
+cpdef check_shard_lse(bint sharded, bint has_lse):
+    """A vocabulary shard cannot compute the log-sum-exp over all classes: it is given."""
+    if sharded and not has_lse:
+        raise ValueError("a vocabulary shard (class_start/num_classes) needs lse=: the "
+                         "log-sum-exp over all classes, e.g. np.logaddexp.reduce of every "
+                         "shard's fastce.logsumexp")
+
+
+def check_grad_output_array(dtype, shape, reduction, expected, what):
+    """An array ``grad_output``: real numbers; 0-d, or under 'none' broadcasting (NumPy's
+    rules) to ``expected`` (the per-row loss's or the logits' shape: ``what``)."""
+    if dtype == np.bool_ or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise TypeError(f"grad_output must be a real number or array, got dtype {dtype}")
+    shape = tuple(shape)
+    if not shape:
+        return
+    if reduction != "none":
+        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {shape}")
+    try:
+        ok = np.broadcast_shapes(shape, tuple(expected)) == tuple(expected)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"grad_output must have {what} {tuple(expected)} for reduction='none', "
+                         f"got {shape}")
 
 
 def checked_grad_output(grad_output, reduction, shape, what):
@@ -457,45 +635,26 @@ def checked_grad_output(grad_output, reduction, shape, what):
     if type(grad_output) is float or type(grad_output) is int:
         return float(grad_output), None
     if is_cupy(grad_output):
-        raise TypeError("grad_output is a CuPy array but logits is not: mix of CuPy and NumPy")
+        raise mix_error("grad_output")
     g = np.asarray(grad_output)
-    if g.dtype == np.bool_ or not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
-        raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
+    check_grad_output_array(g.dtype, g.shape, reduction, shape, what)
     if g.ndim == 0:
         return float(g), None
-    if reduction != "none":
-        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
-    try:
-        ok = np.broadcast_shapes(g.shape, tuple(shape)) == tuple(shape)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"grad_output must have {what} {tuple(shape)} for reduction='none', "
-                         f"got {g.shape}")
     return None, np.broadcast_to(g, tuple(shape))
 
 
 def as_grad_output(grad_output, reduction, target_shape):
     """``(scalar, None)``, or ``(None, per-row float64 array)`` for an array under 'none'."""
-    g0, g = checked_grad_output(grad_output, reduction, target_shape, "the shape of the per-row loss")
+    g0, g = checked_grad_output(grad_output, reduction, target_shape, GRAD_OUTPUT_ROWS)
     return g0, None if g is None else kernel_array(g, np.float64).reshape(-1)
 
 
 def _hard_target_slow(target, logits_shape, int64_t n_classes, ignore_index, logits_name):
     """Class indices that the fast path cannot read: checked, as a flat int64 array."""
     if is_cupy(target):
-        raise TypeError("target is a CuPy array but logits is not: mix of CuPy and NumPy")
+        raise mix_error("target")
     t = np.asarray(target)
-    expected = expected_target_shape(logits_shape)
-    if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
-        raise ArgumentTypeError(
-            f"target must hold class indices (an integer dtype) of shape {expected}, or class "
-            f"probabilities (a float dtype) of the {logits_name}' shape {tuple(logits_shape)}; got "
-            f"dtype {t.dtype} and shape {t.shape}")
-    if t.shape != expected:
-        raise ArgumentValueError(f"target has shape {t.shape}, but {logits_name} of shape "
-                                 f"{tuple(logits_shape)} need a target of shape {expected} (class "
-                                 f"indices) or {tuple(logits_shape)} (class probabilities)")
+    check_class_target(t.dtype, t.shape, logits_shape, logits_name)
     if t.dtype.kind == "u" and t.size and t.max() > _INT64_MAX:
         # would wrap negative in int64 (and could pass for ignore_index): report it as is
         flat = int(np.argmax(t.reshape(-1)))
@@ -517,38 +676,30 @@ def as_hard_target(target, logits_shape, n_classes, ignore_index, logits_name="l
     s.ignore_index = ignore_index if s.has_ignore else 0
     bad = scan_targets(&s, &valid, &wsum)
     if bad >= 0:
-        raise _bad_target(target, bad, raw_target(&s, bad), n_classes, ignore_index)
+        raise bad_target_error(np.shape(target), bad, raw_target(&s, bad), n_classes, ignore_index)
     return np.where(t == ignore_index, np.int64(-1), t) if s.has_ignore else t
 
 
-cdef object _bad_target(object target, int64_t flat, int64_t value, int64_t n_classes,
-                        object ignore_index):
-    shape = np.shape(target)
-    pos = [int(i) for i in np.unravel_index(flat, shape)] if len(shape) else []
-    return IndexError(f"target{pos} = {value} is out of bounds for {n_classes} "
-                      f"classes (valid: 0 <= target < {n_classes}, or ignore_index={ignore_index})")
-
-
-def as_soft_target(target, logits_shape, dtype, ignore_index):
+def as_soft_target(target, logits_shape, dtype, ignore_index, sharded=False):
     """Probability targets in the logits' dtype (copied only when the dtype differs); with
     float16/bfloat16 logits, targets of another dtype go to float32, the compute dtype, and
     are never rounded to half precision."""
+    check_soft_target(logits_shape, ignore_index, sharded)
     if is_cupy(target):
-        raise TypeError("target is a CuPy array but logits is not: mix of CuPy and NumPy")
-    if ignore_index != -100:
-        raise ArgumentValueError(f"ignore_index={ignore_index} is not supported with probability "
-                                 f"targets (a float target of the logits' shape {tuple(logits_shape)})")
+        raise mix_error("target")
     t = np.asarray(target)
     if np.dtype(dtype).itemsize == 2 and t.dtype != dtype:
         dtype = _f32
     return t.astype(dtype, copy=False)
 
 
-def is_probability_target(target, logits_shape):
-    """Class probabilities: a floating target with exactly the logits' shape (torch's rule)."""
-    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+def is_probability_target(target, logits_shape, backend=None):
+    """Class probabilities: a floating target with exactly the logits' shape (torch's rule);
+    ``backend``'s arrays are judged by their metadata."""
+    t = (target if isinstance(target, np.ndarray) or (backend is not None and backend.is_array(target))
+         else np.asarray(target))
     return ((np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16")
-            and t.shape == tuple(logits_shape))
+            and tuple(t.shape) == tuple(logits_shape))
 
 
 def as_weight(weight, n_classes, dtype):
@@ -556,12 +707,9 @@ def as_weight(weight, n_classes, dtype):
     if weight is None:
         return None, None
     if is_cupy(weight):
-        raise TypeError("weight is a CuPy array but logits is not: mix of CuPy and NumPy")
+        raise mix_error("weight")
     w = np.asarray(weight)
-    if w.dtype == np.bool_ or not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
-        raise TypeError(f"weight must hold real numbers, got dtype {w.dtype}")
-    if w.shape != (n_classes,):
-        raise ArgumentValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
+    check_class_weight(w.dtype, w.shape, n_classes)
     return kernel_array(w, dtype), kernel_array(w, np.float64)
 
 
@@ -570,12 +718,9 @@ def as_lse(lse, target_shape):
     if lse is None:
         return None
     if is_cupy(lse):
-        raise TypeError("lse is a CuPy array but logits is not: mix of CuPy and NumPy")
+        raise mix_error("lse")
     arr = np.asarray(lse)
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == np.bool_:
-        raise TypeError(f"lse must hold real numbers, got dtype {arr.dtype}")
-    if arr.shape != tuple(target_shape):
-        raise ValueError(f"lse must have one value per row, shape {tuple(target_shape)}, got {arr.shape}")
+    check_lse(arr.dtype, arr.shape, target_shape)
     return kernel_array(arr, np.float64).reshape(-1)
 
 
@@ -675,18 +820,10 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
         x = as_float_array(logits, logits_name, allow_half=True)
     xshape = (<object> x).shape
     ndim = cnp.PyArray_NDIM(x)
-    if ndim == 0:
-        raise ValueError(f"{logits_name} must have shape (C,), (N, C) or (N, C, d1, ..., dk), "
-                         f"got a 0-d array")
+    gdtype = check_ce_logits(xshape, x.dtype, grad_dtype, inplace, logits_name)
     cdtype = _f64 if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE else _f32
-    gdtype = x.dtype if grad_dtype is None else check_grad_dtype(grad_dtype, x.dtype)
-    if inplace and gdtype != x.dtype:
-        raise ValueError(f"inplace=True writes the gradient into the logits: grad_dtype must be "
-                         f"{x.dtype}, got {gdtype}")
     axis = 0 if ndim == 1 else 1
     C = cnp.PyArray_DIMS(x)[axis]
-    if C == 0:
-        raise ValueError(f"{logits_name} must have at least one class, got shape {xshape}")
     x3 = x if ndim <= 2 and kernel_ready(x) else as_rows3(x, axis)
     s.x = geom_any(x3)
     rows = s.x.A * s.x.B
@@ -704,10 +841,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
     else:
         soft = not nll and is_probability_target(target, xshape)
     if soft:
-        if sharded:
-            raise ValueError("probability targets cannot be split over vocabulary shards "
-                             "(class_start/num_classes); pass class indices")
-        soft3 = as_rows3(as_soft_target(target, xshape, x.dtype, ignore_index), axis)
+        soft3 = as_rows3(as_soft_target(target, xshape, x.dtype, ignore_index, sharded), axis)
     else:
         t_arr = None
         if (isinstance(target, cnp.ndarray) and cnp.PyArray_ISSIGNED(<cnp.ndarray> target)
@@ -767,21 +901,14 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
             lse_in = as_lse(lse, tshape)
     else:
         lse_in = None
-    if sharded and lse_in is None:
-        raise ValueError("a vocabulary shard (class_start/num_classes) needs lse=: the "
-                         "log-sum-exp over all classes, e.g. np.logaddexp.reduce of every "
-                         "shard's fastce.logsumexp")
+    check_shard_lse(sharded, lse_in is not None)
 
     # outputs: out= or in place, never overlapping an input
     if want_grad:
         if inplace or out is not None:
-            inputs = {"target": target, "weight": weight, "lse": lse, "grad_output": grad_output}
-        if inplace:
-            check_inplace_inputs(x, inputs)
-            grad = x
-        elif out is not None:
-            check_out(out, xshape, gdtype, {logits_name: logits, **inputs})
-            grad = out
+            check_grad_buffer(x, out, inplace, gdtype,
+                              ce_inputs(target, weight, lse, grad_output), logits_name)
+            grad = x if inplace else out
         elif ndim <= 2 and x3 is x:
             Py_INCREF(gdtype)  # PyArray_NewLikeArray steals a reference to the dtype
             grad = PyArray_NewLikeArray(x, cnp.NPY_KEEPORDER, gdtype, 1)  # the logits'
@@ -809,7 +936,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
     else:
         bad = scan_targets(&s, &valid, &wsum)
         if bad >= 0:
-            raise _bad_target(target, bad, raw_target(&s, bad), Ctot, ignore_index)
+            raise bad_target_error(np.shape(target), bad, raw_target(&s, bad), Ctot, ignore_index)
         if s.wd == NULL and s.wdf == NULL:
             wsum = valid
     if items_obj is not None:

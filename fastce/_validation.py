@@ -16,7 +16,8 @@ import numpy as np
 from ._errors import ArgumentTypeError as ArgumentTypeError
 from ._errors import ArgumentValueError as ArgumentValueError
 from ._kernels import (  # noqa: F401  (the shared contract, re-exported for the other families)
-
+    GRAD_OUTPUT_ELEMENTS as GRAD_OUTPUT_ELEMENTS,
+    GRAD_OUTPUT_ROWS as GRAD_OUTPUT_ROWS,
     as_float_array as as_float_array,
     as_grad_output as as_grad_output,
     as_hard_target as as_hard_target,
@@ -24,26 +25,43 @@ from ._kernels import (  # noqa: F401  (the shared contract, re-exported for the
     as_rows3 as as_rows3,
     as_soft_target as as_soft_target,
     as_weight as as_weight,
+    bad_target_error as bad_target_error,
+    byte_extent as byte_extent,
+    ce_inputs as ce_inputs,
+    check_ce_logits as check_ce_logits,
+    check_class_target as check_class_target,
+    check_class_weight as check_class_weight,
+    check_float_dtype as check_float_dtype,
+    check_grad_buffer as check_grad_buffer,
     check_grad_dtype as check_grad_dtype,
+    check_grad_output_array as check_grad_output_array,
     check_ignore_index as check_ignore_index,
     check_inplace as check_inplace,
     check_inplace_inputs as check_inplace_inputs,
     check_label_smoothing as check_label_smoothing,
     check_logit_scale as check_logit_scale,
+    check_lse as check_lse,
     check_n_threads as check_n_threads,
     check_num_items as check_num_items,
     check_out as check_out,
+    check_real_dtype as check_real_dtype,
     check_reduction as check_reduction,
     check_shard as check_shard,
+    check_shard_lse as check_shard_lse,
+    check_soft_target as check_soft_target,
     check_softcap as check_softcap,
     check_z_loss as check_z_loss,
     checked_grad_output as checked_grad_output,
     compute_dtype as compute_dtype,
     default_threads as default_threads,
     expected_target_shape as expected_target_shape,
+    extents_overlap as extents_overlap,
     is_half as is_half,
     is_probability_target as is_probability_target,
+    mix_error as mix_error,
+    overlaps as overlaps,
     rows3_shape as rows3_shape,
+    self_overlapping as self_overlapping,
     writable_rows3 as writable_rows3,
 )
 
@@ -65,6 +83,13 @@ def check_axis(axis: object, ndim: int, name: str = "axis") -> int:
     if not -ndim <= ax < ndim:
         raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimension(s)")
     return ax % ndim
+
+
+def array_axis(ndim: int, axis: object) -> int:
+    """The reduced axis of the softmax family's ``x`` (``ndim`` dimensions, at least one)."""
+    if ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    return check_axis(axis, ndim)
 
 
 def criterion_repr(obj: object, options: Mapping[str, Any]) -> str:
@@ -94,15 +119,27 @@ def as_probability_target(target: object, logits_shape: tuple[int, ...],
     is a ValueError (torch's too); an integer or bool target an ArgumentTypeError (torch
     raises RuntimeError)."""
     if _is_cupy(target):
-        raise TypeError("target is a CuPy array but logits is not: mix of CuPy and NumPy")
+        raise mix_error("target")
     t = np.asarray(target)
-    if t.shape != tuple(logits_shape):
-        raise ValueError(f"Target size must be the same as input size: target has shape {t.shape}, "
-                         f"logits has shape {tuple(logits_shape)}")
-    if not np.issubdtype(t.dtype, np.floating):
-        raise ArgumentTypeError(f"target must have a floating dtype (probabilities in [0, 1]), got "
-                                f"{t.dtype}; convert 0/1 labels with target.astype(logits.dtype)")
+    check_probability_target(t.dtype, t.shape, logits_shape)
     return t.astype(dtype, copy=False)
+
+
+def check_probability_target(dtype: np.dtype[Any], shape: tuple[int, ...],
+                             logits_shape: tuple[int, ...]) -> None:
+    """The metadata checks of ``as_probability_target`` (any array kind)."""
+    if tuple(shape) != tuple(logits_shape):
+        raise ValueError(f"Target size must be the same as input size: target has shape "
+                         f"{tuple(shape)}, logits has shape {tuple(logits_shape)}")
+    if not np.issubdtype(dtype, np.floating):
+        raise ArgumentTypeError(f"target must have a floating dtype (probabilities in [0, 1]), got "
+                                f"{dtype}; convert 0/1 labels with target.astype(logits.dtype)")
+
+
+def bce_inputs(target: object, weight: object, pos_weight: object) -> dict[str, object]:
+    """The array inputs of a BCE call that its gradient may not overwrite (with
+    ``grad_output``, added by the call that has one)."""
+    return {"target": target, "weight": weight, "pos_weight": pos_weight}
 
 
 def as_broadcast_operand(arr: object, name: str, shape: tuple[int, ...] | None,
@@ -114,20 +151,25 @@ def as_broadcast_operand(arr: object, name: str, shape: tuple[int, ...] | None,
     if arr is None:
         return None
     if _is_cupy(arr):
-        raise TypeError(f"{name} is a CuPy array but logits is not: mix of CuPy and NumPy")
+        raise mix_error(name)
     a = np.asarray(arr)
-    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    check_broadcast_operand(a.dtype, a.shape, name, shape)
+    return a if shape is None else a.astype(dtype, copy=False)
+
+
+def check_broadcast_operand(dtype: np.dtype[Any], op_shape: tuple[int, ...], name: str,
+                            shape: tuple[int, ...] | None) -> None:
+    """The metadata checks of ``as_broadcast_operand`` (any array kind)."""
+    check_real_dtype(dtype, name)
     if shape is None:
-        return a
+        return
     try:
-        ok = np.broadcast_shapes(a.shape, tuple(shape)) == tuple(shape)
+        ok = np.broadcast_shapes(tuple(op_shape), tuple(shape)) == tuple(shape)
     except ValueError:
         ok = False
     if not ok:
-        raise ArgumentValueError(f"{name} of shape {a.shape} does not broadcast to the logits' shape "
-                                 f"{tuple(shape)}")
-    return a.astype(dtype, copy=False)
+        raise ArgumentValueError(f"{name} of shape {tuple(op_shape)} does not broadcast to the "
+                                 f"logits' shape {tuple(shape)}")
 
 
 def as_elementwise_grad_output(
@@ -136,7 +178,7 @@ def as_elementwise_grad_output(
     """Upstream gradient of an elementwise loss: ``(float, None)`` for 'mean'/'sum', or
     ``(None, array of the logits' shape in dtype)`` for 'none' (a copy only when the dtype
     differs; any layout)."""
-    g0, g = checked_grad_output(grad_output, reduction, shape, "the logits' shape")
+    g0, g = checked_grad_output(grad_output, reduction, shape, GRAD_OUTPUT_ELEMENTS)
     return g0, None if g is None else g.astype(dtype, copy=False)
 
 
@@ -152,12 +194,10 @@ def _linear_array(x: object, name: str, asarray: Callable[[object, str], Any] | 
     GPU path's conversion, which refuses NumPy arrays among CuPy ones)."""
     if asarray is None:
         if _is_cupy(x):
-            raise TypeError(f"{name} is a CuPy array but another argument is not: mix of CuPy "
-                            f"and NumPy")
+            raise mix_error(name, "another argument")
         return as_float_array(x, name)
     arr = asarray(x, name)
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    check_float_dtype(arr.dtype, name)
     return arr
 
 
@@ -218,7 +258,7 @@ def as_linear_target(target: object, n_rows: int, n_classes: int,
                      ignore_index: int) -> npt.NDArray[np.int64]:
     """Class indices of shape ``(N,)``: flat int64, -1 marking ignored rows."""
     if _is_cupy(target):
-        raise TypeError("target is a CuPy array but another argument is not: mix of CuPy and NumPy")
+        raise mix_error("target", "another argument")
     t = check_linear_target(np.asarray(target), n_rows)
     return as_hard_target(t, (n_rows, n_classes), n_classes, ignore_index)
 

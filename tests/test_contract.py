@@ -316,3 +316,121 @@ def test_criteria_repr_shows_their_arguments():
         "CrossEntropyLoss(label_smoothing=0.1, z_loss=0.0001, num_items=8.0)"
     assert repr(fastce.CrossEntropyLoss(weight=np.ones(2))) == "CrossEntropyLoss(weight=array([1., 1.]))"
     assert repr(fastce.BCEWithLogitsLoss(reduction="sum")) == "BCEWithLogitsLoss(reduction='sum')"
+
+
+# ------------------------------------------------------------------ one contract, any backend
+class _DeviceArray:
+    """A device array as the contract sees one: metadata only (CuPy's attributes: no
+    ``flags.writeable``), no host memory behind it -- a check that read it would fail."""
+
+    def __init__(self, shape, dtype, strides=None, address=1 << 20, c_contiguous=True):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.itemsize = self.dtype.itemsize
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.strides = strides or tuple(int(s) for s in np.empty(self.shape, self.dtype).strides)
+        self.address = address
+        self.flags = type("Flags", (), dict(c_contiguous=c_contiguous, f_contiguous=False))()
+        self.ndim = len(self.shape)
+
+
+class _DeviceBackend:
+    array_name = "device.ndarray"
+
+    def is_array(self, a):
+        return isinstance(a, _DeviceArray)
+
+    def address(self, a):
+        return a.address
+
+
+def _message(fn, *args, **kw):
+    with pytest.raises(Exception) as info:
+        fn(*args, **kw)
+    return type(info.value), str(info.value)
+
+
+def test_output_checks_on_device_metadata():
+    """check_out / check_inplace / check_grad_buffer: one rule for NumPy and any backend,
+    decided from shape, dtype, strides and address alone."""
+    from fastce import _validation as V
+    be = _DeviceBackend()
+    x = _DeviceArray((4, 5), np.float32)
+    t = _DeviceArray((4,), np.int64, address=x.address + 4096)   # disjoint from x
+    V.check_grad_buffer(x, _DeviceArray((4, 5), np.float32, address=1 << 24), False,
+                        np.float32, V.ce_inputs(t, None, None, 1.0), backend=be)
+    V.check_inplace(x, None, be)
+    cases = [
+        (dict(out=np.empty((4, 5), np.float32)), TypeError, "out must be a device.ndarray, got ndarray"),
+        (dict(out=_DeviceArray((4, 6), np.float32, address=1 << 24)), ValueError,
+         "out has shape (4, 6), expected (4, 5)"),
+        (dict(out=_DeviceArray((4, 5), np.float64, address=1 << 24)), TypeError,
+         "out has dtype float64, expected float32"),
+        (dict(out=_DeviceArray((4, 5), np.float32, strides=(0, 4), address=1 << 24)), ValueError,
+         "out has elements that share memory"),
+        (dict(out=_DeviceArray((4, 5), np.float32, address=x.address + 40)), ValueError,
+         "out overlaps the input 'logits'"),
+        (dict(out=_DeviceArray((4, 5), np.float32, address=t.address - 8)), ValueError,
+         "out overlaps the input 'target'"),
+    ]
+    for kw, cls, msg in cases:
+        err, text = _message(V.check_grad_buffer, x, kw["out"], False, np.float32,
+                             V.ce_inputs(t, None, None, 1.0), backend=be)
+        assert err is cls and text.startswith(msg), (text, msg)
+    # in place: the inputs may not share the logits' memory; the layout must be C order
+    inside = _DeviceArray((4,), np.int64, address=x.address + 8)
+    assert _message(V.check_grad_buffer, x, None, True, np.float32,
+                    V.ce_inputs(inside, None, None, 1.0), backend=be)[1].startswith(
+        "inplace=True would overwrite 'target'")
+    assert _message(V.check_inplace, _DeviceArray((4, 5), np.float32, c_contiguous=False), None,
+                    be) == (ValueError, "inplace=True needs C-contiguous logits; pass out= for other layouts")
+    assert _message(V.check_inplace, np.zeros((4, 5), np.float32), None, be) == (
+        ValueError, "inplace=True needs logits to be a device.ndarray, got ndarray")
+
+
+def test_overlap_numpy_exact_backend_conservative():
+    """Between NumPy arrays overlap is exact; between a backend's arrays (whose memory is not
+    read) it is decided by byte extents, so interleaved views count as overlapping."""
+    from fastce import _validation as V
+    buf = np.zeros((6, 8))
+    a, b = buf[:, ::2], buf[:, 1::2]
+    assert not V.overlaps(a, b) and V.overlaps(a, buf[2:, 2:])
+
+    class Host:
+        array_name = "numpy.ndarray"
+        is_array = staticmethod(lambda v: isinstance(v, np.ndarray))
+        address = staticmethod(lambda v: v.__array_interface__["data"][0])
+    assert V.overlaps(a, b, Host()) and not V.overlaps(buf[:3], buf[3:], Host())
+    assert V.byte_extent(0, (0, 3), (8, 8), 8) is None
+    assert V.byte_extent(100, (2, 3), (-24, 8), 8) == (76, 124)
+
+
+BAD_CALLS = [  # (keyword arguments of cross_entropy_with_grad, the metadata check, its arguments)
+    (dict(target=np.zeros(5, np.float32)), "check_class_target",
+     (np.dtype(np.float32), (5,), (5, 7))),
+    (dict(target=np.zeros(4, np.int64)), "check_class_target", (np.dtype(np.int64), (4,), (5, 7))),
+    (dict(weight=np.ones(6)), "check_class_weight", (np.dtype(np.float64), (6,), 7)),
+    (dict(weight=np.ones(7, bool)), "check_class_weight", (np.dtype(bool), (7,), 7)),
+    (dict(lse=np.zeros(4)), "check_lse", (np.dtype(np.float64), (4,), (5,))),
+    (dict(lse=np.zeros(5, complex)), "check_lse", (np.dtype(complex), (5,), (5,))),
+    (dict(grad_output=np.ones(3), reduction="none"), "check_grad_output_array",
+     (np.dtype(np.float64), (3,), "none", (5,), "the shape of the per-row loss")),
+    (dict(grad_output=np.ones(5)), "check_grad_output_array",
+     (np.dtype(np.float64), (5,), "mean", (5,), "the shape of the per-row loss")),
+    (dict(grad_output=np.ones(5, bool), reduction="none"), "check_grad_output_array",
+     (np.dtype(bool), (5,), "none", (5,), "the shape of the per-row loss")),
+    (dict(target=np.full((5, 7), 1 / 7), ignore_index=0), "check_soft_target", ((5, 7), 0)),
+    (dict(class_start=2, num_classes=9), "check_shard_lse", (True, False)),
+    (dict(grad_dtype=np.float16), "check_ce_logits",
+     ((5, 7), np.dtype(np.float32), np.float16, False)),
+]
+
+
+@pytest.mark.parametrize("kw,check,args", BAD_CALLS, ids=[f"{c[1]}-{i}" for i, c in enumerate(BAD_CALLS)])
+def test_cpu_errors_come_from_the_metadata_checks(kw, check, args):
+    """The NumPy path raises what the metadata-level check (the GPU path's entry) raises for
+    the same dtype and shape: one message, written once."""
+    from fastce import _validation as V
+    kw = dict(kw)
+    x = np.zeros((5, 7), np.float32)
+    t = kw.pop("target", np.zeros(5, np.int64))
+    assert _message(fastce.cross_entropy_with_grad, x, t, **kw) == _message(getattr(V, check), *args)

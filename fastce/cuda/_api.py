@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _validation as V
-from .._errors import ArgumentTypeError, ArgumentValueError
 
 __all__ = [
     "logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
@@ -179,39 +178,6 @@ def element_strides(strides, itemsize):
     if any(s % itemsize for s in strides):
         return None
     return tuple(s // itemsize for s in strides)
-
-
-def byte_extent(address, shape, strides, itemsize):
-    """``[lo, hi)`` bytes an array touches, or None when it has no element."""
-    if any(n == 0 for n in shape):
-        return None
-    lo = hi = address
-    for n, s in zip(shape, strides):
-        if s >= 0:
-            hi += (n - 1) * s
-        else:
-            lo += (n - 1) * s
-    return lo, hi + itemsize
-
-
-def extents_overlap(e1, e2):
-    """Do two byte extents intersect (None: empty, never overlaps)?  Conservative:
-    interleaved views such as ``a[:, ::2]`` / ``a[:, 1::2]`` count as overlapping."""
-    if e1 is None or e2 is None:
-        return False
-    return e1[0] < e2[1] and e2[0] < e1[1]
-
-
-def self_overlapping(shape, strides, itemsize):
-    """Whether two elements of one array may share memory (conservative, like the CPU
-    path's check): with the axes sorted by stride, each stride must clear the byte extent
-    of the axes below it.  A zero or overlapping stride (``as_strided`` views) fails."""
-    extent = itemsize
-    for st, n in sorted((abs(s), n) for n, s in zip(shape, strides) if n > 1):
-        if st < extent:
-            return True
-        extent += st * (n - 1)
-    return False
 
 
 @dataclass(frozen=True)
@@ -374,6 +340,10 @@ def _is_numpy_array(a):
     return isinstance(a, np.ndarray)
 
 
+# the overlap rules of the contract (fastce/_contract.pxi), by their planning-layer names
+byte_extent, extents_overlap, self_overlapping = V.byte_extent, V.extents_overlap, V.self_overlapping
+
+
 class Ops:
     """fastce's functions on one backend's arrays (signatures of the CPU functions)."""
 
@@ -397,12 +367,10 @@ class Ops:
             raise self._mix_error(name)
         return self.xp.asarray(a)
 
-    def _as_float(self, x, name):
-        """A float32/float64/float16/bfloat16 device array (the CPU path's dtypes)."""
+    def _as_float(self, x, name, allow_half=True):
+        """A float32/float64 (and float16/bfloat16) device array (the CPU path's dtypes)."""
         arr = self._asarray(x, name)
-        if arr.dtype not in V.FLOAT_DTYPES and not V.is_half(arr.dtype):
-            raise TypeError(f"{name} must have dtype float32, float64, float16 or bfloat16, "
-                            f"got {arr.dtype}")
+        V.check_float_dtype(arr.dtype, name, allow_half)
         return arr
 
     def _geometry(self, x, axis):
@@ -416,32 +384,31 @@ class Ops:
             st = rows3_strides(x.shape, element_strides(x.strides, x.itemsize), axis)
         return x, a, c, b, st
 
-    def _overlaps(self, a, b):
-        if b is None or not self.b.is_array(b):
-            return False
-        return extents_overlap(
-            byte_extent(self.b.address(a), a.shape, a.strides, a.itemsize),
-            byte_extent(self.b.address(b), b.shape, b.strides, b.itemsize))
-
+    # The checks of outputs are the contract's (V.check_out, check_inplace,
+    # check_grad_buffer) on this backend's arrays; only the mix error is the GPU path's.
     def _check_out(self, out, shape, dtype, inputs, name="out"):
-        if not self.b.is_array(out):
-            if self._foreign(out):
-                raise self._mix_error(name)
-            raise TypeError(f"{name} must be a {self.b.array_name}, got {type(out).__name__}")
-        if out.shape != tuple(shape):
-            raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
-        if out.dtype != dtype:
-            raise TypeError(f"{name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
-        # the kernels write each element once, from any thread: two elements at one
-        # address would race (and the result would depend on the schedule)
-        if out.size > 1 and self_overlapping(out.shape, out.strides, out.itemsize):
-            raise ValueError(f"{name} has elements that share memory (a view such as as_strided's); "
-                             f"pass a buffer whose elements are distinct")
-        for input_name, arr in inputs.items():
-            if self._overlaps(out, arr):
-                raise ValueError(f"{name} overlaps the input {input_name!r}; pass a separate buffer "
-                                 f"(or inplace=True where the function offers it)")
-        return out
+        if self._foreign(out):
+            raise self._mix_error(name)
+        return V.check_out(out, shape, dtype, inputs, name, self.b)
+
+    def _check_inplace(self, logits, out):
+        if out is None and self._foreign(logits):
+            raise self._mix_error("logits")
+        V.check_inplace(logits, out, self.b)
+
+    def _check_grad_buffer(self, x, out, inplace, dtype, inputs, name="logits"):
+        if not inplace and self._foreign(out):
+            raise self._mix_error("out")
+        V.check_grad_buffer(x, out, inplace, dtype, inputs, name, self.b)
+
+    def _checked_grad_output(self, grad_output, reduction, shape, what):
+        """``(number, None)`` for a host number, ``(None, device array)`` otherwise, checked
+        by the contract (``V.checked_grad_output``) without reading device memory."""
+        if isinstance(grad_output, (numbers.Number, np.generic)) and not self.b.is_array(grad_output):
+            return V.checked_grad_output(grad_output, reduction, shape, what)[0], None
+        g = self._asarray(grad_output, "grad_output")
+        V.check_grad_output_array(g.dtype, g.shape, reduction, shape, what)
+        return None, g
 
     def _out_view(self, out, axis_or_split, kind):
         """Element strides of an output in the kernels' geometry, or (temp, strides) when
@@ -502,14 +469,9 @@ class Ops:
         return res
 
     # ------------------------------------------------------------------ lse family
-    def _array_axis(self, x, axis):
-        if x.ndim == 0:
-            raise ValueError("x must have at least one dimension, got a 0-d array")
-        return V.check_axis(axis, x.ndim)
-
     def logsumexp(self, x, axis=-1, *, out=None, n_threads=None):
         x = self._as_float(x, "x")
-        ax = self._array_axis(x, axis)
+        ax = V.array_axis(x.ndim, axis)
         _check_threads(n_threads)
         shape = x.shape[:ax] + x.shape[ax + 1:]
         rdtype = V.compute_dtype(x.dtype)  # float32 for half precision, as on the CPU
@@ -536,7 +498,7 @@ class Ops:
 
     def _softmax(self, x, axis, out, n_threads, mode):
         x = self._as_float(x, "x")
-        ax = self._array_axis(x, axis)
+        ax = V.array_axis(x.ndim, axis)
         _check_threads(n_threads)
         if out is None:
             out = self.xp.empty(x.shape, dtype=x.dtype)
@@ -559,13 +521,15 @@ class Ops:
         return self._softmax(x, axis, out, n_threads, MODE_SOFTMAX)
 
     # ------------------------------------------------------------------ cross-entropy
-    def _ce_setup(self, logits, target, weight, ignore_index, reduction, label_smoothing,
-                  n_threads, inplace=False, out=None, name="logits", z_loss=0.0, softcap=None,
+    def _ce_setup(self, logits, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, n_threads=None, inplace=False, out=None, name="logits",
+                  z_loss=0.0, softcap=None,
                   lse=None, class_start=0, num_classes=None, grad_dtype=None, allow_soft=True,
-                  logit_scale=1.0, num_items=None):
+                  logit_scale=1.0, num_items=None, grad_output=None):
         """Validate one cross-entropy/nll call; returns a dict of what the sweep needs.
 
-        Order of checks as the CPU path (fastce._api._CECall)."""
+        The contract's checks (fastce/_contract.pxi), in ``ce_call``'s order, on the
+        backend's arrays (metadata only: the class indices are checked by the scan)."""
         reduction = V.check_reduction(reduction)
         cap = V.check_softcap(softcap)
         eps = V.check_label_smoothing(label_smoothing)
@@ -575,110 +539,42 @@ class Ops:
         ignore_index = V.check_ignore_index(ignore_index)
         _check_threads(n_threads)
         if inplace:
-            if out is not None:
-                raise ValueError("inplace=True and out= are exclusive: in place, the gradient "
-                                 "goes into logits")
-            if not self.b.is_array(logits):
-                raise ValueError(f"inplace=True needs logits to be a {self.b.array_name}, "
-                                 f"got {type(logits).__name__}")
-            if logits.dtype not in V.FLOAT_DTYPES and not V.is_half(logits.dtype):
-                raise TypeError(f"logits must have dtype float32, float64, float16 or bfloat16, "
-                                f"got {logits.dtype}")
-            if not logits.flags.c_contiguous:
-                raise ValueError("inplace=True needs C-contiguous logits; pass out= for other layouts")
+            self._check_inplace(logits, out)
         x = self._as_float(logits, name)
-        if x.ndim == 0:
-            raise ValueError(f"{name} must have shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
-        grad_dtype = V.check_grad_dtype(grad_dtype, x.dtype)
-        if inplace and grad_dtype != x.dtype:
-            raise ValueError(f"inplace=True writes the gradient into the logits: grad_dtype must be "
-                             f"{x.dtype}, got {grad_dtype}")
+        grad_dtype = V.check_ce_logits(tuple(x.shape), x.dtype, grad_dtype, inplace, name)
         axis = 0 if x.ndim == 1 else 1
         C = x.shape[axis]
-        if C == 0:
-            raise ValueError(f"{name} must have at least one class, got shape {x.shape}")
         target_shape = V.expected_target_shape(x.shape)
         cstart, ctot = V.check_shard(class_start, num_classes, C)
         sharded = ctot != C
         t = soft = None
-        if allow_soft and self._is_soft(target, x.shape):
-            if sharded:
-                raise ValueError("probability targets cannot be split over vocabulary shards "
-                                 "(class_start/num_classes); pass class indices")
-            soft = self._check_soft(target, x, ignore_index)
+        if allow_soft and V.is_probability_target(target, x.shape, self.b):
+            V.check_soft_target(x.shape, ignore_index, sharded)
+            soft = self._asarray(target, "target")
+            soft = soft if soft.dtype == x.dtype else soft.astype(x.dtype)
         else:
-            t = self._check_target(target, x.shape, target_shape, name)
-        w_all = self._check_weight(weight, ctot)  # the whole vocabulary's, indexed by target
+            t = self._asarray(target, "target")
+            V.check_class_target(t.dtype, t.shape, x.shape, name)
+        w_all = None  # the whole vocabulary's weights, indexed by target
+        if weight is not None:
+            w_all = self._asarray(weight, "weight")
+            V.check_class_weight(w_all.dtype, w_all.shape, ctot)
+            w_all = self.xp.ascontiguousarray(w_all, dtype=np.float64)
         w = w_all[cstart:cstart + C] if sharded and w_all is not None else w_all
-        lse_in = self._check_lse(lse, target_shape)
-        if sharded and lse_in is None:
-            raise ValueError("a vocabulary shard (class_start/num_classes) needs lse=: the "
-                             "log-sum-exp over all classes, e.g. np.logaddexp.reduce of every "
-                             "shard's fastce.logsumexp")
-        inputs = {"target": target, "weight": weight, "lse": lse}
-        if out is not None:
-            self._check_out(out, x.shape, grad_dtype, {name: x, **inputs})
-        if inplace:
-            for input_name, arr in inputs.items():
-                if self._overlaps(x, arr):
-                    raise ValueError(f"inplace=True would overwrite {input_name!r}, which shares "
-                                     f"memory with logits; pass a separate {input_name} (or use out=)")
+        lse_in = None  # the caller's per-row log-sum-exp, flat float64
+        if lse is not None:
+            lse_in = self._asarray(lse, "lse")
+            V.check_lse(lse_in.dtype, lse_in.shape, target_shape)
+            lse_in = self.xp.ascontiguousarray(lse_in, dtype=np.float64).reshape(-1)
+        V.check_shard_lse(sharded, lse_in is not None)
+        if inplace or out is not None:
+            self._check_grad_buffer(x, out, inplace, grad_dtype,
+                                    V.ce_inputs(target, weight, lse, grad_output), name)
         return dict(x=x, axis=axis, C=C, t=t, soft=soft, target_shape=target_shape, w=w,
                     w_all=w_all, reduction=reduction, eps=eps, ignore_index=ignore_index,
                     inplace=inplace, out=out, z=z, cap=cap, scale=scale, items=items,
                     lse_in=lse_in, cstart=cstart,
                     ctot=ctot, grad_dtype=grad_dtype, cdtype=V.compute_dtype(x.dtype))
-
-    def _is_soft(self, target, logits_shape):
-        """Class probabilities: a float target of the logits' shape (torch's rule)."""
-        if not self.b.is_array(target) and not self._foreign(target):
-            target = np.asarray(target)
-        return target.dtype.kind == "f" and tuple(target.shape) == tuple(logits_shape)
-
-    def _check_soft(self, target, x, ignore_index):
-        """Probability targets in the logits' dtype (copied only when the dtype differs)."""
-        t = self._asarray(target, "target")
-        if ignore_index != -100:
-            raise ArgumentValueError(
-                f"ignore_index={ignore_index} is not supported with probability targets (a float "
-                f"target of the logits' shape {tuple(x.shape)})")
-        return t if t.dtype == x.dtype else t.astype(x.dtype)
-
-    def _check_lse(self, lse, target_shape):
-        """The caller's per-row log-sum-exp, flat float64, or None."""
-        if lse is None:
-            return None
-        arr = self._asarray(lse, "lse")
-        if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
-            raise TypeError(f"lse must hold real numbers, got dtype {arr.dtype}")
-        if arr.shape != tuple(target_shape):
-            raise ValueError(f"lse must have one value per row, shape {tuple(target_shape)}, "
-                             f"got {arr.shape}")
-        return self.xp.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
-
-    def _check_target(self, target, logits_shape, expected, logits_name="logits"):
-        t = self._asarray(target, "target")
-        if t.dtype == np.bool_ or t.dtype.kind not in "iu":
-            raise ArgumentTypeError(
-                f"target must hold class indices (an integer dtype) of shape {expected}, or class "
-                f"probabilities (a float dtype) of the {logits_name}' shape {tuple(logits_shape)}; got "
-                f"dtype {t.dtype} and shape {t.shape}")
-        if t.shape != expected:
-            raise ArgumentValueError(
-                f"target has shape {t.shape}, but {logits_name} of shape {tuple(logits_shape)} "
-                f"need a target of shape {expected} (class indices) or "
-                f"{tuple(logits_shape)} (class probabilities)")
-        return t
-
-    def _check_weight(self, weight, C):
-        if weight is None:
-            return None
-        w = self._asarray(weight, "weight")
-        if w.dtype == np.bool_ or w.dtype.kind not in "iuf":
-            raise TypeError(f"weight must hold real numbers, got dtype {w.dtype}")
-        if w.shape != (C,):
-            raise ArgumentValueError(f"weight must have shape ({C},) (one per class), got {w.shape}")
-        return self.xp.ascontiguousarray(w, dtype=np.float64)
 
     def _flat_target(self, t):
         """Targets as the kernels read them: contiguous int32 or int64, flat."""
@@ -699,11 +595,8 @@ class Ops:
         bad = int(host[0])
         if bad >= 0:
             value = int(self.b.to_host(t[bad:bad + 1].astype(np.int64))[0])
-            shape = call["target_shape"]
-            pos = list(np.unravel_index(bad, shape)) if len(shape) else []
-            C, ii = call["ctot"], call["ignore_index"]
-            raise IndexError(f"target{[int(p) for p in pos]} = {value} is out of bounds for {C} "
-                             f"classes (valid: 0 <= target < {C}, or ignore_index={ii})")
+            raise V.bad_target_error(call["target_shape"], bad, value, call["ctot"],
+                                     call["ignore_index"])
         return float(host[1]), float(host[2]), float(host[3])
 
     def _prepare(self, call):
@@ -735,34 +628,14 @@ class Ops:
     def _grad_scales(self, grad_output, call):
         """``(gout array or None, gout stride, gscale, gzscale)``: the row scale of the
         cross-entropy term is ``gscale * gout[r]`` and of the z-term ``gzscale * gout[r]``."""
-        reduction, shape = call["reduction"], call["target_shape"]
-        if self.b.is_array(grad_output) or self._foreign(grad_output):
-            g = self._asarray(grad_output, "grad_output")
-        elif isinstance(grad_output, (numbers.Number, np.generic)) and not isinstance(grad_output, (bool, np.bool_)):
-            g = None
-            if isinstance(grad_output, complex):
-                raise TypeError(f"grad_output must be a real number or array, got {grad_output!r}")
-            value = float(grad_output)
-        else:
-            g = self._asarray(grad_output, "grad_output")
-        if g is not None:
-            if g.dtype == np.bool_ or g.dtype.kind not in "iuf":
-                raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
+        reduction, shape = call["reduction"], tuple(call["target_shape"])
+        value, g = self._checked_grad_output(grad_output, reduction, shape, V.GRAD_OUTPUT_ROWS)
         if reduction == "none" and g is not None and g.ndim:  # broadcast like NumPy
-            try:
-                ok = np.broadcast_shapes(g.shape, tuple(shape)) == tuple(shape)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"grad_output must have the shape of the per-row loss {tuple(shape)} "
-                                 f"for reduction='none', got {g.shape}")
-            g = self.xp.broadcast_to(g, tuple(shape))
+            g = self.xp.broadcast_to(g, shape)
             return self.xp.ascontiguousarray(g, dtype=np.float64).reshape(-1), 1, 1.0, 1.0
         if reduction == "none":  # a scalar scales every row
             value = value if g is None else float(g)
             return None, 0, value, value
-        if g is not None and g.ndim != 0:
-            raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}")
         one = np.float64(1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = reduction == "mean"
@@ -845,32 +718,24 @@ class Ops:
         loss, _, lse_rows = self._ce_sweep(call, want_loss=True, want_lse=bool(return_lse))
         return (loss, lse_rows) if return_lse else loss
 
-    def cross_entropy_with_grad(self, logits, target, *, weight=None, ignore_index=-100,
-                                reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                                logit_scale=1.0, num_items=None, lse=None, return_lse=False,
-                                class_start=0, num_classes=None, grad_output=1.0, out=None,
-                                inplace=False, grad_dtype=None, n_threads=None):
-        call = self._ce_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
-                              n_threads, inplace=inplace, out=out, z_loss=z_loss, softcap=softcap,
-                              lse=lse, class_start=class_start, num_classes=num_classes,
-                              grad_dtype=grad_dtype, logit_scale=logit_scale, num_items=num_items)
-        self._grad_scales(grad_output, dict(call, norm=1.0, valid=1.0))  # argument errors first
-        call = self._prepare(call)
+    def _grad_call(self, logits, target, grad_output, **options):
+        """A validated, prepared call that writes a gradient: ``grad_output``'s argument
+        errors come before the target scan, as on the CPU path."""
+        call = self._ce_setup(logits, target, grad_output=grad_output, **options)
+        self._grad_scales(grad_output, dict(call, norm=1.0, valid=1.0))
+        return self._prepare(call)
+
+    def cross_entropy_with_grad(self, logits, target, *, return_lse=False, grad_output=1.0,
+                                **options):
+        """Keywords: those of ``_ce_setup`` (the CPU function's, less ``return_lse`` and
+        ``grad_output``)."""
+        call = self._grad_call(logits, target, grad_output, **options)
         loss, grad, lse_rows = self._ce_sweep(call, want_loss=True, grad_output=grad_output,
                                               want_grad=True, want_lse=bool(return_lse))
         return (loss, grad, lse_rows) if return_lse else (loss, grad)
 
-    def cross_entropy_backward(self, logits, target, grad_output=1.0, *, weight=None,
-                               ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                               z_loss=0.0, softcap=None, logit_scale=1.0, num_items=None,
-                               lse=None, class_start=0, num_classes=None, out=None,
-                               inplace=False, grad_dtype=None, n_threads=None):
-        call = self._ce_setup(logits, target, weight, ignore_index, reduction, label_smoothing,
-                              n_threads, inplace=inplace, out=out, z_loss=z_loss, softcap=softcap,
-                              lse=lse, class_start=class_start, num_classes=num_classes,
-                              grad_dtype=grad_dtype, logit_scale=logit_scale, num_items=num_items)
-        self._grad_scales(grad_output, dict(call, norm=1.0, valid=1.0))
-        call = self._prepare(call)
+    def cross_entropy_backward(self, logits, target, grad_output=1.0, **options):
+        call = self._grad_call(logits, target, grad_output, **options)
         return self._ce_sweep(call, want_loss=False, grad_output=grad_output, want_grad=True)[1]
 
     def nll_loss(self, log_probs, target, *, weight=None, ignore_index=-100, reduction="mean",

@@ -32,8 +32,6 @@ Host synchronisation: none; everything is asynchronous on CuPy's current stream 
 numbers and lists given as weight / pos_weight / target are first copied to the device by
 ``cupy.asarray``).
 """
-import numbers
-
 import numpy as np
 
 from .. import _validation as V
@@ -113,32 +111,14 @@ class BceOps:
         self.o = Ops(backend)  # the array checks shared with the cross-entropy path
 
     # ------------------------------------------------------------------ validation
-    # The checks of the CPU path (fastce._validation, same order, classes and messages):
-    # they read only an array's dtype, shape and flags, so they run on ``_meta`` stand-ins
-    # and never read device memory.
-    def _meta(self, a):
-        """A NumPy stand-in for a device array: its dtype, shape, strides and flags, over
-        one element of host memory (only read when 0-d)."""
-        return np.lib.stride_tricks.as_strided(np.zeros(1, a.dtype), a.shape, a.strides,
-                                               writeable=getattr(a.flags, "writeable", True))
-
-    def check_inplace(self, logits, out):
-        """``V.check_inplace``, for a device array."""
-        if out is None and not self.b.is_array(logits):
-            if self.o._foreign(logits):
-                raise self.o._mix_error("logits")
-            raise ValueError(f"inplace=True needs logits to be a {self.b.array_name}, "
-                             f"got {type(logits).__name__}")
-        V.check_inplace(self._meta(logits) if self.b.is_array(logits) else logits, out)
-
+    # The CPU path's checks (fastce._validation and the contract, same order, classes and
+    # messages) on the metadata of device arrays: device memory is never read.
     def as_logits(self, logits):
-        x = self.o._asarray(logits, "logits")
-        V.as_float_array(self._meta(x), "logits")
-        return x
+        return self.o._as_float(logits, "logits", allow_half=False)
 
     def as_target(self, target, shape, dtype):
         t = self.o._asarray(target, "target")
-        V.as_probability_target(self._meta(t), shape, t.dtype)
+        V.check_probability_target(t.dtype, t.shape, shape)
         return t.astype(dtype, copy=False)
 
     def as_operand(self, arr, name, shape, dtype):
@@ -146,36 +126,21 @@ class BceOps:
         if arr is None:
             return None
         a = self.o._asarray(arr, name)
-        V.as_broadcast_operand(self._meta(a), name, shape, a.dtype)
+        V.check_broadcast_operand(a.dtype, a.shape, name, shape)
         return a.astype(dtype, copy=False) if shape is not None else a
 
     def grad_output(self, grad_output, reduction, shape, dtype):
         """``V.as_elementwise_grad_output``, as ``(scale, per-element scale or None)``: a
         number stays on the host (``(value, None)``), an array is read by the kernel
         (``(1.0, array in dtype)``, a 0-d one for 'mean'/'sum')."""
-        if isinstance(grad_output, (numbers.Number, np.generic)) and not self.b.is_array(grad_output):
-            g0, g = V.as_elementwise_grad_output(grad_output, reduction, shape, dtype)
-            return (g0, None) if g is None else (float(g), None)  # 'none' of 0-d logits
-        g = self.o._asarray(grad_output, "grad_output")
-        V.as_elementwise_grad_output(self._meta(g), reduction, shape, g.dtype)
+        value, g = self.o._checked_grad_output(grad_output, reduction, shape, V.GRAD_OUTPUT_ELEMENTS)
+        if g is None:
+            return value, None
         if g.ndim == 0 and reduction == "none":  # a scalar scales every element
             return float(g), None
         if g.ndim and g.shape != tuple(shape):  # broadcast like NumPy: a stride-0 view
             g = self.xp.broadcast_to(g, tuple(shape))
         return 1.0, g.astype(dtype, copy=False)
-
-    def check_out(self, out, x, inputs):
-        """``V.check_out`` (overlap by byte extents: conservative)."""
-        self.o._check_out(out, x.shape, x.dtype, {"logits": x, **inputs})
-        if not getattr(out.flags, "writeable", True):
-            raise ValueError("out is read-only")
-
-    def check_inplace_inputs(self, x, inputs):
-        """``V.check_inplace_inputs`` (overlap by byte extents)."""
-        for name, arr in inputs.items():
-            if self.o._overlaps(x, arr):
-                raise ValueError(f"inplace=True would overwrite {name!r}, which shares memory "
-                                 f"with logits; pass a separate {name} (or use out=)")
 
     # ------------------------------------------------------------------ the sweep
     def _strides(self, a):
@@ -262,24 +227,21 @@ class BceCall:
         self.reduction = V.check_reduction(reduction)
         _check_threads(n_threads)
         if inplace:
-            ops.check_inplace(logits, out)
+            ops.o._check_inplace(logits, out)
         x = ops.as_logits(logits)
         self.y = ops.as_target(target, x.shape, x.dtype)
         self.w = ops.as_operand(weight, "weight", x.shape, x.dtype)
         self.pw = ops.as_operand(pos_weight, "pos_weight", x.shape, x.dtype)
-        self.inputs = {"target": target, "weight": weight, "pos_weight": pos_weight}
+        self.inputs = V.bce_inputs(target, weight, pos_weight)
         self.x = x
         self.set_output(out, inplace)
 
     def check_inplace(self, logits, out):
-        self.ops.check_inplace(logits, out)
+        self.ops.o._check_inplace(logits, out)
 
     def set_output(self, out, inplace, more_inputs=None):
         inputs = dict(self.inputs, **(more_inputs or {}))
-        if inplace:
-            self.ops.check_inplace_inputs(self.x, inputs)
-        elif out is not None:
-            self.ops.check_out(out, self.x, inputs)
+        self.ops.o._check_grad_buffer(self.x, out, inplace, self.x.dtype, inputs)
         self.out, self.inplace = out, inplace
 
     def _empty(self):

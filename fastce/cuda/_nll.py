@@ -38,7 +38,8 @@ class NllOps(Ops):
     def nll_loss_backward(self, log_probs, target, grad_output=1.0, *, weight=None,
                           ignore_index=-100, reduction="mean", out=None):
         call = self._ce_setup(log_probs, target, weight, ignore_index, reduction, 0.0, None,
-                              out=out, name="log_probs", allow_soft=False)
+                              out=out, name="log_probs", allow_soft=False,
+                              grad_output=grad_output)
         # before the scan: argument errors first, as the GPU cross-entropy
         gout, gout_s, gscale = self._grad_output(grad_output, dict(call, **UNSCALED))
         call = self._prepare(call)
