@@ -414,7 +414,9 @@ class CupyBackend:
     def module(self, filename, extra=()):
         key = (filename, tuple(extra))
         mod = self._modules.get(key)
-        if mod is None:  # compiled by NVRTC at the first get_function, cached on disk by CuPy
+        # compiled by NVRTC at the first get_function, cached on disk by CuPy under a key of
+        # the text: headers expanded into it (read_source), an edit of row.h recompiles
+        if mod is None:
             mod = self._modules[key] = self.xp.RawModule(
                 code=read_source(filename), options=self.options + tuple(extra))
         return mod
