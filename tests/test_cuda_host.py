@@ -316,6 +316,23 @@ def test_source_is_one_text(cu):
     assert lines[i + 1] == params.splitlines()[0]
 
 
+def test_cupy_backend_compiles_that_text(fake_cupy):
+    """CupyBackend hands NVRTC exactly read_source's text, with its options, once per module."""
+    made = []
+
+    class RawModule:
+        def __init__(self, code, options):
+            made.append((code, options))
+
+    sys.modules["cupy"].RawModule = RawModule
+    b = A.CupyBackend()
+    for k in ("fastce_rows_warp1_f32", "fastce_rows_block0_f32", "fastce_rows_thread_bf16", "fastce_bce_f64"):
+        b.module(A.FILE_OF_KERNEL[k], A.compile_options(k))
+    assert made == [(A.read_source("rows.cu"), ("--std=c++11", "-DFCE_ROWS_SET=1")),
+                    (A.read_source("rows.cu"), ("--std=c++11", "-DFCE_ROWS_SET=4")),
+                    (A.read_source("bce.cu"), ("--std=c++11",))]
+
+
 def test_source_include_errors(tmp_path):
     (tmp_path / "k.cu").write_text('#include "a.h"\nint k;\n#include "a.h"\n')
     (tmp_path / "a.h").write_text('#include "b.h"\nint a;\n')
