@@ -22,6 +22,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -109,6 +110,17 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+class BuildPy(build_py):
+    """Package data, plus include/fastce/row.h in fastce/cuda/: the row formulas are one
+    header for the CPU build and the GPU kernels, whose text the GPU path hands to NVRTC at
+    run time (fastce/cuda/_api.py, read_source), so an installed package needs it too."""
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(HERE, "include", "fastce", "row.h"),
+                       os.path.join(self.build_lib, "fastce", "cuda", "row.h"))
+
+
 def _build_dirs():
     """Where the intermediate files go: ``(build_base, egg_base)``, None for the defaults.
 
@@ -154,6 +166,6 @@ extensions = [
 
 setup(
     ext_modules=extensions,
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
     options=OPTIONS,
 )

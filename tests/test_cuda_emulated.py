@@ -63,6 +63,19 @@ def h(emu_dll):
     return EmuHarness(emu_dll, 0)
 
 
+# ------------------------------------------------------------------ the kernels' signatures
+def test_compiled_kernels_take_the_host_signatures(emu_dll):
+    """The kernels as compiled take, parameter by parameter, the C types that the host's
+    signature packs (the lists are kernel_params.h's; a launch with another count fails)."""
+    import cuda_emu
+    from test_cuda_host import host_signature
+    for k in A.FILE_OF_KERNEL:
+        assert cuda_emu.kernel_signature(emu_dll, k) == [kind for _, kind in host_signature(k)], k
+    backend = cuda_emu.EmuBackend(emu_dll)
+    with pytest.raises(RuntimeError, match="takes 5 parameters, the launch passed 4"):
+        backend.launch("fastce_finalize_f64", (1, 1, 1), (32, 1, 1), (np.zeros(1), np.int64(0), 1.0, 0))
+
+
 # ------------------------------------------------------------------ row functions
 @pytest.mark.parametrize("dtype", K.DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", K.ROW_SHAPES, ids=str)

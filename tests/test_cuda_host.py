@@ -4,8 +4,11 @@
   import of CuPy, ``describe``;
 - planning: kernel choice and launch shapes (``plan_rows``), the (A, C, B) stride
   algebra against NumPy, overlap extents against ``np.shares_memory``;
-- launch arguments: ``pack_args`` and the Python signatures against the ``.cu`` text, and
-  what ``Ops`` passes to the kernels (a recording backend that runs nothing);
+- launch arguments: ``pack_args``, the signatures parsed from ``kernel_params.h`` and the
+  kernels declared with them, and what ``Ops`` passes to the kernels (a recording backend
+  that runs nothing);
+- the kernel text: ``read_source`` expands the ``#include`` lines (row.h, kernel_params.h)
+  into the one text NVRTC compiles, and a built package has every file it reads;
 - the ``.cu`` files compile with ``nvcc`` (sm_80, sm_90; no register spills; the entry
   points are exactly the kernels the host code names) and with NVRTC, CuPy's compiler,
   when either is available.
@@ -217,47 +220,141 @@ def test_pack_args_types_and_order():
         A.pack_args(A.FINALIZE_SIGNATURE, vals, null)
 
 
-def _c_params(text):
-    """[(name, kind)] of a C parameter list."""
-    out = []
-    for p in " ".join(text.replace("\\", " ").split()).split(","):
-        p = p.strip()
-        name = re.findall(r"(\w+)\s*$", p)[0]
-        ctype = p[: -len(name)]
-        if "*" in ctype:
-            kind = "ptr"
-        elif "long long" in ctype:
-            kind = "i64"
-        elif "double" in ctype:
-            kind = "f64"
-        elif re.search(r"\bint\b", ctype):
-            kind = "i32"
-        else:
-            raise AssertionError(f"unknown parameter type {p!r}")
-        out.append((name, kind))
-    return out
+#: the kernel_params.h list each kernel takes, by name prefix (first match)
+FAMILY_OF_PREFIX = (("fastce_rows_", "ROWS"), ("fastce_target_scan", "SCAN"),
+                    ("fastce_nll_backward_", "NLL_BACKWARD"), ("fastce_nll_", "NLL"),
+                    ("fastce_finalize_", "FINALIZE"), ("fastce_bce_", "BCE"))
 
 
-def _macro_body(src, name):
-    m = re.search(rf"#define {name}\([\w, ]+\)\s*\\\n(.*?)\n\n", src, re.S)
-    assert m, name
-    return m.group(1)
+def kernel_family(kernel):
+    return next(f for p, f in FAMILY_OF_PREFIX if kernel.startswith(p))
 
 
-def test_signatures_match_the_cu_files():
-    rows = A.read_source("rows.cu")
-    red = A.read_source("reduce.cu")
-    assert _c_params(_macro_body(rows, "FCE_ROWS_PARAMS")) == list(A.ROWS_SIGNATURE)
-    assert _c_params(_macro_body(red, "FCE_NLL_PARAMS")) == list(A.NLL_SIGNATURE)
+def host_signature(kernel):
+    """The signature the host code packs a launch of ``kernel`` with."""
+    from fastce.cuda._bce import BCE_SIGNATURE
     from fastce.cuda._nll import NLL_BACKWARD_SIGNATURE
-    assert _c_params(_macro_body(red, "FCE_NLL_BWD_PARAMS")) == list(NLL_BACKWARD_SIGNATURE)
-    scan = re.search(r"fastce_target_scan\((.*?)\)\s*\{", red, re.S).group(1)
-    assert _c_params(scan) == list(A.SCAN_SIGNATURE)
-    for suf in ("f32", "f64"):
-        fin = re.search(rf"fastce_finalize_{suf}\((.*?)\)\s*\{{", red, re.S).group(1)
-        assert _c_params(fin) == list(A.FINALIZE_SIGNATURE)
-    for src in (rows, red):
-        assert not re.search(r"^\s*#\s*include", src, re.M), "self-contained for NVRTC"
+    return {"ROWS": A.ROWS_SIGNATURE, "SCAN": A.SCAN_SIGNATURE, "NLL": A.NLL_SIGNATURE,
+            "FINALIZE": A.FINALIZE_SIGNATURE, "NLL_BACKWARD": NLL_BACKWARD_SIGNATURE,
+            "BCE": BCE_SIGNATURE}[kernel_family(kernel)]
+
+
+def _raw(name):
+    with open(os.path.join(A.HERE, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_signatures_are_the_header_lists():
+    """The host's signatures are kernel_params.h's lists, and the list of every family is
+    what the C declarations say (types of the header as written, in order)."""
+    sigs = A.kernel_signatures()
+    assert set(sigs) == {f for _, f in FAMILY_OF_PREFIX}
+    for k in A.FILE_OF_KERNEL:
+        assert host_signature(k) == sigs[kernel_family(k)], k
+    assert A.ROWS_SIGNATURE[:3] == (("x", "ptr"), ("n_rows", "i64"), ("C", "i64"))
+    assert A.ROWS_SIGNATURE[-2:] == (("mode", "i32"), ("phase", "i32"))
+    assert A.FINALIZE_SIGNATURE == (("row_loss", "ptr"), ("n", "i64"), ("denom", "f64"),
+                                    ("mean", "i32"), ("out", "ptr"))
+    for fam, sig in sigs.items():
+        names = [n for n, _ in sig]
+        assert len(set(names)) == len(names), fam
+
+
+def test_parse_kernel_params():
+    text = ("#define FCE_A_FIELDS(X, T) \\\n    X(const T *, x) /* c */ X(long long, n) \\\n"
+            "    X(int, m) X(double, d)\n#define FCE_B_FIELDS(X, T) X(void *, p)\n")
+    assert A.parse_kernel_params(text) == {
+        "A": (("x", "ptr"), ("n", "i64"), ("m", "i32"), ("d", "f64")), "B": (("p", "ptr"),)}
+    with pytest.raises(ValueError, match="unsupported parameter type 'float'"):
+        A.parse_kernel_params("#define FCE_A_FIELDS(X, T) X(float, f)\n")
+    with pytest.raises(ValueError, match="FCE_A_FIELDS is not a list"):
+        A.parse_kernel_params("#define FCE_A_FIELDS(X, T) X(int, a) Y(int, b)\n")
+
+
+def test_every_kernel_is_declared_with_its_family_list():
+    """Each kernel's parameters are FCE_PARAMS of the list the host packs its launch with
+    (the emulator checks the compiled types: test_cuda_emulated.py)."""
+    rows = _raw("rows.cu")
+    assert "NAME(FCE_PARAMS(FCE_ROWS_FIELDS, S, O, fce_io<S>::T))" in rows
+    assert "FCE_MEMBERS(FCE_ROWS_FIELDS, S, O, T)" in rows
+    assert "p = {FCE_ARGS(FCE_ROWS_FIELDS, S, O, fce_io<S>::T)}" in rows
+    declared = {}
+    for cu in ("reduce.cu", "bce.cu"):
+        for name, fam in re.findall(r"\b(fastce_\w+)\(FCE_PARAMS\(FCE_(\w+)_FIELDS,", _raw(cu)):
+            declared[name] = fam
+    assert declared == {k: kernel_family(k) for k in A.FILE_OF_KERNEL if not k.startswith("fastce_rows_")}
+    for cu in CU_FILES:
+        assert not re.search(r"\b(FCE_ROWS_PARAMS|FCE_NLL_PARAMS|FASTCE_BCE_PARAMS)\b", _raw(cu))
+
+
+# ------------------------------------------------------------------ the text NVRTC compiles
+ROW_FUNCTIONS = ("fce_hard_loss", "fce_hard_coef", "fce_soft_loss", "fce_soft_coef", "fce_needs_tail")
+
+
+@pytest.mark.parametrize("cu", CU_FILES)
+def test_source_is_one_text(cu):
+    """read_source gives NVRTC one text: every #include "..." expanded once (row.h, the CPU
+    path's row formulas; kernel_params.h), nothing left for an include path to find."""
+    src = A.read_source(cu)
+    assert not re.search(r'^\s*#\s*include', src, re.M)
+    params = _raw("kernel_params.h")
+    assert src.count(params) == 1
+    row_h = os.path.join(os.path.dirname(os.path.dirname(A.HERE)), "include", "fastce", "row.h")
+    with open(row_h, encoding="utf-8") as f:
+        row = f.read()
+    if cu == "rows.cu":
+        assert src.count(row) == 1
+        for fn in ROW_FUNCTIONS:  # defined once, by row.h; rows.cu calls them
+            assert len(re.findall(rf"\b{fn}\([^;{{]*\)\s*\{{", src)) == 1, fn
+        for fn in ROW_FUNCTIONS[:4]:
+            assert re.search(rf"\b{fn}\(&rp,", src), fn
+    else:
+        assert "FASTCE_ROW_H" not in src
+    # #line keeps the compiler's messages on the files' own lines
+    lines = src.splitlines()
+    i = lines.index('#line 1 "kernel_params.h"')
+    assert lines[i + 1] == params.splitlines()[0]
+
+
+def test_cupy_backend_compiles_that_text(fake_cupy):
+    """CupyBackend hands NVRTC exactly read_source's text, with its options, once per module."""
+    made = []
+
+    class RawModule:
+        def __init__(self, code, options):
+            made.append((code, options))
+
+    sys.modules["cupy"].RawModule = RawModule
+    b = A.CupyBackend()
+    for k in ("fastce_rows_warp1_f32", "fastce_rows_block0_f32", "fastce_rows_thread_bf16", "fastce_bce_f64"):
+        b.module(A.FILE_OF_KERNEL[k], A.compile_options(k))
+    assert made == [(A.read_source("rows.cu"), ("--std=c++11", "-DFCE_ROWS_SET=1")),
+                    (A.read_source("rows.cu"), ("--std=c++11", "-DFCE_ROWS_SET=4")),
+                    (A.read_source("bce.cu"), ("--std=c++11",))]
+
+
+def test_source_include_errors(tmp_path):
+    (tmp_path / "k.cu").write_text('#include "a.h"\nint k;\n#include "a.h"\n')
+    (tmp_path / "a.h").write_text('#include "b.h"\nint a;\n')
+    (tmp_path / "b.h").write_text("int b;\n")
+    src = A.read_source("k.cu", (str(tmp_path),))
+    assert src.count("int a;") == 1 and src.count("int b;") == 1 and "#include" not in src
+    assert src.endswith('#line 2 "k.cu"\nint k;\n#line 4 "k.cu"\n')
+    (tmp_path / "bad.cu").write_text('#include "missing.h"\n')
+    with pytest.raises(FileNotFoundError, match="'missing.h'"):
+        A.read_source("bad.cu", (str(tmp_path),))
+
+
+def test_installed_package_has_the_kernel_sources(tmp_path):
+    """What read_source needs is in a built package: the .cu files and kernel_params.h as
+    package data, row.h copied in by setup.py's build_py (a wheel is built from that tree)."""
+    root = os.path.dirname(os.path.dirname(A.HERE))
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+                       cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    built = tmp_path / "fastce" / "cuda"
+    for cu in CU_FILES:
+        assert A.read_source(cu, (str(built),)) == A.read_source(cu), cu
 
 
 class RecordingBackend:
@@ -380,8 +477,9 @@ NVCC = shutil.which("nvcc")
 def test_nvcc_compiles(cu, tmp_path):
     """Every kernel compiles standalone for sm_80 and sm_90 (float32 and float64), without
     register spills, and the file defines exactly the kernels the host code launches."""
-    src = os.path.join(A.HERE, cu)
-    cmd = [NVCC, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), src]
+    src = tmp_path / cu  # the text NVRTC gets (read_source), compiled with no include path
+    src.write_text(A.read_source(cu))
+    cmd = [NVCC, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(src)]
     for arch in ("80", "90"):
         cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -6,7 +6,8 @@ Layers (each testable on its own; only the last one needs CuPy and a GPU):
    turn shapes and strides into the kernels' ``(A, C, B)`` geometry, ``plan_rows``
    picks the kernel shape (warp, block, thread per row, chunked rows) and launch
    configuration, ``pack_args`` lays the arguments out in the order of the kernels'
-   C signatures (``*_SIGNATURE``, checked against the ``.cu`` text by a CPU test),
+   C signatures (``*_SIGNATURE``, parsed from ``kernel_params.h``, the header whose lists
+   the kernels expand into their parameters),
    ``byte_extent`` decides overlap between arrays, ``self_overlapping`` within one.
 2. ``Ops``: validation (the messages and exception classes of the CPU path, reusing
    ``fastce._validation`` for everything that does not touch array memory), output
@@ -24,8 +25,10 @@ output is written, like the CPU path, and the normalisers); a weighted vocabular
 reads one more (its weight sum).  Everything else is asynchronous on CuPy's current
 stream.  Scalar losses come back as 0-d CuPy arrays.
 """
+import functools
 import numbers
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -89,33 +92,64 @@ KERNEL_FILES = {
 }
 FILE_OF_KERNEL = {k: f for f, ks in KERNEL_FILES.items() for k in ks}
 
-# Parameter lists of the kernels, in order: ptr (device pointer, None = NULL),
-# i32 (int), i64 (long long), f64 (double).
-ROWS_SIGNATURE = (
-    ("x", "ptr"), ("n_rows", "i64"), ("C", "i64"), ("B", "i64"), ("xa", "i64"), ("xb", "i64"),
-    ("xc", "i64"), ("out", "ptr"), ("oa", "i64"), ("ob", "i64"), ("oc", "i64"), ("row_out", "ptr"),
-    ("ra", "i64"), ("rb", "i64"), ("row_loss", "ptr"), ("lse_out", "ptr"), ("lse_in", "ptr"),
-    ("target", "ptr"), ("target_is64", "i32"), ("ignore_index", "i64"),
-    ("soft", "ptr"), ("ta", "i64"), ("tb", "i64"), ("tc", "i64"), ("weight", "ptr"),
-    ("weight_y", "ptr"), ("W", "f64"), ("eps", "f64"), ("cstart", "i64"), ("Ctot", "f64"),
-    ("Wtot", "f64"), ("z", "f64"), ("zrow", "f64"), ("cap", "f64"), ("scale", "f64"), ("gout", "ptr"),
-    ("gout_s", "i64"), ("gscale", "f64"), ("gzscale", "f64"), ("part", "ptr"), ("n_parts", "i32"),
-    ("chunk_len", "i64"), ("mode", "i32"), ("phase", "i32"),
-)
+
+def _read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+# Parameter lists of the kernels, in order, as pack_args takes them: ``(name, kind)`` with
+# kind ptr (device pointer, None = NULL), i32 (int), i64 (long long), f64 (double).
+# They are kernel_params.h's FCE_<FAMILY>_FIELDS lists, read from the header that the
+# kernels expand into their parameter lists: one list per family, written once.
+_PARAM_KINDS = {"long long": "i64", "int": "i32", "double": "f64"}
+
+
+def _param_kind(ctype):
+    ctype = " ".join(ctype.split())
+    if "*" in ctype:
+        return "ptr"
+    try:
+        return _PARAM_KINDS[ctype]
+    except KeyError:
+        raise ValueError(f"kernel_params.h: unsupported parameter type {ctype!r}") from None
+
+
+_FIELD = re.compile(r"\bX\(([^,()]*),\s*(\w+)\s*\)")
+
+
+def parse_kernel_params(text):
+    """``{family: ((name, kind), ...)}`` of every ``FCE_<FAMILY>_FIELDS(X, ...)`` list in
+    ``text`` (kernel_params.h).
+
+    Raises ValueError for anything in a list that is not an ``X(type, name)`` field.
+    """
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S).replace("\\\n", " ")
+    sigs = {}
+    for family, body in re.findall(r"^[ \t]*#[ \t]*define FCE_(\w+)_FIELDS\(X(?:,\s*\w+)*\)(.*)$",
+                                   text, re.M):
+        fields = _FIELD.findall(body)
+        rest = _FIELD.sub("", body).strip()
+        if rest or not fields:
+            raise ValueError(f"kernel_params.h: FCE_{family}_FIELDS is not a list of X(type, name): "
+                             f"{rest!r}")
+        sigs[family] = tuple((name, _param_kind(ctype)) for ctype, name in fields)
+    return sigs
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_signatures():
+    """The kernels' parameter lists, read once from ``fastce/cuda/kernel_params.h``
+    (see ``parse_kernel_params``)."""
+    return parse_kernel_params(_read_text(os.path.join(HERE, "kernel_params.h")))
+
+
+ROWS_SIGNATURE = kernel_signatures()["ROWS"]
+SCAN_SIGNATURE = kernel_signatures()["SCAN"]
+NLL_SIGNATURE = kernel_signatures()["NLL"]
+FINALIZE_SIGNATURE = kernel_signatures()["FINALIZE"]
 #: doubles per chunk in the partial statistics of split rows (rows.cu FCE_PART)
 PART_DOUBLES = 6
-SCAN_SIGNATURE = (
-    ("target", "ptr"), ("target_is64", "i32"), ("n", "i64"), ("C", "i64"),
-    ("ignore_index", "i64"), ("weight", "ptr"), ("result", "ptr"),
-)
-NLL_SIGNATURE = (
-    ("lp", "ptr"), ("n_rows", "i64"), ("B", "i64"), ("la", "i64"), ("lb", "i64"), ("lc", "i64"),
-    ("target", "ptr"), ("target_is64", "i32"), ("ignore_index", "i64"), ("weight", "ptr"),
-    ("row_loss", "ptr"), ("row_out", "ptr"),
-)
-FINALIZE_SIGNATURE = (
-    ("row_loss", "ptr"), ("n", "i64"), ("denom", "f64"), ("mean", "i32"), ("out", "ptr"),
-)
 
 
 _SCALAR_TYPES = {"i32": np.int32, "i64": np.int64, "f64": np.float64}
@@ -268,9 +302,48 @@ def plan_rows(n_rows, n_classes, itemsize, *, row_step, class_stride, elementwis
 # ---------------------------------------------------------------------------------------
 # 2. backends
 # ---------------------------------------------------------------------------------------
-def read_source(filename):
-    with open(os.path.join(HERE, filename), encoding="utf-8") as f:
-        return f.read()
+#: where read_source finds a file: this folder (the .cu files, kernel_params.h, and in an
+#: installed package row.h, which setup.py's build_py copies here), then the source tree's
+#: include/fastce (row.h, shared with the CPU build)
+SOURCE_DIRS = (HERE, os.path.join(os.path.dirname(os.path.dirname(HERE)), "include", "fastce"))
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
+
+
+def _find_source(name, dirs):
+    for d in dirs:
+        path = os.path.join(d, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"fastce's GPU kernels need {name!r}, found in none of {list(dirs)}")
+
+
+@functools.lru_cache(maxsize=None)
+def read_source(filename, dirs=SOURCE_DIRS):
+    """The text NVRTC compiles for ``filename``: the file with every ``#include "name"``
+    replaced by that file's text (expanded the same way, each file once), so the compiler
+    needs no include path.  ``#line`` directives keep its messages pointing at the files.
+
+    Raises FileNotFoundError when an included file is in none of ``dirs``.
+    """
+    done = set()
+
+    def expand(name):
+        path = _find_source(name, dirs)
+        done.add(name)
+        text = _read_text(path)
+        parts, pos = [], 0
+        for m in _INCLUDE.finditer(text):
+            line = text.count("\n", 0, m.end()) + 1
+            parts.append(text[pos:m.start()])
+            inc = m.group(1)
+            if inc not in done:
+                parts.append(f'#line 1 "{inc}"\n{expand(inc)}\n')
+            parts.append(f'#line {line + 1} "{name}"')
+            pos = m.end()
+        parts.append(text[pos:])
+        return "".join(parts)
+
+    return expand(filename)
 
 
 class CupyBackend:
@@ -307,7 +380,9 @@ class CupyBackend:
     def module(self, filename, extra=()):
         key = (filename, tuple(extra))
         mod = self._modules.get(key)
-        if mod is None:  # compiled by NVRTC at the first get_function, cached on disk by CuPy
+        # compiled by NVRTC at the first get_function, cached on disk by CuPy under a key of
+        # the text: headers expanded into it (read_source), an edit of row.h recompiles
+        if mod is None:
             mod = self._modules[key] = self.xp.RawModule(
                 code=read_source(filename), options=self.options + tuple(extra))
         return mod

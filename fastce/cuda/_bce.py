@@ -35,7 +35,7 @@ numbers and lists given as weight / pos_weight / target are first copied to the 
 import numpy as np
 
 from .. import _validation as V
-from ._api import Ops, _check_threads, cupy_backend, element_strides, pack_args
+from ._api import Ops, _check_threads, cupy_backend, element_strides, kernel_signatures, pack_args
 
 __all__ = ["binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad"]
 
@@ -47,11 +47,9 @@ __all__ = ["binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits
 BCE_OPERANDS = ("x", "y", "w", "pw", "ge", "grad", "le")
 BCE_OUTPUTS = ("grad", "le")
 BCE_MAX_DIMS = 4
-BCE_SIGNATURE = (
-    (("n", "i64"), ("n1", "i64"), ("n2", "i64"), ("n3", "i64"))
-    + tuple((f"{p}{s}", "i64" if s else "ptr") for p in BCE_OPERANDS
-            for s in ("", "_s0", "_s1", "_s2", "_s3"))
-    + (("gscale", "f64"), ("part", "ptr")))
+#: the kernel's parameters (kernel_params.h, FCE_BCE_FIELDS): n, n1..n3, each operand with
+#: its strides ``{p}_s0``..``{p}_s3``, gscale, part
+BCE_SIGNATURE = kernel_signatures()["BCE"]
 BCE_BLOCK = 256         # threads per block: bce.cu's __launch_bounds__(256)
 BCE_MAX_BLOCKS = 1024   # grid-stride beyond: about one wave on today's largest GPUs
 

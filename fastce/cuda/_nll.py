@@ -16,16 +16,12 @@ whose normaliser the scan sums in its own (fixed) order.
 import numpy as np
 
 from .. import _validation as V
-from ._api import Ops, cupy_backend, pack_args
+from ._api import Ops, cupy_backend, kernel_signatures, pack_args
 
 __all__ = ["NllOps", "nll_loss_backward", "NLL_BACKWARD_SIGNATURE"]
 
-#: parameters of fastce_nll_backward_{f32,f64} (reduce.cu, FCE_NLL_BWD_PARAMS), in order
-NLL_BACKWARD_SIGNATURE = (
-    ("out", "ptr"), ("n_rows", "i64"), ("B", "i64"), ("oa", "i64"), ("ob", "i64"), ("oc", "i64"),
-    ("target", "ptr"), ("target_is64", "i32"), ("ignore_index", "i64"), ("weight", "ptr"),
-    ("gout", "ptr"), ("gout_s", "i64"), ("gscale", "f64"), ("denom", "f64"),
-)
+#: parameters of fastce_nll_backward_{f32,f64} (kernel_params.h, FCE_NLL_BACKWARD_FIELDS)
+NLL_BACKWARD_SIGNATURE = kernel_signatures()["NLL_BACKWARD"]
 
 _BLOCK = 256
 #: ``grad_output`` as given (no 'mean' scaling): the kernel divides by the normaliser

@@ -1,8 +1,9 @@
 /* fastce/cuda/bce.cu -- binary cross-entropy with logits on fastce's GPU path.
  *
- * Self-contained (no #include): NVRTC and a standalone `nvcc -c` see the same text.  The
- * CPU emulator compiles every .cu file of this folder into one translation unit, so every
- * name here starts with fce_b_ / fastce_bce_ (macros: FCE_B_ / FASTCE_BCE_, each guarded).
+ * The parameter list is kernel_params.h's FCE_BCE_FIELDS; fastce/cuda/_api.py (read_source)
+ * expands the #include below, so NVRTC needs no include path.  The CPU emulator compiles
+ * every .cu file of this folder into one translation unit, so every name here starts with
+ * fce_b_ / fastce_bce_ (macros: FCE_B_ / FASTCE_BCE_, each guarded).
  *
  * 1. Math (as include/fastce/bce_impl.h, the CPU kernel), for logits x, targets y,
  *    weights w, positive weights pw and lw = 1 + (pw - 1) y:
@@ -31,6 +32,8 @@
  *    partials in a fixed order.  The host picks T from the element count only (not from
  *    the GPU's number of SMs), so the result is bitwise reproducible.
  */
+
+#include "kernel_params.h"
 
 #ifndef FCE_B_FULL_MASK
 #define FCE_B_FULL_MASK 0xffffffffu
@@ -104,8 +107,8 @@ __device__ double fce_b_block_sum(double v) {
     return v;
 }
 
-/* The flat kernel parameter list. fastce/cuda/_bce.py (BCE_SIGNATURE) mirrors it, and a
- * CPU test parses this macro to check that the two agree.
+/* The kernel parameters (kernel_params.h, FCE_BCE_FIELDS; fastce/cuda/_bce.py's
+ * BCE_SIGNATURE is parsed from it):
  *   n                 elements; n1, n2, n3: the inner dimensions of the walk (n0 = n / ...)
  *   x, y              IN  logits, targets
  *   w, pw             IN  weight, pos_weight (broadcast: zero strides), or null
@@ -114,32 +117,12 @@ __device__ double fce_b_block_sum(double v) {
  *   le                OUT elementwise loss ('none'), or null
  *   gscale            gradient scale (1 / numel for 'mean'), times ge[...] when given
  *   part              OUT gridDim.x float64 loss sums ('mean'/'sum'), or null */
-#ifndef FASTCE_BCE_PARAMS
-#define FASTCE_BCE_PARAMS(T)                                                                 \
-    long long n, long long n1, long long n2, long long n3,                                  \
-    const T *x, long long x_s0, long long x_s1, long long x_s2, long long x_s3,             \
-    const T *y, long long y_s0, long long y_s1, long long y_s2, long long y_s3,             \
-    const T *w, long long w_s0, long long w_s1, long long w_s2, long long w_s3,             \
-    const T *pw, long long pw_s0, long long pw_s1, long long pw_s2, long long pw_s3,        \
-    const T *ge, long long ge_s0, long long ge_s1, long long ge_s2, long long ge_s3,        \
-    T *grad, long long grad_s0, long long grad_s1, long long grad_s2, long long grad_s3,    \
-    T *le, long long le_s0, long long le_s1, long long le_s2, long long le_s3,              \
-    double gscale, double *part
-
-#endif
-#ifndef FASTCE_BCE_ARGS
-#define FASTCE_BCE_ARGS                                                                      \
-    n, n1, n2, n3, x, x_s0, x_s1, x_s2, x_s3, y, y_s0, y_s1, y_s2, y_s3,                    \
-    w, w_s0, w_s1, w_s2, w_s3, pw, pw_s0, pw_s1, pw_s2, pw_s3, ge, ge_s0, ge_s1, ge_s2, ge_s3, \
-    grad, grad_s0, grad_s1, grad_s2, grad_s3, le, le_s0, le_s1, le_s2, le_s3, gscale, part
-#endif
-
 #ifndef FCE_B_AT
 #define FCE_B_AT(p) p[i0 * p##_s0 + i1 * p##_s1 + i2 * p##_s2 + i3 * p##_s3]
 #endif
 
 template <typename T>
-__device__ void fce_b_sweep(FASTCE_BCE_PARAMS(T)) {
+__device__ void fce_b_sweep(FCE_PARAMS(FCE_BCE_FIELDS, T)) {
     const long long step = (long long)gridDim.x * blockDim.x;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long i0, i1, i2, i3, d0, d1, d2, d3;
@@ -177,9 +160,9 @@ __device__ void fce_b_sweep(FASTCE_BCE_PARAMS(T)) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) fastce_bce_f32(FASTCE_BCE_PARAMS(float)) {
-    fce_b_sweep<float>(FASTCE_BCE_ARGS);
+extern "C" __global__ void __launch_bounds__(256) fastce_bce_f32(FCE_PARAMS(FCE_BCE_FIELDS, float)) {
+    fce_b_sweep<float>(FCE_ARGS(FCE_BCE_FIELDS, float));
 }
-extern "C" __global__ void __launch_bounds__(256) fastce_bce_f64(FASTCE_BCE_PARAMS(double)) {
-    fce_b_sweep<double>(FASTCE_BCE_ARGS);
+extern "C" __global__ void __launch_bounds__(256) fastce_bce_f64(FCE_PARAMS(FCE_BCE_FIELDS, double)) {
+    fce_b_sweep<double>(FCE_ARGS(FCE_BCE_FIELDS, double));
 }

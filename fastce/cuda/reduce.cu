@@ -1,6 +1,7 @@
 /* fastce/cuda/reduce.cu -- the O(N) kernels of fastce's GPU path.
  *
- * Self-contained (no #include): NVRTC and a standalone `nvcc -c` see the same text.
+ * The parameter lists are kernel_params.h's (FCE_*_FIELDS); fastce/cuda/_api.py
+ * (read_source) expands the #include below, so NVRTC needs no include path.
  *
  *   fastce_target_scan      one block: checks every class index, finds the first bad
  *                           one, and sums the 'mean' normaliser sum_{i not ignored} w[y_i]
@@ -19,7 +20,11 @@
  * fixed shuffle/shared-memory tree) and touch O(N) or O(C) data only.
  */
 
+#include "kernel_params.h"
+
+#ifndef FCE_FULL_MASK
 #define FCE_FULL_MASK 0xffffffffu
+#endif
 #define FCE_LLONG_MAX 0x7fffffffffffffffLL
 
 __device__ __forceinline__ double fce_r_warp_sum(double v) {
@@ -72,8 +77,7 @@ __device__ void fce_r_block_reduce(double &s0, double &s1, double &s2, long long
  * result[3] = sum_c w_c (C when weight is 0)
  * Launch: one block (grid 1), blockDim.x a multiple of 32. */
 extern "C" __global__ void __launch_bounds__(1024)
-fastce_target_scan(const void *target, int target_is64, long long n, long long C,
-                   long long ignore_index, const double *weight, double *result) {
+fastce_target_scan(FCE_PARAMS(FCE_SCAN_FIELDS, void)) {
     double wsum = 0.0, count = 0.0, wtot = 0.0;
     long long bad = FCE_LLONG_MAX;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) {
@@ -101,9 +105,7 @@ fastce_target_scan(const void *target, int target_is64, long long n, long long C
 
 /* ------------------------------------------------------------------ nll gather */
 template <typename T>
-__device__ void fce_nll(const T *lp, long long n_rows, long long B, long long la, long long lb,
-                        long long lc, const void *target, int target_is64, long long ignore_index,
-                        const double *weight, double *row_loss, T *row_out) {
+__device__ void fce_nll(FCE_PARAMS(FCE_NLL_FIELDS, T)) {
     const long long step = (long long)gridDim.x * blockDim.x;
     for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < n_rows; r += step) {
         const long long y = target_is64 ? ((const long long *)target)[r]
@@ -119,18 +121,11 @@ __device__ void fce_nll(const T *lp, long long n_rows, long long B, long long la
     }
 }
 
-#define FCE_NLL_PARAMS(T)                                                                 \
-    const T *lp, long long n_rows, long long B, long long la, long long lb, long long lc, \
-    const void *target, int target_is64, long long ignore_index, const double *weight,    \
-    double *row_loss, T *row_out
-
-extern "C" __global__ void __launch_bounds__(256) fastce_nll_f32(FCE_NLL_PARAMS(float)) {
-    fce_nll<float>(lp, n_rows, B, la, lb, lc, target, target_is64, ignore_index, weight,
-                   row_loss, row_out);
+extern "C" __global__ void __launch_bounds__(256) fastce_nll_f32(FCE_PARAMS(FCE_NLL_FIELDS, float)) {
+    fce_nll<float>(FCE_ARGS(FCE_NLL_FIELDS, float));
 }
-extern "C" __global__ void __launch_bounds__(256) fastce_nll_f64(FCE_NLL_PARAMS(double)) {
-    fce_nll<double>(lp, n_rows, B, la, lb, lc, target, target_is64, ignore_index, weight,
-                    row_loss, row_out);
+extern "C" __global__ void __launch_bounds__(256) fastce_nll_f64(FCE_PARAMS(FCE_NLL_FIELDS, double)) {
+    fce_nll<double>(FCE_ARGS(FCE_NLL_FIELDS, double));
 }
 
 /* ------------------------------------------------------------------ final reduction */
@@ -138,7 +133,7 @@ extern "C" __global__ void __launch_bounds__(256) fastce_nll_f64(FCE_NLL_PARAMS(
  * 'mean' normaliser gives nan whatever the sum (torch: its nll term is then 0 / 0).
  * Launch: one block (grid 1), blockDim.x a multiple of 32. */
 template <typename T>
-__device__ void fce_finalize(const double *row_loss, long long n, double denom, int mean, T *out) {
+__device__ void fce_finalize(FCE_PARAMS(FCE_FINALIZE_FIELDS, T)) {
     double s = 0.0, z1 = 0.0, z2 = 0.0;
     long long z3 = 0;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) s += row_loss[i];
@@ -147,13 +142,11 @@ __device__ void fce_finalize(const double *row_loss, long long n, double denom, 
         out[0] = (T)(!mean ? s : denom != 0.0 ? s / denom : __longlong_as_double(0x7ff8000000000000LL));
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
-fastce_finalize_f32(const double *row_loss, long long n, double denom, int mean, float *out) {
-    fce_finalize<float>(row_loss, n, denom, mean, out);
+extern "C" __global__ void __launch_bounds__(1024) fastce_finalize_f32(FCE_PARAMS(FCE_FINALIZE_FIELDS, float)) {
+    fce_finalize<float>(FCE_ARGS(FCE_FINALIZE_FIELDS, float));
 }
-extern "C" __global__ void __launch_bounds__(1024)
-fastce_finalize_f64(const double *row_loss, long long n, double denom, int mean, double *out) {
-    fce_finalize<double>(row_loss, n, denom, mean, out);
+extern "C" __global__ void __launch_bounds__(1024) fastce_finalize_f64(FCE_PARAMS(FCE_FINALIZE_FIELDS, double)) {
+    fce_finalize<double>(FCE_ARGS(FCE_FINALIZE_FIELDS, double));
 }
 
 /* ------------------------------------------------------------------ nll scatter (backward) */
@@ -162,10 +155,7 @@ fastce_finalize_f64(const double *row_loss, long long n, double denom, int mean,
  * Rounded once, from double, like the CPU path's assignment of the float64 product.
  * Launch: any 1-D grid (grid-stride loop over rows). */
 template <typename T>
-__device__ void fce_nll_backward(T *out, long long n_rows, long long B, long long oa, long long ob,
-                                 long long oc, const void *target, int target_is64,
-                                 long long ignore_index, const double *weight, const double *gout,
-                                 long long gout_s, double gscale, double denom) {
+__device__ void fce_nll_backward(FCE_PARAMS(FCE_NLL_BACKWARD_FIELDS, T)) {
     const long long step = (long long)gridDim.x * blockDim.x;
     for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < n_rows; r += step) {
         const long long y = target_is64 ? ((const long long *)target)[r]
@@ -178,21 +168,11 @@ __device__ void fce_nll_backward(T *out, long long n_rows, long long B, long lon
     }
 }
 
-#ifndef FCE_NLL_BWD_PARAMS
-#define FCE_NLL_BWD_PARAMS(T)                                                                   \
-    T *out, long long n_rows, long long B, long long oa, long long ob, long long oc,            \
-    const void *target, int target_is64, long long ignore_index, const double *weight,          \
-    const double *gout, long long gout_s, double gscale, double denom
-
-#endif
-
 extern "C" __global__ void __launch_bounds__(256)
-fastce_nll_backward_f32(FCE_NLL_BWD_PARAMS(float)) {
-    fce_nll_backward<float>(out, n_rows, B, oa, ob, oc, target, target_is64, ignore_index, weight,
-                            gout, gout_s, gscale, denom);
+fastce_nll_backward_f32(FCE_PARAMS(FCE_NLL_BACKWARD_FIELDS, float)) {
+    fce_nll_backward<float>(FCE_ARGS(FCE_NLL_BACKWARD_FIELDS, float));
 }
 extern "C" __global__ void __launch_bounds__(256)
-fastce_nll_backward_f64(FCE_NLL_BWD_PARAMS(double)) {
-    fce_nll_backward<double>(out, n_rows, B, oa, ob, oc, target, target_is64, ignore_index,
-                             weight, gout, gout_s, gscale, denom);
+fastce_nll_backward_f64(FCE_PARAMS(FCE_NLL_BACKWARD_FIELDS, double)) {
+    fce_nll_backward<double>(FCE_ARGS(FCE_NLL_BACKWARD_FIELDS, double));
 }

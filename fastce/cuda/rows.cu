@@ -1,9 +1,12 @@
 /* fastce/cuda/rows.cu -- the row sweeps of fastce's GPU path.
  *
- * Self-contained: no #include, so NVRTC (CuPy's RawModule) and a standalone
- * `nvcc -c` compile exactly the same text.  Every kernel is a template over the storage
- * type S of the logits (and of probability targets), the storage type O of the
- * elementwise output, and the compute type T (float for float16/bfloat16 storage),
+ * Its two #include lines are expanded by fastce/cuda/_api.py (read_source): NVRTC (CuPy's
+ * RawModule), the tests' nvcc and the CPU emulator compile that one text, with no include
+ * path.  row.h (include/fastce) has the row formulas, shared with the CPU path;
+ * kernel_params.h the kernels' parameter list, which the host parses into its signature.
+ * Every kernel is a template over the storage type S of the logits (and of probability
+ * targets), the storage type O of the elementwise output, and the compute type T (float
+ * for float16/bfloat16 storage),
  * instantiated below under plain extern "C" names:
  *     _f32 (float), _f64 (double), _f16 / _bf16 (half in, half out),
  *     _f16f32 / _bf16f32 (half in, float32 gradient: grad_dtype=float32).
@@ -38,21 +41,17 @@
  *    element is read and written by the same thread, all reads of a row's statistics
  *    happen before the barrier that precedes the first write, and x[y] is read before it.
  *
- * Cross-entropy per row (docs/design.md §1), row scale g (z-term scale gz), eps the
- * label smoothing, Ctot/Wtot the class count and weight sum of the whole vocabulary,
- * W and sum_c over this array's classes (a vocabulary shard, or all of them):
- *   hard target y:  loss = (1-eps) w_y (lse - x_y) [y in this shard]
- *                          + eps/Ctot (W lse - sum_c w_c x_c) + z lse^2 [y in this shard]
- *                   g_c  = g [((1-eps) w_y + eps Wtot/Ctot) p_c - eps/Ctot w_c
- *                          - (1-eps) w_y [c == y]] + gz 2 z lse p_c
- *   probabilities:  t'_c = (1-eps) t_c + eps/C,  T1 = sum_c w_c t'_c
- *                   loss = T1 lse - sum_c w_c t'_c x_c + z lse^2
- *                   g_c  = (g T1 + gz 2 z lse) p_c - g w_c t'_c
+ * Cross-entropy per row (docs/design.md §1): row.h turns the statistics into the loss and
+ * the gradient coefficients (out_c = ca p_c - w_c (cb + cd t_c) - cy [c == y]), as on the
+ * CPU path.  The statistics are measured from 0 (row.h's mref = 0: dev = -sum_c u_c x_c),
+ * and the z-term's factor zfold is 1 for row_out ('none') and zrow for row_loss (torch's
+ * 'mean' normaliser turned into the z-term's own, the count of rows not ignored).  Here:
  *   logit_scale s:  x_c -> s x_c first (before the softcap); g_c *= s (in the coefficients).
  *   softcap c:      x_c -> c tanh(x_c / c) first; g_c *= 1 - (x_c / c)^2 (capped x_c).
- * The z-term enters row_loss as zrow * z lse^2 (zrow turns torch's 'mean' normaliser into
- * the z-term's own, the count of rows not ignored).
  */
+
+#include "kernel_params.h"
+#include "row.h"
 
 #define FCE_MODE_LSE 0
 #define FCE_MODE_LOG_SOFTMAX 1
@@ -62,8 +61,6 @@
 #ifndef FCE_FULL_MASK
 #define FCE_FULL_MASK 0xffffffffu
 #endif
-
-__device__ __forceinline__ double fce_dnan() { return __longlong_as_double(0x7ff8000000000000LL); }
 
 template <typename T> struct fce_num;
 template <> struct fce_num<float> {
@@ -133,80 +130,14 @@ template <> struct fce_io<fce_bf16> {
 };
 
 /* ------------------------------------------------------------------ arguments */
+/* The kernels' arguments (kernel_params.h, FCE_ROWS_FIELDS) as one struct, in parameter
+ * order: a kernel initialises it from its parameters (FCE_ARGS). */
 template <typename S_, typename O_> struct fce_rows_args {
     typedef S_ S;
     typedef O_ O;
     typedef typename fce_io<S_>::T T;
-    const S *x;                 /* IN  (A, C, B) logits                                 */
-    long long n_rows, C, B, xa, xb, xc;
-    O *out;                     /* OUT elementwise result (log_softmax/softmax/grad) or 0 */
-    long long oa, ob, oc;
-    T *row_out;                 /* OUT per-row result in T (lse, 'none' loss) or 0      */
-    long long ra, rb;           /*     at row_out[a * ra + b * rb]                      */
-    double *row_loss;           /* OUT per-row loss in float64 (for 'mean'/'sum') or 0  */
-    double *lse_out;            /* OUT per-row lse in float64 (ignored rows too) or 0   */
-    const double *lse_in;       /* IN  per-row lse to use instead of the row's own, or 0 */
-    const void *target;         /* IN  (n_rows,) contiguous int32 or int64, or 0        */
-    int target_is64;
-    long long ignore_index;
-    const S *soft;              /* IN  probability targets, (A, C, B) view, or 0        */
-    long long ta, tb, tc;
-    const double *weight;       /* IN  (C,) this array's class weights or 0 (all ones)  */
-    const double *weight_y;     /* IN  (Ctot,) weights of the whole vocabulary, or 0    */
-    double W;                   /*     sum of this array's weights (C when unweighted)  */
-    double eps;                 /*     label smoothing                                  */
-    long long cstart;           /*     first class of this array in the vocabulary      */
-    double Ctot, Wtot;          /*     class count and weight sum of the vocabulary     */
-    double z, zrow;             /*     z-loss, and the z-term's factor in row_loss      */
-    double cap;                 /*     softcap, or 0                                    */
-    double scale;               /*     logit_scale (1: off), applied before the softcap */
-    const double *gout;         /* IN  grad_output, gout[r * gout_s] (gout_s 0: scalar) */
-    long long gout_s;
-    double gscale, gzscale;     /*     row scales g = gscale * gout, gz = gzscale * gout */
-    double *part;               /* I/O (n_rows, n_parts, FCE_PART) partial stats        */
-    int n_parts;
-    long long chunk_len;
-    int mode, phase;            /*     phase 0: whole rows; 1: partial stats; 2: finish  */
+    FCE_MEMBERS(FCE_ROWS_FIELDS, S, O, T)
 };
-
-/* The flat kernel parameter list. fastce/cuda/_api.py (ROWS_SIGNATURE) mirrors it,
- * and a CPU test parses this macro to check that the two agree. */
-#define FCE_ROWS_PARAMS(S, O, T)                                                        \
-    const S *x, long long n_rows, long long C, long long B, long long xa, long long xb,  \
-    long long xc, O *out, long long oa, long long ob, long long oc, T *row_out,         \
-    long long ra, long long rb, double *row_loss, double *lse_out,                      \
-    const double *lse_in, const void *target, int target_is64, long long ignore_index,  \
-    const S *soft, long long ta, long long tb, long long tc, const double *weight,      \
-    const double *weight_y, double W, double eps, long long cstart, double Ctot,        \
-    double Wtot, double z, double zrow, double cap, double scale, const double *gout,   \
-    long long gout_s, double gscale, double gzscale, double *part, int n_parts,         \
-    long long chunk_len, int mode, int phase
-
-template <typename S, typename O>
-__device__ __forceinline__ fce_rows_args<S, O> fce_make_args(
-        FCE_ROWS_PARAMS(S, O, typename fce_io<S>::T)) {
-    fce_rows_args<S, O> p;
-    p.x = x; p.n_rows = n_rows; p.C = C; p.B = B; p.xa = xa; p.xb = xb; p.xc = xc;
-    p.out = out; p.oa = oa; p.ob = ob; p.oc = oc;
-    p.row_out = row_out; p.ra = ra; p.rb = rb; p.row_loss = row_loss;
-    p.lse_out = lse_out; p.lse_in = lse_in;
-    p.target = target; p.target_is64 = target_is64; p.ignore_index = ignore_index;
-    p.soft = soft; p.ta = ta; p.tb = tb; p.tc = tc;
-    p.weight = weight; p.weight_y = weight_y; p.W = W; p.eps = eps;
-    p.cstart = cstart; p.Ctot = Ctot; p.Wtot = Wtot; p.z = z; p.zrow = zrow; p.cap = cap;
-    p.scale = scale;
-    p.gout = gout; p.gout_s = gout_s; p.gscale = gscale; p.gzscale = gzscale;
-    p.part = part; p.n_parts = n_parts; p.chunk_len = chunk_len;
-    p.mode = mode; p.phase = phase;
-    return p;
-}
-
-#define FCE_ROWS_ARGS                                                                    \
-    x, n_rows, C, B, xa, xb, xc, out, oa, ob, oc, row_out, ra, rb, row_loss, lse_out,    \
-    lse_in, target, target_is64, ignore_index, soft, ta, tb, tc, weight, weight_y, W,    \
-    eps, cstart, Ctot, Wtot, z, zrow, cap, scale, gout, gout_s, gscale, gzscale, part,   \
-    n_parts,                                                                             \
-    chunk_len, mode, phase
 
 /* ------------------------------------------------------------------ per-row helpers */
 /* A row's statistics (partial ones for a chunk) and what it needs besides. */
@@ -296,6 +227,39 @@ __device__ __forceinline__ fce_lse2 fce_lse(const P &p, long long r, double m, d
     return v;
 }
 
+/* row.h's per-call parameters; zfold: the z-term's factor in the row value it builds. */
+template <class P>
+__device__ __forceinline__ fce_row_params fce_params_of(const P &p, double zfold) {
+    fce_row_params rp;
+    rp.eps = p.eps;
+    rp.ctot = p.Ctot;
+    rp.W = p.W;
+    rp.Wtot = p.Wtot;
+    rp.z = p.z;
+    rp.zfold = zfold;
+    return rp;
+}
+
+/* u = sum_c w_c t'_c of probability targets t' = (1 - eps) t + eps / Ctot. */
+template <class P>
+__device__ __forceinline__ double fce_soft_u(const P &p, const fce_stat &st) {
+    return (1.0 - p.eps) * st.wts + p.eps / p.Ctot * p.W;
+}
+
+/* A row's loss (row.h) with the z-term's factor zfold; the statistics measure from 0. */
+template <class P>
+__device__ __forceinline__ double fce_ce_loss(const P &p, const fce_row &q, fce_lse2 ls,
+                                              const fce_stat &st, double zfold) {
+    const fce_row_params rp = fce_params_of(p, zfold);
+    if (p.soft) {
+        double wtx = (1.0 - p.eps) * st.wtx;  /* sum_c w_c t'_c x_c */
+        if (p.eps != 0.0) wtx += p.eps / p.Ctot * st.wx;
+        return fce_soft_loss(&rp, ls.m, ls.l, 0.0, -wtx, fce_soft_u(p, st));
+    }
+    const double wy = p.weight_y ? p.weight_y[q.y] : 1.0;
+    return fce_hard_loss(&rp, wy, q.owns, ls.m, ls.l, st.xy, 0.0, -st.wx);
+}
+
 /* Per-row results (one thread per row calls this). */
 template <class P>
 __device__ void fce_row_result(const P &p, long long r, const fce_row &q, fce_lse2 ls,
@@ -307,27 +271,9 @@ __device__ void fce_row_result(const P &p, long long r, const fce_row &q, fce_ls
         p.row_out[q.a * p.ra + q.b * p.rb] = (T)lse;
         return;
     }
-    if (p.mode != FCE_MODE_CE || (!p.row_loss && !p.row_out)) return;
-    double loss = 0.0, zl = 0.0;
-    if (!q.ignored) {
-        const double e = p.eps;
-        bool zterm = true;
-        if (p.soft) {
-            const double T1 = (1.0 - e) * st.wts + e / p.Ctot * p.W;
-            double wtx = (1.0 - e) * st.wtx;
-            if (e != 0.0) wtx += e / p.Ctot * st.wx;
-            loss = T1 * lse - wtx;
-        } else {
-            const double wy = p.weight_y ? p.weight_y[q.y] : 1.0;
-            if (q.owns) loss = (1.0 - e) * wy * ((ls.m - st.xy) + ls.l);
-            if (e != 0.0)  /* skipped at eps == 0: 0 * inf would turn masked rows into nan */
-                loss += e / p.Ctot * (p.W * lse - st.wx);
-            zterm = q.owns;
-        }
-        if (p.z != 0.0 && zterm) zl = p.z * lse * lse;
-    }
-    if (p.row_loss) p.row_loss[r] = (zl != 0.0) ? loss + p.zrow * zl : loss;
-    if (p.row_out) p.row_out[q.a * p.ra + q.b * p.rb] = (T)(loss + zl);
+    if (p.mode != FCE_MODE_CE) return;
+    if (p.row_loss) p.row_loss[r] = q.ignored ? 0.0 : fce_ce_loss(p, q, ls, st, p.zrow);
+    if (p.row_out) p.row_out[q.a * p.ra + q.b * p.rb] = (T)(q.ignored ? 0.0 : fce_ce_loss(p, q, ls, st, 1.0));
 }
 
 /* The elementwise stage of one row, as coefficients in T:
@@ -360,21 +306,20 @@ __device__ __forceinline__ fce_apply<typename P::T> fce_make_apply(const P &p, l
     if (p.mode == FCE_MODE_CE && !q.ignored) {
         const double go = p.gout ? p.gout[r * p.gout_s] : 1.0;
         const double g = p.gscale * go, gz = p.gzscale * go;
-        const double e = p.eps;
-        double ca;
-        if (p.soft) {
-            ca = g * ((1.0 - e) * st.wts + e / p.Ctot * p.W);
-            k.cb = (T)(g * e / p.Ctot);
-            k.cd = (T)(g * (1.0 - e));
+        const fce_row_params rp = fce_params_of(p, 1.0);
+        double coef[3];
+        if (p.soft) {  /* gz == g: the two 'mean' normalisers are the row count */
+            fce_soft_coef(&rp, fce_soft_u(p, st), lse, g, coef);
+            k.cd = (T)coef[2];
             k.use_w = true;
         } else {
             const double wy = p.weight_y ? p.weight_y[q.y] : 1.0;
-            ca = g * ((1.0 - e) * wy + e / p.Ctot * p.Wtot);
-            k.cb = (T)(g * e / p.Ctot);
-            k.cy = (T)(q.owns ? g * (1.0 - e) * wy : 0.0);
-            k.use_w = (e != 0.0);
+            fce_hard_coef(&rp, wy, q.owns, lse, g, gz, coef);
+            k.cy = (T)coef[2];
+            k.use_w = (p.eps != 0.0);
         }
-        if (p.z != 0.0) ca += gz * 2.0 * p.z * lse;
+        const double ca = coef[0];
+        k.cb = (T)coef[1];
         k.ca = (T)ca;
         if (p.scale != 1.0) {  /* d(s x)/dx = s: every coefficient is linear in it */
             k.ca = (T)(ca * p.scale);
@@ -728,21 +673,26 @@ __device__ void fce_rows_thread(const P &p) {
 }
 
 /* ------------------------------------------------------------------ instantiations */
-#define FCE_P(S, O) fce_rows_args<S, O>
+/* Every kernel takes FCE_ROWS_FIELDS as parameters and hands them to its sweep as one
+ * struct. */
+#define FCE_ROWS_KERNEL(NAME, MAXT, S, O)                                                  \
+    extern "C" __global__ void __launch_bounds__(MAXT, 1)                                  \
+    NAME(FCE_PARAMS(FCE_ROWS_FIELDS, S, O, fce_io<S>::T))
+#define FCE_ROWS_P(S, O) const fce_rows_args<S, O> p = {FCE_ARGS(FCE_ROWS_FIELDS, S, O, fce_io<S>::T)}
 #define FCE_WARP(S, O, SUF, V)                                                             \
-    extern "C" __global__ void __launch_bounds__(256, 1)                                    \
-    fastce_rows_warp##V##_##SUF(FCE_ROWS_PARAMS(S, O, fce_io<S>::T)) {                     \
-        fce_rows_warp<FCE_P(S, O), V>(fce_make_args<S, O>(FCE_ROWS_ARGS));                 \
+    FCE_ROWS_KERNEL(fastce_rows_warp##V##_##SUF, 256, S, O) {                               \
+        FCE_ROWS_P(S, O);                                                                  \
+        fce_rows_warp<fce_rows_args<S, O>, V>(p);                                          \
     }
 #define FCE_BLOCK(S, O, SUF, V, MAXT)                                                      \
-    extern "C" __global__ void __launch_bounds__(MAXT, 1)                                  \
-    fastce_rows_block##V##_##SUF(FCE_ROWS_PARAMS(S, O, fce_io<S>::T)) {                    \
-        fce_rows_block<FCE_P(S, O), V>(fce_make_args<S, O>(FCE_ROWS_ARGS));                \
+    FCE_ROWS_KERNEL(fastce_rows_block##V##_##SUF, MAXT, S, O) {                             \
+        FCE_ROWS_P(S, O);                                                                  \
+        fce_rows_block<fce_rows_args<S, O>, V>(p);                                         \
     }
 #define FCE_THREAD(S, O, SUF)                                                              \
-    extern "C" __global__ void __launch_bounds__(256, 1)                                    \
-    fastce_rows_thread_##SUF(FCE_ROWS_PARAMS(S, O, fce_io<S>::T)) {                        \
-        fce_rows_thread<FCE_P(S, O)>(fce_make_args<S, O>(FCE_ROWS_ARGS));                  \
+    FCE_ROWS_KERNEL(fastce_rows_thread_##SUF, 256, S, O) {                                  \
+        FCE_ROWS_P(S, O);                                                                  \
+        fce_rows_thread<fce_rows_args<S, O> >(p);                                          \
     }
 #define FCE_ALL(S, O, SUF)                                                                 \
     FCE_WARP(S, O, SUF, 1) FCE_WARP(S, O, SUF, 2) FCE_WARP(S, O, SUF, 4)                   \

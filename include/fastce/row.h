@@ -1,12 +1,14 @@
 /* fastce/row.h -- one row's statistics -> its loss share and gradient coefficients.
  *
  * The cross-entropy row formulas of docs/design.md §1, written once for every sweep of
- * the CPU path (fastce/_kernels.pyx). Plain C, no dependency: a header the CUDA path can
- * prepend as well.
+ * the CPU path (fastce/_kernels.pyx) and of the CUDA kernels (fastce/cuda/rows.cu: NVRTC
+ * gets this file's text in place of its #include, fastce/cuda/_api.py read_source). Plain
+ * C, no dependency.
  *
  * A row arrives as
  *   m, l     lse = m + l: m the row max and l = log(sum exp(x - m)), or a given lse and 0
- *   mref     the point dev is measured from (the row max the statistics used)
+ *   mref     the point dev is measured from (the row max the statistics used; the CUDA
+ *            kernels measure from 0)
  *   dev, u   dev = sum_c u_c (mref - x_c), u = sum_c u_c over this array's classes, with
  *            u_c = w_c (label smoothing) or w_c t'_c (probability targets)
  * so every difference below is between nearby numbers: lse - x_y = (m - x_y) + l and
@@ -25,7 +27,7 @@
 
 /* Below this, sum exp(x - max) - 1 is recomputed exactly (row_tail): log(sum) would keep
  * only ~2^-53 / tail of the tail's relative accuracy (logsumexp([0, -40]) = 4.2e-18). */
-#define FCE_TAIL_REFINE 0x1p-20
+#define FCE_TAIL_REFINE (1.0 / 1048576.0) /* 2^-20; no hex float: NVRTC takes C++11 */
 
 /* What every row of one call shares. */
 typedef struct {

@@ -1,11 +1,11 @@
 """Run fastce's CUDA kernels on the CPU: a test harness, not part of the package.
 
 ``EmuBackend`` is a backend for ``fastce.cuda._api.Ops`` whose arrays are NumPy arrays
-and whose launches run the real ``fastce/cuda/*.cu`` kernels, compiled with the host
-C++ compiler against ``emu_runtime.h`` (a fiber-per-thread emulation of CUDA blocks,
-warps, shuffles and barriers).  It checks the kernels' arithmetic, indexing,
-reductions and barrier structure on machines without a GPU; it says nothing about
-speed, occupancy or the GPU memory model.
+and whose launches run the real ``fastce/cuda/*.cu`` kernels (the text NVRTC gets,
+``read_source``), compiled with the host C++ compiler against ``emu_runtime.h`` (a
+fiber-per-thread emulation of CUDA blocks, warps, shuffles and barriers).  It checks the
+kernels' arithmetic, indexing, reductions and barrier structure on machines without a
+GPU; it says nothing about speed, occupancy or the GPU memory model.
 """
 import ctypes
 import hashlib
@@ -18,8 +18,6 @@ import tempfile
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-CUDA_DIR = ROOT / "fastce" / "cuda"
 
 
 class EmulatorUnavailable(RuntimeError):
@@ -27,20 +25,34 @@ class EmulatorUnavailable(RuntimeError):
 
 
 def _harness_source(kernels):
+    """The emulator's translation unit: the runtime, then the text NVRTC compiles for each
+    .cu file (``read_source``: its #include lines expanded, so the emulator tests that text),
+    then the launcher."""
+    from fastce.cuda._api import read_source
     lines = ['#include "emu_runtime.h"', "#include <utility>", "#include <type_traits>"]
     for cu in sorted({f for f, _ in kernels}):
-        lines.append(f'#include "{(CUDA_DIR / cu).as_posix()}"')
+        lines.append(read_source(cu))
     lines.append('extern "C" int emu_launch(const char *name, unsigned gx, unsigned gy, unsigned gz,'
-                 ' unsigned bx, unsigned by, unsigned bz, void **args, int order, char *err, int errlen) {')
+                 ' unsigned bx, unsigned by, unsigned bz, void **args, int nargs, int order,'
+                 ' char *err, int errlen) {')
     lines.append("    bool ok;")
     first = True
     for _, k in kernels:
         kw = "if" if first else "else if"
         first = False
         lines.append(f'    {kw} (!strcmp(name, "{k}")) ok = emu::launch_kernel({k}, dim3(gx, gy, gz), '
-                     f'dim3(bx, by, bz), order, args);')
+                     f'dim3(bx, by, bz), order, args, nargs);')
     lines.append('    else { snprintf(err, errlen, "unknown kernel %s", name); return 2; }')
     lines.append('    if (!ok) { snprintf(err, errlen, "%s", emu::g.error.c_str()); return 1; }')
+    lines.append("    return 0;")
+    lines.append("}")
+    lines.append('extern "C" int emu_signature(const char *name, char *out, int len) {')
+    first = True
+    for _, k in kernels:
+        kw = "if" if first else "else if"
+        first = False
+        lines.append(f'    {kw} (!strcmp(name, "{k}")) emu::signature({k}, out, len);')
+    lines.append("    else return 2;")
     lines.append("    return 0;")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -54,8 +66,7 @@ def build(kernel_files):
     kernels = [(f, k) for f, ks in kernel_files.items() for k in ks]
     src = _harness_source(kernels)
     h = hashlib.sha256(src.encode())
-    for p in [HERE / "emu_runtime.h", *(CUDA_DIR / f for f in kernel_files)]:
-        h.update(p.read_bytes())
+    h.update((HERE / "emu_runtime.h").read_bytes())
     out_dir = pathlib.Path(tempfile.gettempdir()) / "fastce_cuda_emu"
     out_dir.mkdir(exist_ok=True)
     lib = out_dir / f"emu_{h.hexdigest()[:16]}.so"
@@ -72,8 +83,19 @@ def build(kernel_files):
     dll = ctypes.CDLL(str(lib))
     dll.emu_launch.restype = ctypes.c_int
     dll.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [
-        ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    dll.emu_signature.restype = ctypes.c_int
+    dll.emu_signature.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
     return dll
+
+
+def kernel_signature(dll, kernel):
+    """The compiled kernel's parameter kinds, as the host's signatures write them:
+    ``["ptr", "i64", ...]`` (what C types the kernel really takes, one per parameter)."""
+    buf = ctypes.create_string_buffer(4096)
+    if dll.emu_signature(kernel.encode(), buf, len(buf)) != 0:
+        raise KeyError(kernel)
+    return buf.value.decode().split()
 
 
 class EmuBackend:
@@ -117,7 +139,7 @@ class EmuBackend:
             keep.append(buf)
             ptrs[i] = ctypes.addressof(buf)
         err = ctypes.create_string_buffer(512)
-        rc = self.dll.emu_launch(kernel.encode(), *grid, *block, ptrs, self.order, err, 512)
+        rc = self.dll.emu_launch(kernel.encode(), *grid, *block, ptrs, len(args), self.order, err, 512)
         if rc != 0:
             raise RuntimeError(f"emulated launch of {kernel} grid={grid} block={block} failed: "
                                f"{err.value.decode()}")

@@ -191,8 +191,29 @@ template <typename... A> inline void run_packed(void *p) {
     call_packed(pk->k, pk->args, std::index_sequence_for<A...>{});
 }
 template <typename... A>
-inline bool launch_kernel(void (*k)(A...), dim3 grid, dim3 block, int order, void **args) {
+inline bool launch_kernel(void (*k)(A...), dim3 grid, dim3 block, int order, void **args, int nargs) {
+    if (nargs != (int)sizeof...(A)) {  /* the host's signature and the kernel's disagree */
+        g.error = "the kernel takes " + std::to_string(sizeof...(A)) + " parameters, the launch passed "
+                  + std::to_string(nargs);
+        return false;
+    }
     Packed<A...> pk{k, args};
     return launch(grid, block, order, &run_packed<A...>, &pk);
+}
+
+/* A kernel's parameter kinds in the host's words (fastce/cuda/_api.py pack_args): ptr,
+ * i32 (int), i64 (long long), f64 (double), or "?" for any other type. */
+template <typename V> inline const char *kind_of() {
+    if (std::is_pointer<V>::value) return "ptr";
+    if (std::is_same<V, int>::value) return "i32";
+    if (std::is_same<V, long long>::value) return "i64";
+    if (std::is_same<V, double>::value) return "f64";
+    return "?";
+}
+template <typename... A> inline void signature(void (*)(A...), char *out, int len) {
+    std::string s;
+    const char *kinds[] = {kind_of<A>()..., ""};
+    for (size_t i = 0; i < sizeof...(A); ++i) s += std::string(i ? " " : "") + kinds[i];
+    snprintf(out, len, "%s", s.c_str());
 }
 }  // namespace emu
