@@ -310,16 +310,22 @@ def _normalisers(w_y: Any, ignored: Any, reduction: str,
     return np.sum(w_y), float(np.count_nonzero(~ignored))
 
 
-def _shard(logits: Any, target: Any, lse: Any, class_start: int, num_classes: int | None,
-           weight: Any, ignore_index: int, reduction: str, label_smoothing: float) -> tuple[Any, ...]:
-    """The hard-target setup of a call given its lse (a vocabulary shard, or a whole row
-    reusing a known lse): rows, targets, the full weights, and the lse per row."""
+def _shard_classes(logits: Any, lse: Any, class_start: int, num_classes: int | None) -> int:
+    """The vocabulary size of a shard call, its bounds and its lse checked."""
     C = np.shape(logits)[-1]
     n_total = C if num_classes is None else int(num_classes)
     if not (0 <= class_start and class_start + C <= n_total):
         raise ValueError(f"classes [{class_start}, {class_start + C}) are not within {n_total}")
     if lse is None:
         raise ValueError("a vocabulary shard needs lse= (the log-sum-exp over all classes)")
+    return n_total
+
+
+def _shard(logits: Any, target: Any, lse: Any, class_start: int, num_classes: int | None,
+           weight: Any, ignore_index: int, reduction: str, label_smoothing: float) -> tuple[Any, ...]:
+    """The hard-target setup of a call given its lse (a vocabulary shard, or a whole row
+    reusing a known lse): rows, targets, the full weights, and the lse per row."""
+    n_total = _shard_classes(logits, lse, class_start, num_classes)
     x, y, ignored, w, w_y = _hard_target_setup(logits, target, weight, ignore_index, reduction,
                                                label_smoothing, n_total=n_total)
     lse_rows = np.asarray(lse, dtype=np.float64).reshape(x.shape[0])
@@ -368,12 +374,7 @@ def _soft_shard(logits: Any, target: Any, lse: Any, class_start: int, num_classe
                 label_smoothing: float) -> tuple[Any, ...]:
     """The setup of a shard with probability targets: 2-D rows, the full smoothed targets
     ``t'`` (over ``num_classes``), the full weights, and the lse per row."""
-    C = np.shape(logits)[-1]
-    n_total = C if num_classes is None else int(num_classes)
-    if not (0 <= class_start and class_start + C <= n_total):
-        raise ValueError(f"classes [{class_start}, {class_start + C}) are not within {n_total}")
-    if lse is None:
-        raise ValueError("a vocabulary shard needs lse= (the log-sum-exp over all classes)")
+    n_total = _shard_classes(logits, lse, class_start, num_classes)
     x = np.asarray(logits, dtype=np.float64)
     x2 = x[None, :] if x.ndim == 1 else x
     full = np.zeros(x2.shape[:1] + (n_total,))  # the soft setup, on rows of every class

@@ -226,6 +226,17 @@ def options_cases(rec, comm, rank, size):
                 rec.run("options", case, lambda: compare(x, y, V, lo, hi, comm, opts, dtype, g))
 
 
+def check_half_shard(x, target, local_target, lo, hi, V, comm, opts, ulp):
+    """Half-precision logits over shards against the unsharded call: the loss to 2e-6 (it
+    is float32), the gradient (in the logits' dtype) to one of its ulps."""
+    loss, g = fd.cross_entropy_with_grad(np.ascontiguousarray(x[:, lo:hi]), local_target,
+                                         class_start=lo, num_classes=V, comm=comm, **opts)
+    rl, rg = fastce.cross_entropy_with_grad(x, target, **opts)
+    el, eg = rel(loss, rl), rel(g.astype(np.float32), rg[:, lo:hi].astype(np.float32))
+    ok = el <= 2e-6 and eg <= ulp and g.dtype == x.dtype and loss.dtype == np.float32
+    return ok, f"loss {el:.2e} (tol 2e-6), grad {eg:.2e} (tol {ulp:g}: 1 ulp)"
+
+
 def shard_cases(rec, comm, rank, size):
     # uneven sizes, ranks not in class order, a rank with one class
     for V, layout in ((37, "skew"), (size + 1, "skew"), (10, "even")):
@@ -246,15 +257,8 @@ def shard_cases(rec, comm, rank, size):
         x = x.astype(half)
         opts = build_opts({"weight": True, "label_smoothing": 0.1, "z_loss": 1e-3}, w, "mean")
 
-        def run_half():
-            xl = np.ascontiguousarray(x[:, lo:hi])
-            loss, g = fd.cross_entropy_with_grad(xl, y, class_start=lo, num_classes=V,
-                                                 comm=comm, **opts)
-            rl, rg = fastce.cross_entropy_with_grad(x, y, **opts)
-            el, eg = rel(loss, rl), rel(g.astype(np.float32), rg[:, lo:hi].astype(np.float32))
-            ok = el <= 2e-6 and eg <= ulp and g.dtype == x.dtype and loss.dtype == np.float32
-            return ok, f"loss {el:.2e} (tol 2e-6), grad {eg:.2e} (tol {ulp:g}: 1 ulp)"
-        rec.run("shards", f"{np.dtype(half).name} logits", run_half)
+        rec.run("shards", f"{np.dtype(half).name} logits",
+                lambda: check_half_shard(x, y, y, lo, hi, V, comm, opts, ulp))
     # K-dim logits (N, C, d) and a single row (C,)
     V = 23
     lo, hi = split(V, size)[rank]
@@ -476,15 +480,9 @@ def soft_cases(rec, comm, rank, size):
         x = x.astype(half)
         opts = build_opts({"weight": True, "label_smoothing": 0.1, "z_loss": 1e-3}, w, "mean")
 
-        def run_half():
-            xl, tl = np.ascontiguousarray(x[:, lo:hi]), np.ascontiguousarray(t[:, lo:hi])
-            loss, g = fd.cross_entropy_with_grad(xl, tl, class_start=lo, num_classes=V,
-                                                 comm=comm, **opts)
-            rl, rg = fastce.cross_entropy_with_grad(x, t, **opts)
-            el, eg = rel(loss, rl), rel(g.astype(np.float32), rg[:, lo:hi].astype(np.float32))
-            ok = el <= 2e-6 and eg <= ulp and g.dtype == x.dtype and loss.dtype == np.float32
-            return ok, f"loss {el:.2e} (tol 2e-6), grad {eg:.2e} (tol {ulp:g}: 1 ulp)"
-        rec.run("soft", f"{np.dtype(half).name} logits", run_half)
+        rec.run("soft", f"{np.dtype(half).name} logits",
+                lambda: check_half_shard(x, t, np.ascontiguousarray(t[:, lo:hi]), lo, hi, V,
+                                         comm, opts, ulp))
     # a row whose classes in one shard are all -inf: the loss is +inf (nan where w t' = 0),
     # as unsharded; rows of another shard stay exact
     V = 16

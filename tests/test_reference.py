@@ -241,6 +241,24 @@ def _shard_kw(opts, V):
     return kw
 
 
+def _check_partition(reference, x, t, g, bounds, kw):
+    """The shares of the class ranges ``bounds`` (each given the global lse) add up to the
+    whole-vocabulary loss, and their gradients are the columns of its gradient."""
+    V = x.shape[-1]
+    xc = x * kw.get("logit_scale", 1.0)
+    if kw.get("softcap"):
+        xc = kw["softcap"] * np.tanh(xc / kw["softcap"])
+    lse = reference.logsumexp(xc, axis=-1)
+    shares = [reference.cross_entropy(x[..., a:b], t, lse=lse, class_start=a, num_classes=V, **kw)
+              for a, b in bounds]
+    grads = [reference.cross_entropy_backward(x[..., a:b], t, g, lse=lse, class_start=a,
+                                              num_classes=V, **kw) for a, b in bounds]
+    what = f"{x.ndim}-D {kw}"
+    _check(np.sum(shares, axis=0), reference.cross_entropy(x, t, **kw), f"loss {what}")
+    _check(np.concatenate(grads, axis=-1), reference.cross_entropy_backward(x, t, g, **kw),
+           f"gradient {what}")
+
+
 @pytest.mark.parametrize("opts", SHARD_OPTIONS, ids=lambda o: ",".join(o) or "plain")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_shards_add_up_to_the_whole_vocabulary(reference, opts, reduction):
@@ -254,18 +272,7 @@ def test_shards_add_up_to_the_whole_vocabulary(reference, opts, reduction):
     t[[1, 6]] = IGNORE_INDEX
     kw = dict(_shard_kw(opts, V), reduction=reduction)
     g = _grad_output(reduction, t)
-    xc = x * kw.get("logit_scale", 1.0)
-    if kw.get("softcap"):
-        xc = kw["softcap"] * np.tanh(xc / kw["softcap"])
-    lse = reference.logsumexp(xc, axis=1)
-    bounds = [(0, 1), (1, 12), (12, 29)]
-    shares = [reference.cross_entropy(x[:, a:b], t, lse=lse, class_start=a, num_classes=V, **kw)
-              for a, b in bounds]
-    grads = [reference.cross_entropy_backward(x[:, a:b], t, g, lse=lse, class_start=a,
-                                              num_classes=V, **kw) for a, b in bounds]
-    _check(np.sum(shares, axis=0), reference.cross_entropy(x, t, **kw), f"loss {kw}")
-    _check(np.concatenate(grads, axis=1), reference.cross_entropy_backward(x, t, g, **kw),
-           f"gradient {kw}")
+    _check_partition(reference, x, t, g, [(0, 1), (1, 12), (12, 29)], kw)
 
 
 SOFT_SHARD_OPTIONS = SHARD_OPTIONS + [
@@ -289,26 +296,9 @@ def test_soft_shards_add_up_to_the_whole_vocabulary(reference, opts, reduction):
     t[4] *= 1.5  # a row whose mass is not 1 (torch does not normalise either)
     kw = dict(_shard_kw(opts, V), reduction=reduction)
     g = _grad_output(reduction, np.zeros(N))
-    xc = x * kw.get("logit_scale", 1.0)
-    if kw.get("softcap"):
-        xc = kw["softcap"] * np.tanh(xc / kw["softcap"])
-    lse = reference.logsumexp(xc, axis=1)
     bounds = [(0, 1), (1, 14), (14, 31)]
-    shares = [reference.cross_entropy(x[:, a:b], t, lse=lse, class_start=a, num_classes=V, **kw)
-              for a, b in bounds]
-    grads = [reference.cross_entropy_backward(x[:, a:b], t, g, lse=lse, class_start=a,
-                                              num_classes=V, **kw) for a, b in bounds]
-    _check(np.sum(shares, axis=0), reference.cross_entropy(x, t, **kw), f"loss {kw}")
-    _check(np.concatenate(grads, axis=1), reference.cross_entropy_backward(x, t, g, **kw),
-           f"gradient {kw}")
-    # a single row (1-D logits, the full target row)
-    shares1 = [reference.cross_entropy(x[5, a:b], t[5], lse=lse[5], class_start=a,
-                                       num_classes=V, **kw) for a, b in bounds]
-    _check(np.sum(shares1), reference.cross_entropy(x[5], t[5], **kw), f"1-D loss {kw}")
-    grads1 = [reference.cross_entropy_backward(x[5, a:b], t[5], 0.75, lse=lse[5], class_start=a,
-                                               num_classes=V, **kw) for a, b in bounds]
-    _check(np.concatenate(grads1), reference.cross_entropy_backward(x[5], t[5], 0.75, **kw),
-           f"1-D gradient {kw}")
+    _check_partition(reference, x, t, g, bounds, kw)
+    _check_partition(reference, x[5], t[5], 0.75, bounds, kw)  # 1-D logits, the full row
 
 
 def test_soft_shard_vs_torch(torch, reference):
