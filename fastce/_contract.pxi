@@ -245,9 +245,12 @@ cdef inline bint is_cupy(object x):
     return nd is not None and isinstance(x, nd)
 
 
-def mix_error(name, other="logits"):
-    """The NumPy path's error for the CuPy array ``name`` among NumPy arrays (``other``)."""
-    return TypeError(f"{name} is a CuPy array but {other} is not: mix of CuPy and NumPy")
+def mix_error(on_gpu, on_host="logits"):
+    """The one error for a call that mixes CuPy arrays (named by ``on_gpu``) with NumPy
+    arrays (``on_host``), whichever path finds it."""
+    return TypeError(f"mix of CuPy and NumPy arrays: {on_gpu} on the GPU (cupy.ndarray) but "
+                     f"{on_host} on the host (numpy.ndarray); pass all arrays of one kind "
+                     f"(cupy.asarray(...) or .get())")
 
 
 def is_half(dtype):

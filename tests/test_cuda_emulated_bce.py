@@ -349,10 +349,10 @@ def test_mixing_inside_the_gpu_path(emu_dll):
     for kw in (dict(target=y), dict(target=y.view(Dev), weight=np.ones(4)),
                dict(target=y.view(Dev), pos_weight=np.ones(4))):
         name = [k for k, v in kw.items() if not isinstance(v, Dev)][0]
-        with pytest.raises(TypeError, match=f"^{name} is a NumPy array but the other arguments are CuPy"):
+        with pytest.raises(TypeError, match=f"the other arguments on the GPU .* but {name} on the host"):
             ops.binary_cross_entropy_with_logits(x, **kw)
-    with pytest.raises(TypeError, match="^out is a NumPy array"):
+    with pytest.raises(TypeError, match="but out on the host"):
         ops.binary_cross_entropy_with_logits_with_grad(x, y.view(Dev), out=np.empty((3, 4), np.float32))
-    with pytest.raises(TypeError, match="^grad_output is a NumPy array"):
+    with pytest.raises(TypeError, match="but grad_output on the host"):
         ops.binary_cross_entropy_with_logits_with_grad(x, y.view(Dev), grad_output=np.asarray(1.0))
     assert backend.launches == []

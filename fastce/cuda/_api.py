@@ -432,8 +432,7 @@ class Ops:
         return _is_numpy_array(a) and not self.b.is_array(a)
 
     def _mix_error(self, name):
-        return TypeError(f"{name} is a NumPy array but the other arguments are CuPy arrays: mix "
-                         f"of CuPy and NumPy (move it with cupy.asarray, or the rest with .get())")
+        return V.mix_error("the other arguments", name)
 
     def _asarray(self, a, name):
         if self.b.is_array(a):
@@ -869,9 +868,7 @@ def is_cupy_call(*arrays, names=None):
         nm = list(names) if names is not None else [f"arg{i}" for i in range(len(arrays))]
         g = ", ".join(nm[i] for i in gpu)
         c = ", ".join(nm[i] for i in cpu)
-        raise TypeError(f"mix of CuPy and NumPy arrays: {g} on the GPU (cupy.ndarray) but {c} "
-                        f"on the host (numpy.ndarray); pass all arrays of one kind "
-                        f"(cupy.asarray(...) or .get())")
+        raise V.mix_error(g, c)
     return True
 
 
