@@ -110,36 +110,14 @@ def _aligned(a: npt.NDArray[Any]) -> bool:
     return a.flags.aligned and all(s % a.itemsize == 0 for s in a.strides)
 
 
-class _BCECall:
-    """One validated BCE-with-logits call: converted operands, then one kernel sweep."""
+class _BCECall(V.BCEArguments):
+    """One validated BCE-with-logits call on NumPy arrays: converted operands (checked by
+    ``V.BCEArguments``, as on the GPU path), then one kernel sweep."""
 
     def __init__(self, logits: Any, target: Any, weight: Any, pos_weight: Any, reduction: Any,
                  n_threads: int | None, inplace: bool = False, out: Any = None) -> None:
-        self.reduction = V.check_reduction(reduction)
-        self.n_threads = V.resolve_threads(n_threads)
-        if inplace:
-            V.check_inplace(logits, out)
-        x = V.as_float_array(logits, "logits")
-        self.y = V.as_probability_target(target, x.shape, x.dtype)
-        self.w = V.as_broadcast_operand(weight, "weight", x.shape, x.dtype)
-        self.pw = V.as_broadcast_operand(pos_weight, "pos_weight", x.shape, x.dtype)
-        self.inputs = V.bce_inputs(target, weight, pos_weight)
-        self.x = x
-        self.set_output(out, inplace)
-
-    check_inplace = staticmethod(V.check_inplace)
-
-    def set_output(self, out: Any, inplace: bool,
-                   more_inputs: dict[str, Any] | None = None) -> None:
-        inputs = dict(self.inputs, **(more_inputs or {}))
-        V.check_grad_buffer(self.x, out, inplace, self.x.dtype, inputs)
-        self.out, self.inplace = out, inplace
-
-    def _empty(self) -> npt.NDArray[Any]:
-        """A new output of the logits' shape, Fortran order for Fortran-ordered logits."""
-        x = self.x
-        order: Literal["C", "F"] = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
-        return np.empty(x.shape, dtype=x.dtype, order=order)
+        super().__init__(V.NumpyBCEChecks, logits, target, weight, pos_weight, reduction,
+                         n_threads, inplace, out)
 
     def run(self, want_loss: bool, want_grad: bool = False,
             grad_output: Any = 1.0) -> tuple[Any, Any]:

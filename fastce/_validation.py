@@ -136,6 +136,66 @@ def check_probability_target(dtype: np.dtype[Any], shape: tuple[int, ...],
                                 f"{dtype}; convert 0/1 labels with target.astype(logits.dtype)")
 
 
+class BCEArguments:
+    """The checked arguments of one BCE-with-logits call, on the array backend ``b``: one
+    order of checks and one output rule for every path. ``b`` provides ``threads``,
+    ``check_inplace``, ``as_logits``, ``as_target``, ``as_operand``, ``check_grad_buffer``
+    and ``empty``: :class:`NumpyBCEChecks` here, ``fastce.cuda._bce.BceOps`` for CuPy."""
+
+    def __init__(self, b: Any, logits: Any, target: Any, weight: Any, pos_weight: Any,
+                 reduction: Any, n_threads: Any, inplace: bool = False, out: Any = None) -> None:
+        self.b = b
+        self.reduction = check_reduction(reduction)
+        self.n_threads = b.threads(n_threads)
+        if inplace:
+            b.check_inplace(logits, out)
+        x = b.as_logits(logits)
+        self.y = b.as_target(target, x.shape, x.dtype)
+        self.w = b.as_operand(weight, "weight", x.shape, x.dtype)
+        self.pw = b.as_operand(pos_weight, "pos_weight", x.shape, x.dtype)
+        self.inputs = bce_inputs(target, weight, pos_weight)
+        self.x = x
+        self.set_output(out, inplace)
+
+    def check_inplace(self, logits: Any, out: Any) -> None:
+        self.b.check_inplace(logits, out)
+
+    def set_output(self, out: Any, inplace: bool,
+                   more_inputs: dict[str, Any] | None = None) -> None:
+        inputs = dict(self.inputs, **(more_inputs or {}))
+        self.b.check_grad_buffer(self.x, out, inplace, self.x.dtype, inputs)
+        self.out, self.inplace = out, inplace
+
+    def _empty(self) -> Any:
+        """A new array of the logits' shape, Fortran order for Fortran-ordered logits."""
+        x = self.x
+        f_order = x.flags.f_contiguous and not x.flags.c_contiguous
+        return self.b.empty(x.shape, x.dtype, "F" if f_order else "C")
+
+
+class NumpyBCEChecks:
+    """The NumPy backend of :class:`BCEArguments`."""
+
+    threads = staticmethod(resolve_threads)
+    check_inplace = staticmethod(check_inplace)
+    check_grad_buffer = staticmethod(check_grad_buffer)
+
+    @staticmethod
+    def as_logits(logits: Any) -> npt.NDArray[Any]:
+        return as_float_array(logits, "logits")
+
+    as_target = staticmethod(as_probability_target)
+
+    @staticmethod
+    def as_operand(arr: Any, name: str, shape: tuple[int, ...] | None,
+                   dtype: np.dtype[Any] | None) -> npt.NDArray[Any] | None:
+        return as_broadcast_operand(arr, name, shape, dtype)
+
+    @staticmethod
+    def empty(shape: tuple[int, ...], dtype: np.dtype[Any], order: Any) -> npt.NDArray[Any]:
+        return np.empty(shape, dtype=dtype, order=order)
+
+
 def bce_inputs(target: object, weight: object, pos_weight: object) -> dict[str, object]:
     """The array inputs of a BCE call that its gradient may not overwrite (with
     ``grad_output``, added by the call that has one)."""

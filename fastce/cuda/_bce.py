@@ -111,6 +111,19 @@ class BceOps:
     # ------------------------------------------------------------------ validation
     # The CPU path's checks (fastce._validation and the contract, same order, classes and
     # messages) on the metadata of device arrays: device memory is never read.
+    @staticmethod
+    def threads(n_threads):
+        _check_threads(n_threads)  # accepted and checked like the CPU path's, then unused
+
+    def check_inplace(self, logits, out):
+        self.o._check_inplace(logits, out)
+
+    def check_grad_buffer(self, x, out, inplace, dtype, inputs):
+        self.o._check_grad_buffer(x, out, inplace, dtype, inputs)
+
+    def empty(self, shape, dtype, order):
+        return self.xp.empty(shape, dtype=dtype, order=order)
+
     def as_logits(self, logits):
         return self.o._as_float(logits, "logits", allow_half=False)
 
@@ -214,39 +227,16 @@ class BceOps:
         return call.run(want_loss=True, want_grad=True, grad_output=grad_output)
 
 
-class BceCall:
-    """One validated call: the GPU twin of ``fastce._bce._BCECall`` (same checks in the same
-    order, same ``set_output`` / ``run`` / ``check_inplace``), so ``BCEWithLogitsLoss``
-    drives either."""
+class BceCall(V.BCEArguments):
+    """One validated call on device arrays: the arguments checked by ``V.BCEArguments``
+    (the CPU path's class), on this backend; ``run`` launches the kernel. So
+    ``BCEWithLogitsLoss`` drives either path."""
 
     def __init__(self, ops, logits, target, weight, pos_weight, reduction, n_threads,
                  inplace=False, out=None):
         self.ops = ops
-        self.reduction = V.check_reduction(reduction)
-        _check_threads(n_threads)
-        if inplace:
-            ops.o._check_inplace(logits, out)
-        x = ops.as_logits(logits)
-        self.y = ops.as_target(target, x.shape, x.dtype)
-        self.w = ops.as_operand(weight, "weight", x.shape, x.dtype)
-        self.pw = ops.as_operand(pos_weight, "pos_weight", x.shape, x.dtype)
-        self.inputs = V.bce_inputs(target, weight, pos_weight)
-        self.x = x
-        self.set_output(out, inplace)
-
-    def check_inplace(self, logits, out):
-        self.ops.o._check_inplace(logits, out)
-
-    def set_output(self, out, inplace, more_inputs=None):
-        inputs = dict(self.inputs, **(more_inputs or {}))
-        self.ops.o._check_grad_buffer(self.x, out, inplace, self.x.dtype, inputs)
-        self.out, self.inplace = out, inplace
-
-    def _empty(self):
-        """A new array of the logits' shape, Fortran order for Fortran-ordered logits."""
-        x = self.x
-        order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
-        return self.ops.xp.empty(x.shape, dtype=x.dtype, order=order)
+        super().__init__(ops, logits, target, weight, pos_weight, reduction, n_threads,
+                         inplace, out)
 
     def run(self, want_loss, want_grad=False, grad_output=1.0):
         """Returns ``(loss or None, grad or None)``."""
