@@ -57,3 +57,54 @@ def test_api_reference_documents_every_public_name():
     api = (ROOT / "docs" / "api.rst").read_text()
     documented = set(re.findall(r"^\.\. auto(?:function|class|exception):: fastce\.(\w+)$", api, flags=re.M))
     assert documented == set(fastce.__all__), (set(fastce.__all__) ^ documented)
+
+
+def _import_graph():
+    """fastce's modules and the fastce modules each one imports, at module level or inside
+    a function (``from . import x``, ``from ..y import z``, ``import fastce.w``)."""
+    import ast
+
+    pkg_dir = pathlib.Path(fastce.__file__).resolve().parent
+    mods = {}
+    for path in pkg_dir.rglob("*.py"):
+        parts = ("fastce",) + path.relative_to(pkg_dir).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                    + ([node.module] if node.module else []))
+                for alias in node.names:  # a submodule (.py or compiled) if it is one, else
+                    sub = f"{base}.{alias.name}"  # a name from the module itself
+                    edges.add(sub if sub in mods or sub in sys.modules else base)
+            elif isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+        graph[name] = {e for e in edges if e in mods and e != name}
+    return graph
+
+
+def test_imports_form_a_tree():
+    """No import cycle among fastce's modules, counting the imports inside functions (a
+    cycle held together by function-level imports is still one)."""
+    graph = _import_graph()
+    assert {"fastce._api", "fastce.cuda._api", "fastce.distributed._comm"} <= set(graph)
+    state, path = {}, []
+
+    def visit(mod):
+        state[mod] = "open"
+        path.append(mod)
+        for dep in sorted(graph[mod]):
+            assert state.get(dep) != "open", "import cycle: " + " -> ".join(path[path.index(dep):] + [dep])
+            if dep not in state:
+                visit(dep)
+        path.pop()
+        state[mod] = "done"
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod)

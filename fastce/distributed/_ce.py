@@ -372,7 +372,7 @@ def _fused_exchange(c: Communicator, call: Any, mx: Any, n: int) -> Any:
         rec[:n, 5] = call.share
         rec[:n, 6] = call.b_s
         rec[n + 1, 1:3] = (call.C, float(call.start + call.C) ** 2 - float(call.start) ** 2)
-    c.allreduce_lse(rec)
+    c.allreduce_lse(rec, combine_lse_records)
     mx[:n] = m = rec[:n, 1]
     mx[n:] = rec[n, 1:1 + _MAX_HEAD]
     if call is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import sys
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Callable, Literal, overload
 
 import numpy as np
 
@@ -43,11 +43,13 @@ class Communicator(abc.ABC):
     def allreduce_sum(self, buf: npt.NDArray[np.float64]) -> None:
         """Replace ``buf`` by its elementwise sum over the group's ranks."""
 
-    def allreduce_lse(self, rec: npt.NDArray[np.float64]) -> None:
+    def allreduce_lse(self, rec: npt.NDArray[np.float64],
+                      combine: Callable[[Any, Any], None]) -> None:
         """Optional (``fused_lse = True``): replace the ``(R, 8)`` float64 records by
-        their reduction under ``fastce.distributed._ce.combine_lse_records`` (the
-        (max, sum) operator of the forward). Engines without user-defined reductions
-        leave it out, and the forward takes a MAX and a SUM instead."""
+        their reduction under ``combine(a, b)`` (``b = a (+) b`` in place: the forward's
+        (max, sum) operator, ``fastce.distributed._ce.combine_lse_records``, the same in
+        every call). Engines without user-defined reductions leave it out, and the
+        forward takes a MAX and a SUM instead."""
         raise NotImplementedError(f"{type(self).__name__} has no fused (max, sum) all-reduce")
 
 
@@ -78,9 +80,10 @@ class CountingCommunicator(Communicator):
         self.log.append(("sum", buf.size))
         self.inner.allreduce_sum(buf)
 
-    def allreduce_lse(self, rec: npt.NDArray[np.float64]) -> None:
+    def allreduce_lse(self, rec: npt.NDArray[np.float64],
+                      combine: Callable[[Any, Any], None]) -> None:
         self.log.append(("lse", rec.size))
-        self.inner.allreduce_lse(rec)
+        self.inner.allreduce_lse(rec, combine)
 
 
 class TorchCommunicator(Communicator):
@@ -140,18 +143,19 @@ class MPICommunicator(Communicator):
     def allreduce_sum(self, buf: npt.NDArray[np.float64]) -> None:
         self._comm.Allreduce(self._mpi.IN_PLACE, [buf, self._mpi.DOUBLE], op=self._mpi.SUM)
 
-    def allreduce_lse(self, rec: npt.NDArray[np.float64]) -> None:
+    def allreduce_lse(self, rec: npt.NDArray[np.float64],
+                      combine: Callable[[Any, Any], None]) -> None:
         MPI = self._mpi
         cls = MPICommunicator
         if cls._op is None:  # once per process (MPI keeps them until finalize)
-            from ._ce import combine_lse_records
+            width = rec.shape[1]
 
-            def combine(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
-                a = np.frombuffer(inbuf, dtype=np.float64).reshape(-1, rec.shape[1])
-                b = np.frombuffer(inoutbuf, dtype=np.float64).reshape(-1, rec.shape[1])
-                combine_lse_records(a, b)
+            def op(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
+                a = np.frombuffer(inbuf, dtype=np.float64).reshape(-1, width)
+                b = np.frombuffer(inoutbuf, dtype=np.float64).reshape(-1, width)
+                combine(a, b)
             cls._rec_type = MPI.DOUBLE.Create_contiguous(rec.shape[1]).Commit()
-            cls._op = MPI.Op.Create(combine, commute=True)
+            cls._op = MPI.Op.Create(op, commute=True)
         self._comm.Allreduce(MPI.IN_PLACE, [rec, rec.shape[0], cls._rec_type], op=cls._op)
 
 
