@@ -4,6 +4,8 @@ Row-wise log-sum-exp, log-softmax, softmax, cross-entropy (forward, fused forwar
 backward, backward) and NLL with PyTorch's semantics, computed by SIMD kernels
 (AVX-512, AVX2+FMA, NEON, scalar; chosen at import) over OpenMP threads.
 """
+from __future__ import annotations
+
 from ._version import __version__  # noqa: E402, F401  (a leaf: _config reads it too)
 
 # The compiled core first: in a source tree that was never built, "from ._api import ..."
@@ -47,6 +49,7 @@ from ._errors import ArgumentTypeError, ArgumentValueError  # noqa: E402
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad  # noqa: E402
 from ._config import (  # noqa: E402
     _select_initial_isa,
+    register_backend as _register_backend,
     get_isa,
     get_num_threads,
     set_isa,
@@ -57,6 +60,19 @@ from ._config import (  # noqa: E402
 
 _select_initial_isa()
 del _select_initial_isa
+
+
+def _describe_gpu() -> str | None:
+    """show_config's GPU line: the CuPy path's own description, None without CuPy."""
+    try:
+        from . import cuda
+    except ImportError:
+        return None
+    description: str | None = cuda.describe()  # fastce.cuda is not annotated
+    return description
+
+
+_register_backend("gpu", _describe_gpu)
 
 __all__ = [
     "CrossEntropyLoss", "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any, TextIO, cast
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -124,17 +124,18 @@ def _config_dict() -> dict[str, Any]:
         "openmp": _kernels.have_openmp(),
         "num_threads": get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "gpu": _gpu_description(),
+        **{name: describe() for name, describe in _BACKENDS.items()},
     }
 
 
-def _gpu_description() -> str | None:
-    try:
-        from . import cuda
-    except ImportError:
-        return None
-    describe = getattr(cuda, "describe", None)
-    return cast("str | None", describe()) if describe else None
+#: the other backends' lines of show_config: name -> a function describing the backend
+#: (None: not available). The package registers them, so this module imports no backend.
+_BACKENDS: dict[str, Callable[[], str | None]] = {}
+
+
+def register_backend(name: str, describe: Callable[[], str | None]) -> None:
+    """Add a backend's line to :func:`show_config` (``describe`` is called each time)."""
+    _BACKENDS[name] = describe
 
 
 def show_config(file: TextIO | None = None) -> None:
