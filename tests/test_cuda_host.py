@@ -31,6 +31,9 @@ import pytest
 from conftest import require_in_ci
 from fastce.cuda import _api as A
 
+#: the repository (this test file's), whether fastce runs from it or is installed
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 CU_FILES = sorted(A.KERNEL_FILES)
 
 
@@ -299,7 +302,7 @@ def test_source_is_one_text(cu):
     assert not re.search(r'^\s*#\s*include', src, re.M)
     params = _raw("kernel_params.h")
     assert src.count(params) == 1
-    row_h = os.path.join(os.path.dirname(os.path.dirname(A.HERE)), "include", "fastce", "row.h")
+    row_h = os.path.join(REPO, "include", "fastce", "row.h")  # the CPU path's header
     with open(row_h, encoding="utf-8") as f:
         row = f.read()
     if cu == "rows.cu":
@@ -348,9 +351,8 @@ def test_source_include_errors(tmp_path):
 def test_installed_package_has_the_kernel_sources(tmp_path):
     """What read_source needs is in a built package: the .cu files and kernel_params.h as
     package data, row.h copied in by setup.py's build_py (a wheel is built from that tree)."""
-    root = os.path.dirname(os.path.dirname(A.HERE))
     r = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
-                       cwd=root, capture_output=True, text=True)
+                       cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     built = tmp_path / "fastce" / "cuda"
     for cu in CU_FILES:
