@@ -278,7 +278,8 @@ DEF MODE_SPLIT = 1    # huge rows: fixed-size chunks in parallel, merged in orde
 DEF MODE_COLS = 2     # `lanes` rows side by side, read in place (class-strided layouts)
 DEF MODE_COLS_T = 3   # `lanes` rows side by side, transposed into scratch (small C)
 
-DEF SMALL_C = 32          # up to here, contiguous rows go `lanes` at a time
+DEF SMALL_C = 32          # up to here, contiguous rows go `lanes` at a time ...
+DEF SMALL_C_LOSS = 48     # ... and up to here when no output row is written
 DEF SPLIT_CHUNK = 16384   # elements per chunk when huge rows are split
 DEF SPLIT_MIN_C = 65536   # rows at least this long are split ...
 DEF SPLIT_MAX_ROWS = 16   # ... when there are fewer than this many, or when a row through
@@ -401,7 +402,7 @@ cdef void plan(Sweep *s, cnp.ndarray x, cnp.ndarray out, cnp.ndarray soft_target
         s.mode, s.lanes_on_b = MODE_COLS, False
         s.per = (s.x.A + lanes - 1) // lanes
         s.nblocks = s.x.B * s.per
-    elif s.C <= SMALL_C and lanes > 1:
+    elif (s.C <= SMALL_C or (s.C <= SMALL_C_LOSS and s.out_kind == OUT_NONE)) and lanes > 1:
         s.mode = MODE_COLS_T
         s.nblocks = (s.rows + lanes - 1) // lanes
 
