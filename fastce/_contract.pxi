@@ -26,6 +26,7 @@ from fastce._errors import ArgumentTypeError, ArgumentValueError
 cdef extern from "numpy/arrayobject.h":
     enum:
         NPY_HALF_T "NPY_HALF"
+        NPY_USERDEF_T "NPY_USERDEF"  # the first user dtype's number (ml_dtypes' are above)
     object PyArray_NewLikeArray(cnp.ndarray prototype, cnp.NPY_ORDER order, cnp.dtype descr, int subok)
     object PyArray_Scalar(void *data, cnp.dtype descr, PyObject *base)  # borrows descr
 
@@ -255,7 +256,7 @@ def mix_error(on_gpu, on_host="logits"):
 
 def is_half(dtype):
     """float16, or ml_dtypes' bfloat16 (recognised by name: no import needed)."""
-    return dtype == np.float16 or dtype.name == "bfloat16"
+    return dtype == np.float16 or is_bf16(dtype)
 
 
 def compute_dtype(dtype):
@@ -279,7 +280,7 @@ cdef inline bint is_float_logits(cnp.ndarray a):
     cdef int t = cnp.PyArray_TYPE(a)
     if not cnp.PyArray_ISNOTSWAPPED(a):
         return False
-    return t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE or t == NPY_HALF_T or a.dtype.name == "bfloat16"
+    return t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE or t == NPY_HALF_T or is_bf16(a.dtype)
 
 
 def as_float_array(x, name, allow_half=False):
@@ -701,7 +702,7 @@ def is_probability_target(target, logits_shape, backend=None):
     ``backend``'s arrays are judged by their metadata."""
     t = (target if isinstance(target, np.ndarray) or (backend is not None and backend.is_array(target))
          else np.asarray(target))
-    return ((np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16")
+    return ((np.issubdtype(t.dtype, np.floating) or is_bf16(t.dtype))
             and tuple(t.shape) == tuple(logits_shape))
 
 
@@ -839,7 +840,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
     # target: probability targets (a float array of the logits' shape) or class indices
     if isinstance(target, cnp.ndarray):
         soft = (not nll and (cnp.PyArray_ISFLOAT(<cnp.ndarray> target)
-                             or (<object> target).dtype.name == "bfloat16")
+                             or is_bf16((<object> target).dtype))
                 and (<object> target).shape == xshape)
     else:
         soft = not nll and is_probability_target(target, xshape)

@@ -345,13 +345,21 @@ cdef struct Sweep:
     int64_t sw                  # elements per buffer of a thread's scratch: C, or SPLIT_CHUNK
 
 
+cdef inline bint is_bf16(object dtype):
+    """ml_dtypes' bfloat16, recognised by name (no import needed), after a C test of the type
+    number: ``dtype.name`` is a Python-level property (microseconds), read only for the user
+    dtypes that could be bfloat16."""
+    return (isinstance(dtype, cnp.dtype) and (<cnp.dtype> dtype).type_num >= NPY_USERDEF_T
+            and dtype.name == "bfloat16")
+
+
 cdef int half_kind(cnp.ndarray arr):
     cdef int t = cnp.PyArray_TYPE(arr)
     if t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE:
         return HALF_NONE
     if t == NPY_HALF_T:
         return HALF_F16
-    if arr.dtype.name == "bfloat16":
+    if is_bf16(arr.dtype):
         return HALF_BF16
     return HALF_NONE
 
