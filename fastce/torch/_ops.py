@@ -29,7 +29,6 @@ _ce_call: Any = _api._ce_call
 
 from ._convert import as_array, check_device, loss_dtype, resolve_threads, to_tensor
 
-_FULL = (torch.float32, torch.float64)
 _LINEAR_BUDGET = 64 * 2**20  # bytes of the reused logits chunk, as fastce.linear_cross_entropy
 
 # ---------------------------------------------------------------------------------------
@@ -116,7 +115,7 @@ def _empty(dtype: torch.dtype) -> Tensor:
 # mode (no compile, no tracing, no dispatch mode, no functorch transform) ``call`` runs the
 # op's Python implementation directly, through a torch.autograd.Function built from the
 # op's own setup_context and backward when a gradient is needed; traced code sees the op.
-_EAGER: Dict[Any, Tuple[Callable[..., Any], Optional[Callable[..., Any]]]] = {}
+_EAGER: Dict[Any, Tuple[Callable[..., Any], Optional[Callable[..., Any]], int, Tuple[None, ...]]] = {}
 
 
 # torch.autograd.Function.apply is Python (a signature bind, functorch's dead-wrapper
@@ -125,32 +124,61 @@ _EAGER: Dict[Any, Tuple[Callable[..., Any], Optional[Callable[..., Any]]]] = {}
 _C_APPLY = torch._C._FunctionBase.__dict__["apply"]
 
 
+def _leading_tensors(op: Any) -> int:
+    """How many of ``op``'s arguments, from the first, are (optional) tensors."""
+    k = 0
+    for a in op._opoverload._schema.arguments:
+        if str(a.type) not in ("Tensor", "Optional[Tensor]"):
+            break
+        k += 1
+    return k
+
+
 def _register(op: Any, setup: Optional[Callable[..., Any]] = None,
-                backward: Optional[Callable[..., Any]] = None,
-                eager: Optional[Callable[..., Any]] = None) -> None:
+              backward: Optional[Callable[..., Any]] = None,
+              eager: Optional[Callable[..., Any]] = None, shown: int = 0) -> None:
     """Register ``op``'s autograd formula, and the eager fast path ``call`` takes.
 
     ``eager``: the implementation run outside the dispatcher (default: the op's own); it
     may return None where the op returns an empty placeholder tensor, which costs a
     ``torch.empty`` per output and call. ``setup`` must accept those Nones.
+
+    The eager Function costs less per call than a Function of the op's signature:
+    - it takes the op's leading tensors, then its other arguments packed in one tuple
+      (the C apply inspects every argument);
+    - of an op with several outputs it returns only the first ``shown``, less a last one
+      that is None (a loss, an lse). The others (gradients computed in the forward) are
+      saved state that ``setup`` keeps; a None output cost the C apply ~3 us at (32, 10).
+      ``call`` pads its result, and the backward its gradients, back to the op's outputs.
     """
     impl = eager if eager is not None else op._init_fn
+    k = _leading_tensors(op)
+    n_out = len(op._opoverload._schema.returns)
+    pad = (None,) * n_out if n_out > 1 else ()
     apply = None
     if backward is not None:
         op.register_autograd(backward, setup_context=setup)
 
         assert setup is not None
+        assert (n_out > 1) == (shown > 0), "shown: how many of several outputs callers read"
 
         # ctx-style forward: a separate setup_context costs a signature bind per call
-        def forward(ctx: Any, *args: Any) -> Any:
+        def forward(ctx: Any, *packed: Any) -> Any:
+            args = packed[:k] + packed[k]
             out = impl(*args)
             setup(ctx, args, out)
-            return out
+            if not pad:
+                return out
+            vis = out[:shown]  # None only last (an lse not asked for)
+            return vis if vis[-1] is not None else vis[:-1]
+
+        def eager_backward(ctx: Any, *grads: Any) -> Any:
+            return backward(ctx, *grads, *pad[len(grads):])[:k] + (None,)
 
         fn = type(f"_{op._init_fn.__name__}_function", (torch.autograd.Function,),
-                  {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+                  {"forward": staticmethod(forward), "backward": staticmethod(eager_backward)})
         apply = _C_APPLY.__get__(None, fn)
-    _EAGER[op] = (impl, apply)
+    _EAGER[op] = (impl, apply, k, pad)
 
 
 _is_compiling = torch.compiler.is_compiling
@@ -171,8 +199,11 @@ def call(op: Any, *args: Any, grad: bool = False) -> Any:
     """
     first = args[0]
     if plain_eager(first):
-        impl, apply = _EAGER[op]
-        return apply(*args) if grad and apply is not None else impl(*args)
+        impl, apply, k, pad = _EAGER[op]
+        if not grad or apply is None:
+            return impl(*args)
+        res = apply(*args[:k], args[k:])
+        return res + pad[len(res):] if pad else res
     if first.device.type == "cuda":  # before any GPU work (linear CE's products), not at the kernel
         check_device(first, "input")
     return op(*args)
@@ -194,23 +225,29 @@ def _ce_compute(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_
     x, t = as_array(input, "input"), as_array(target, "target")
     w = None if weight is None else as_array(weight, "weight")
     nt = n_threads if n_threads > 0 else torch.get_num_threads()
-    ldtype = input.dtype if input.dtype in _FULL else loss_dtype(input.dtype)
     if compute_grad:
         # NumPy's allocator advises huge pages for large arrays: at 4096 x 32000 the first
         # write faults in ~40% less time than into torch.empty's memory
-        out = np.empty(tuple(input.shape), dtype=x.dtype)
-        grad = to_tensor(out)
+        out = np.empty(x.shape, dtype=x.dtype)
         unit = np.ones(tuple(rows_shape(input, target))) if reduction == "none" else 1.0
         res = _ce_call(1, x, t, w, ignore_index, reduction, label_smoothing, z_loss, softcap,
                        logit_scale, num_items, None, return_lse, 0, None, unit,
                        out, False, None, nt)
-        return to_tensor(res[0], ldtype), (to_tensor(res[2], ldtype) if return_lse else None), grad
-    res = _ce_call(0, x, t, w, ignore_index, reduction, label_smoothing, z_loss, softcap,
-                   logit_scale, num_items, None, return_lse, 0, None, 1.0, None, False, None, nt)
-    if return_lse:
-        return to_tensor(res[0], ldtype), to_tensor(res[1], ldtype), None
-    loss = torch.from_numpy(np.asarray(res))  # a fresh result (a writeable NumPy scalar or array)
-    return (loss if loss.dtype == ldtype else loss.to(ldtype)), None, None
+        # fresh, writeable results: torch.from_numpy directly (to_tensor for bfloat16)
+        grad = torch.from_numpy(out) if input.dtype is not torch.bfloat16 else to_tensor(out)
+        loss = torch.from_numpy(np.asarray(res[0]))
+        lse = torch.from_numpy(res[2]).to(loss.dtype) if return_lse else None
+    else:
+        res = _ce_call(0, x, t, w, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                       logit_scale, num_items, None, return_lse, 0, None, 1.0, None, False, None, nt)
+        grad = None
+        if return_lse:
+            loss = torch.from_numpy(np.asarray(res[0]))
+            lse = torch.from_numpy(res[1]).to(loss.dtype)
+        else:
+            loss, lse = torch.from_numpy(np.asarray(res)), None
+    # the loss comes in loss_dtype(input.dtype) already; the lse in float64
+    return loss, lse, grad
 
 
 @torch.library.custom_op("fastce::cross_entropy", mutates_args=())
@@ -244,7 +281,10 @@ def _ce_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
     input, target, weight, reduction = inputs[0], inputs[1], inputs[2], inputs[4]
     compute_grad = inputs[11]
     loss, lse, grad = output
-    ctx.mark_non_differentiable(*[o for o in (lse, grad) if o is not None])
+    if lse is not None and grad is not None:  # (a list of the not-None costs ~0.5 us)
+        ctx.mark_non_differentiable(lse, grad)
+    elif lse is not None or grad is not None:
+        ctx.mark_non_differentiable(grad if lse is None else lse)
     ctx.compute_grad = compute_grad
     ctx.per_row = reduction == "none" and input.dim() > 1
     # probability targets that require grad: the wrapper asked for the lse, so backward
@@ -303,7 +343,7 @@ def _ce_backward(ctx: Any, g_loss: Optional[Tensor], g_lse: Optional[Tensor],
     return tuple(out)
 
 
-_register(cross_entropy_op, _ce_setup, _ce_backward, eager=_ce_compute)
+_register(cross_entropy_op, _ce_setup, _ce_backward, eager=_ce_compute, shown=2)  # loss, lse
 
 
 # ---------------------------------------------------------------------------------------
@@ -436,7 +476,7 @@ def _bce_backward(ctx: Any, g_loss: Optional[Tensor], g_grad: Optional[Tensor]) 
     return tuple(out)
 
 
-_register(bce_op, _bce_setup, _bce_backward)
+_register(bce_op, _bce_setup, _bce_backward, shown=1)  # the loss
 
 
 # ---------------------------------------------------------------------------------------
@@ -734,5 +774,5 @@ def _linear_backward(ctx: Any, g_loss: Optional[Tensor], g_lse: Optional[Tensor]
     return tuple(out)
 
 
-_register(linear_cross_entropy_op, _linear_setup, _linear_backward)
+_register(linear_cross_entropy_op, _linear_setup, _linear_backward, shown=2)  # loss, lse
 _register(linear_cross_entropy_backward_op)
