@@ -109,10 +109,7 @@ def logsumexp(x: npt.ArrayLike, axis: int = -1, *, out: npt.NDArray[Any] | None 
     if a * b and c:
         x3 = V.as_rows3(x, ax)
         _kernels.lse_rows(x3, res, nt)
-        for r in np.flatnonzero(np.isnan(res)):  # rare: +inf alone gives +inf, like NumPy/torch
-            row = x3[r // b, :, r % b]
-            if np.isposinf(row).any() and not np.isnan(row).any():
-                res[r] = np.inf
+        _kernels.posinf_lse(x3, res)
     res = res.reshape(shape)
     if out is not None:
         np.copyto(out, res, casting="same_kind")

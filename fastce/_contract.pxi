@@ -982,6 +982,8 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
             dispatch(&s, x3, o3, nt, soft3)
             if lse_arr is not None and lse_in is not None and not soft:
                 lse_arr[:] = lse_in  # the given lse, returned as given
+            elif lse_arr is not None and softcap is None:  # a softcap keeps +inf finite
+                posinf_lse(x3, lse_arr, scale)
         if copy_to is not None:
             np.copyto(copy_to, o3.reshape(copy_to.shape))
 
@@ -1015,6 +1017,23 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
     if return_lse:
         out_tuple = out_tuple + (lse_arr.reshape(expected_target_shape(xshape)),)
     return out_tuple[0] if len(out_tuple) == 1 else out_tuple
+
+
+def posinf_lse(cnp.ndarray x, cnp.ndarray lse, double scale=1.0):
+    """Give +inf to the lse of every row of the logits x (times ``scale``) that holds +inf
+    and no nan, as NumPy's and torch's logsumexp do. x: (C,), (N, C) or (A, C, B), its
+    rows in the order of lse, a float64 vector.
+
+    The kernels' exp(x - max) is exp(inf - inf) = nan there. Only rows whose lse is nan
+    are read again, so the common call pays one isnan over the lse.
+    """
+    cdef Py_ssize_t b = x.shape[2] if x.ndim == 3 else 1
+    for r in np.flatnonzero(np.isnan(lse)):
+        row = x if x.ndim == 1 else (x[r] if x.ndim == 2 else x[r // b, :, r % b])
+        if scale != 1.0:
+            row = row.astype(np.float64) * scale
+        if np.isposinf(row).any() and not np.isnan(row).any():
+            lse[r] = np.inf
 
 
 cdef void nll_rows(const Sweep *s, cnp.ndarray x3, cnp.ndarray o3, double *loss, double g,

@@ -159,6 +159,31 @@ def test_extreme_values(reference, dtype, c, isa):
         f"{case}: masked classes must give p = 0, log p = -inf"
 
 
+@pytest.mark.parametrize("c", [3, 17, 64, 1000])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_cross_entropy_lse_of_extreme_rows(dtype, c, isa):
+    """return_lse gives logsumexp's lse on every extreme row: +inf for a row holding +inf
+    and no nan (exp(inf - inf) is nan inside the kernels), with and without the gradient,
+    for class indices and probabilities, and for the scaled logits under logit_scale."""
+    x = _extreme_rows(c).astype(dtype)
+    want = fastce.logsumexp(x)
+    t = np.zeros(len(x), dtype=np.int64)
+    p = np.full(x.shape, 1.0 / c, dtype=dtype)
+    rtol = 4 * np.finfo(dtype).eps
+    with np.errstate(invalid="ignore"):
+        for name, got in [("loss", fastce.cross_entropy(x, t, reduction="none", return_lse=True)[1]),
+                          ("loss+grad", fastce.cross_entropy_with_grad(x, t, reduction="none",
+                                                                       return_lse=True)[2]),
+                          ("probabilities", fastce.cross_entropy(x, p, reduction="none",
+                                                                 return_lse=True)[1])]:
+            # the same lse to a few ulp (the sweeps differ), the same nan and infinities
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=0, err_msg=f"{name}: C={c}")
+        got = fastce.cross_entropy(x, t, reduction="none", return_lse=True, logit_scale=-1.0)[1]
+        np.testing.assert_allclose(got, fastce.logsumexp(-x), rtol=rtol, atol=0,
+                                   err_msg=f"logit_scale=-1: C={c}")
+    assert (want[list(POSINF_ROWS)] == np.inf).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_bitwise_identical_across_threads(dtype, isa):
     x = with_layout(make_logits((515, 77), dtype), "sliced")
