@@ -6,7 +6,7 @@
  *
  * row_stats     one read: the row's max, sum of exp(x - max) (online softmax), and
  *               optionally dev = sum w (max - x) with u = sum w (fastce.h). Sums
- *               accumulate in float64. A lane's reference max only moves when a score
+ *               accumulate in float64 (the sum of exp compensated for float64 data). A lane's reference max only moves when a score
  *               exceeds it by FCE_RESCALE_MARGIN: exp(x - ref) <= e**16 stays exact
  *               enough, and rows whose max creeps up (sorted scores) pay a handful of
  *               rescales instead of one per vector, each of which rounds the factor
@@ -37,14 +37,40 @@
 
 #define FCE_RESCALE_MARGIN 16
 
-/* per-lane state: reference max mx, sum of exp(x - mx), and for dev the
- * weighted deviations d = sum u (mx - x), weights us = sum u, and corr, the float64
- * correction the reference moves have added to dev (kept apart: they are rare) */
-typedef struct { V mx; ACC s, d, us; double corr; } FN(stats_acc);
+/* s += v, compensated for float64 rows (Kahan: sc collects what each add rounds away,
+ * the sum is s - sc). A float64 row can add many terms far below its running sums: 69998
+ * classes at exp(-40) beside two at 1 lost 85 ulp of the lse uncompensated. A float32 row
+ * sums float32 terms in float64, 29 bits below its sums: there sc is unused (compiled
+ * away). No -ffast-math anywhere (setup.py), which would fold the compensation to 0. */
+static inline void FN(sum_add)(ACC *s, ACC *sc, V v) {
+#if FCE_IS_F32
+    (void)sc;
+    *s = AOP(add)(*s, v);
+#else
+    const V y = VOP(sub)(v, *sc), t = VOP(add)(*s, y);
+    *sc = VOP(sub)(VOP(sub)(t, *s), y);
+    *s = t;
+#endif
+}
+
+/* the lanes' compensated sums */
+static inline ACC FN(sum_lanes)(ACC s, ACC sc) {
+#if FCE_IS_F32
+    (void)sc;
+    return s;
+#else
+    return VOP(sub)(s, sc);
+#endif
+}
+
+/* per-lane state: reference max mx, sum of exp(x - mx) (with its compensation sc), and
+ * for dev the weighted deviations d = sum u (mx - x), weights us = sum u, and corr, the
+ * float64 correction the reference moves have added to dev (kept apart: they are rare) */
+typedef struct { V mx; ACC s, sc, d, us; double corr; } FN(stats_acc);
 
 static inline void FN(stats_init)(FN(stats_acc) *A) {
     A->mx = VOP(set1)(FCE_LOWEST);
-    A->s = A->d = A->us = AOP(zero)();
+    A->s = A->sc = A->d = A->us = AOP(zero)();
     A->corr = 0.0;
 }
 
@@ -54,7 +80,9 @@ static inline int FN(needs_rescale)(V bm, V mx) {
 }
 
 static inline void FN(rebase)(FN(stats_acc) *A, V bm, const int want_dev) {
-    A->s = AOP(scale)(A->s, FN(exp)(VOP(sub)(A->mx, bm)));
+    const V f = FN(exp)(VOP(sub)(A->mx, bm));
+    A->s = AOP(scale)(A->s, f);
+    A->sc = AOP(scale)(A->sc, f);
     if (want_dev) { /* sum u (mx - x) -> sum u (bm - x): + (bm - mx) us per lane */
         FCE_T b[FCE_VN], m[FCE_VN];
         double us[FCE_VN];
@@ -71,7 +99,7 @@ static inline void FN(rebase)(FN(stats_acc) *A, V bm, const int want_dev) {
 static inline void FN(stats_step1)(FN(stats_acc) *A, V xv, V xd, V uv, const int want_dev) {
     const V bm = VOP(max)(A->mx, xv);
     if (FN(needs_rescale)(bm, A->mx)) FN(rebase)(A, bm, want_dev);
-    A->s = AOP(add)(A->s, FN(exp)(VOP(sub)(xv, A->mx)));
+    FN(sum_add)(&A->s, &A->sc, FN(exp)(VOP(sub)(xv, A->mx)));
     if (want_dev) {
         A->d = AOP(add)(A->d, VOP(mul)(uv, VOP(sub)(A->mx, xd)));
         A->us = AOP(add)(A->us, uv);
@@ -85,7 +113,7 @@ static inline void FN(stats_finish)(const FN(stats_acc) *A, const int want_dev, 
     if (gm == FCE_LOWEST) {
         /* empty, every score -inf (sum 0), nan among -inf (sum nan), or a true maximum of
          * exactly the lowest finite value (sum >= 1) */
-        st->sum = AOP(hsum)(A->s);
+        st->sum = AOP(hsum)(FN(sum_lanes)(A->s, A->sc));
         st->max = st->sum >= 1.0 ? (double)FCE_LOWEST : -INFINITY;
         if (want_dev) {
             st->dev = AOP(hsum)(A->d) + A->corr;
@@ -94,7 +122,7 @@ static inline void FN(stats_finish)(const FN(stats_acc) *A, const int want_dev, 
         return;
     }
     st->max = (double)gm;
-    st->sum = AOP(hsum)(AOP(scale)(A->s, FN(exp)(VOP(sub)(A->mx, VOP(set1)(gm)))));
+    st->sum = AOP(hsum)(AOP(scale)(FN(sum_lanes)(A->s, A->sc), FN(exp)(VOP(sub)(A->mx, VOP(set1)(gm)))));
     if (want_dev) {
         FCE_T m[FCE_VN];
         double d[FCE_VN], us[FCE_VN], dev = A->corr, u = 0.0;
@@ -130,7 +158,7 @@ static inline void FN(stats_impl)(const FCE_T *x, int64_t n, const FCE_T *w, con
         if (FN(needs_rescale)(bm, A.mx)) FN(rebase)(&A, bm, want_dev);
         const V e01 = VOP(add)(FN(exp)(VOP(sub)(x0, A.mx)), FN(exp)(VOP(sub)(x1, A.mx)));
         const V e23 = VOP(add)(FN(exp)(VOP(sub)(x2, A.mx)), FN(exp)(VOP(sub)(x3, A.mx)));
-        A.s = AOP(add)(A.s, VOP(add)(e01, e23));
+        FN(sum_add)(&A.s, &A.sc, VOP(add)(e01, e23));
         if (want_dev) {
             V p;
             if (w) {
@@ -272,7 +300,7 @@ static inline void FN(fused_stats_impl)(const FCE_T *x, FCE_T *out, int64_t n, c
     const FCE_T gm = VOP(hmax)(VOP(max)(m0, m1));
     /* all -inf: gm stays the lowest finite value, and exp(-inf - gm) = 0: the sum is 0 */
     const V mv = VOP(set1)(gm), one = VOP(set1)((FCE_T)1);
-    ACC s = AOP(zero)(), d = AOP(zero)(), us = AOP(zero)();
+    ACC s = AOP(zero)(), sc = AOP(zero)(), d = AOP(zero)(), us = AOP(zero)();
     i = 0;
     for (; i + 4 * FCE_VN <= n; i += 4 * FCE_VN) {
         V e[4], xv[4];
@@ -285,7 +313,7 @@ static inline void FN(fused_stats_impl)(const FCE_T *x, FCE_T *out, int64_t n, c
                 us = AOP(add)(us, uv);
             }
         for (int k = 0; k < 4; k++) VOP(storeu)(out + i + k * FCE_VN, e[k]);
-        s = AOP(add)(s, VOP(add)(VOP(add)(e[0], e[1]), VOP(add)(e[2], e[3])));
+        FN(sum_add)(&s, &sc, VOP(add)(VOP(add)(e[0], e[1]), VOP(add)(e[2], e[3])));
     }
     for (; i < n; i += FCE_VN) {
         const int64_t r = n - i < FCE_VN ? n - i : FCE_VN;
@@ -300,11 +328,11 @@ static inline void FN(fused_stats_impl)(const FCE_T *x, FCE_T *out, int64_t n, c
         }
         if (r == FCE_VN) VOP(storeu)(out + i, e);
         else VOP(store_tail)(out + i, r, e);
-        s = AOP(add)(s, e);
+        FN(sum_add)(&s, &sc, e);
     }
     st->dev = want_dev ? AOP(hsum)(d) : 0.0;
     st->u = want_dev ? AOP(hsum)(us) : 0.0;
-    st->sum = AOP(hsum)(s);
+    st->sum = AOP(hsum)(FN(sum_lanes)(s, sc));
     /* a true lowest-finite max has sum >= 1; otherwise every score was -inf (or nan) */
     st->max = (gm == FCE_LOWEST && !(st->sum >= 1.0)) ? -INFINITY : (double)gm;
 }
