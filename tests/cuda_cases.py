@@ -587,6 +587,21 @@ class OptionTests:
         # the log-sum (its ulp is 2); the fused forms carry (max, log sum) instead
         check_against_cpu(h, x, y, lse=None)
 
+    @pytest.mark.parametrize("shape", [(10, 37), (3, 2500), (2, 40000)], ids=str)
+    @pytest.mark.parametrize("magnitude", [1e16, -1e30])
+    def test_smoothing_and_probabilities_at_huge_magnitudes(self, h, reference, shape, magnitude):
+        """The smoothing and probability-target sums measure from a score of the row
+        (fce_ref), as the CPU path's from the max: loss and gradient equal the CPU path's
+        at any magnitude in every kernel shape (measured from 0, sum w x at 1e16 cancelled
+        against W lse and lost the smoothing term)."""
+        d = np.round(make_logits(shape, np.float64, seed=43))
+        x = magnitude + d * np.spacing(magnitude)
+        y = make_target(shape[0], shape[1], ignore="some", seed=43)
+        check_against_cpu(h, x, y, weight=make_weight(shape[1], "random"), label_smoothing=0.1,
+                          lse=None)
+        p = np.random.default_rng(43).dirichlet(np.ones(shape[1]), size=shape[0])
+        check_against_cpu(h, x, p, label_smoothing=0.1, lse=None)
+
     def test_mean_over_zero_total_weight_is_nan(self, h, reference):
         x = make_logits((4, 5), np.float64, seed=42)
         w = np.array([0.0, 0.0, 1.0, 2.0, 3.0])

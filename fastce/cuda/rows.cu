@@ -27,8 +27,9 @@
  *      thread a thread per row, for short rows whose neighbours are adjacent in memory
  *             (class axis strided, e.g. Fortran order or (N, C, H, W)): coalesced.
  * 3. Statistics, one read: running max m and s = sum exp(x - m) (rescaled when m grows),
- *    plus what the loss needs: sum_c w_c x_c (label smoothing), sum_c w_c t_c x_c and
- *    sum_c w_c t_c (probability targets), x[y] (hard targets).  Sums in float64; exp in
+ *    plus what the loss needs: sum_c w_c (ref - x_c) (label smoothing),
+ *    sum_c w_c t_c (ref - x_c) and sum_c w_c t_c (probability targets), x[y] (hard
+ *    targets); ref is the row's first score (fce_ref).  Sums in float64; exp in
  *    T (expf / exp, full accuracy, never __expf).  -inf scores are skipped
  *    (exp(-inf - -inf) would be nan); nan propagates through s; a +inf score makes s nan
  *    (exp(inf - inf)), so the row's lse is nan like the CPU path and torch's log_softmax.
@@ -43,8 +44,8 @@
  *
  * Cross-entropy per row (docs/design.md §1): row.h turns the statistics into the loss and
  * the gradient coefficients (out_c = ca p_c - w_c (cb + cd t_c) - cy [c == y]), as on the
- * CPU path.  The statistics are measured from 0 (row.h's mref = 0: dev = -sum_c u_c x_c),
- * and the z-term's factor zfold is 1 for row_out ('none') and zrow for row_loss (torch's
+ * CPU path.  The statistics are measured from the row's first score (row.h's mref = ref:
+ * dev = sum_c u_c (ref - x_c); the CPU path measures from the max), and the z-term's factor zfold is 1 for row_out ('none') and zrow for row_loss (torch's
  * 'mean' normaliser turned into the z-term's own, the count of rows not ignored).  Here:
  *   logit_scale s:  x_c -> s x_c first (before the softcap); g_c *= s (in the coefficients).
  *   softcap c:      x_c -> c tanh(x_c / c) first; g_c *= 1 - (x_c / c)^2 (capped x_c).
@@ -143,9 +144,10 @@ template <typename S_, typename O_> struct fce_rows_args {
 /* A row's statistics (partial ones for a chunk) and what it needs besides. */
 struct fce_stat {
     double m, s;      /* max, sum exp(x - m)                                   */
-    double wx;        /* sum w_c x_c (label smoothing)                         */
-    double wtx, wts;  /* sum w_c t_c x_c, sum w_c t_c (probability targets)    */
+    double wx;        /* sum w_c (ref - x_c) (label smoothing)                 */
+    double wtx, wts;  /* sum w_c t_c (ref - x_c), sum w_c t_c (prob. targets)  */
     double xy;        /* x at the target, in the part that holds it            */
+    double ref;       /* the row's reference score (fce_ref), not reduced      */
 };
 #define FCE_PART 6    /* doubles per partial statistic in `part` */
 
@@ -171,6 +173,19 @@ __device__ __forceinline__ fce_row fce_row_of(const P &p, long long r) {
         if (q.owns) q.yl = q.y - p.cstart;
     }
     return q;
+}
+
+/* The point the smoothing and probability sums measure from (row.h's mref): the row's
+ * first score, the same for every thread and chunk of the row, so the sums stay plain
+ * sums; 0 when that score is not finite (a masked class). A score of the row, like the
+ * CPU path's max, keeps sum w (ref - x) free of cancellation at any magnitude of the
+ * logits (measured from 0, |x| = 1e16 lost the smoothing term). */
+template <class P>
+__device__ __forceinline__ double fce_ref(const P &p, const typename P::S *xr) {
+    typedef typename P::T T;
+    if (p.C == 0) return 0.0;
+    const T v = fce_score(p, fce_io<typename P::S>::ld(xr));
+    return (v - v == (T)0) ? (double)v : 0.0;  /* inf - inf and nan - nan are nan */
 }
 
 /* sum w_c x_c is needed for a smoothed loss only (hard or soft targets); the gradient
@@ -200,10 +215,10 @@ __device__ __forceinline__ void fce_accumulate(const P &p, const fce_row &q, typ
     }
     if (v != fce_num<T>::ninf()) st.s += (double)fce_num<T>::ex(v - m);
     const double w = p.weight ? p.weight[c] : 1.0;
-    if (want_wx) st.wx += w * (double)v;
+    if (want_wx) st.wx += w * (st.ref - (double)v);
     if (p.soft) {
         const double t = (double)fce_io<typename P::S>::ld(p.soft + q.a * p.ta + q.b * p.tb + c * p.tc);
-        st.wtx += w * t * (double)v;
+        st.wtx += w * t * (st.ref - (double)v);
         st.wts += w * t;
     }
 }
@@ -246,18 +261,18 @@ __device__ __forceinline__ double fce_soft_u(const P &p, const fce_stat &st) {
     return (1.0 - p.eps) * st.wts + p.eps / p.Ctot * p.W;
 }
 
-/* A row's loss (row.h) with the z-term's factor zfold; the statistics measure from 0. */
+/* A row's loss (row.h) with the z-term's factor zfold; the statistics measure from st.ref. */
 template <class P>
 __device__ __forceinline__ double fce_ce_loss(const P &p, const fce_row &q, fce_lse2 ls,
                                               const fce_stat &st, double zfold) {
     const fce_row_params rp = fce_params_of(p, zfold);
     if (p.soft) {
-        double wtx = (1.0 - p.eps) * st.wtx;  /* sum_c w_c t'_c x_c */
-        if (p.eps != 0.0) wtx += p.eps / p.Ctot * st.wx;
-        return fce_soft_loss(&rp, ls.m, ls.l, 0.0, -wtx, fce_soft_u(p, st));
+        double dev = (1.0 - p.eps) * st.wtx;  /* sum_c w_c t'_c (ref - x_c) */
+        if (p.eps != 0.0) dev += p.eps / p.Ctot * st.wx;
+        return fce_soft_loss(&rp, ls.m, ls.l, st.ref, dev, fce_soft_u(p, st));
     }
     const double wy = p.weight_y ? p.weight_y[q.y] : 1.0;
-    return fce_hard_loss(&rp, wy, q.owns, ls.m, ls.l, st.xy, 0.0, -st.wx);
+    return fce_hard_loss(&rp, wy, q.owns, ls.m, ls.l, st.xy, st.ref, st.wx);
 }
 
 /* Per-row results (one thread per row calls this). */
@@ -452,7 +467,8 @@ __device__ void fce_rows_warp(const P &p) {
     for (long long r = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); r < p.n_rows; r += step) {
         const fce_row q = fce_row_of(p, r);
         const S *xr = p.x + q.a * p.xa + q.b * p.xb;
-        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        if (want_wx || p.soft) st.ref = fce_ref(p, xr);
         if (q.ignored && !p.lse_out) {  /* an ignored row's lse is still wanted */
             if (lane == 0) fce_row_result(p, r, q, fce_lse2{0.0, 0.0}, st);
             fce_zero_row(p, q, lane, p.C, 32);
@@ -511,7 +527,8 @@ __device__ void fce_rows_block(const P &p) {
     for (long long r = blockIdx.x; r < p.n_rows; r += gridDim.x) {
         const fce_row q = fce_row_of(p, r);
         const S *xr = p.x + q.a * p.xa + q.b * p.xb;
-        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        if (want_wx || p.soft) st.ref = fce_ref(p, xr);
         if (q.ignored && !p.lse_out) {  /* uniform over the block; lse still wanted */
             if (p.phase == 1) continue;
             if (tid == 0 && finisher) fce_row_result(p, r, q, fce_lse2{0.0, 0.0}, st);
@@ -586,10 +603,12 @@ __device__ void fce_rows_block(const P &p) {
                     if (x3 != NINF) st.s += (double)fce_num<T>::ex(x3 - m);
                     if (want_wx) {
                         if (p.weight) {
-                            st.wx += p.weight[c] * (double)x0 + p.weight[c + nt] * (double)x1
-                                   + p.weight[c + 2 * nt] * (double)x2 + p.weight[c + 3 * nt] * (double)x3;
+                            const double rf = st.ref;
+                            st.wx += p.weight[c] * (rf - (double)x0) + p.weight[c + nt] * (rf - (double)x1)
+                                   + p.weight[c + 2 * nt] * (rf - (double)x2) + p.weight[c + 3 * nt] * (rf - (double)x3);
                         } else {
-                            st.wx += ((double)x0 + (double)x1) + ((double)x2 + (double)x3);
+                            const double rf = st.ref;
+                            st.wx += ((rf - (double)x0) + (rf - (double)x1)) + ((rf - (double)x2) + (rf - (double)x3));
                         }
                     }
                 }
@@ -650,7 +669,8 @@ __device__ void fce_rows_thread(const P &p) {
     for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < p.n_rows; r += step) {
         const fce_row q = fce_row_of(p, r);
         const S *xr = p.x + q.a * p.xa + q.b * p.xb;
-        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        fce_stat st = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        if (want_wx || p.soft) st.ref = fce_ref(p, xr);
         if (q.ignored && !p.lse_out) {  /* an ignored row's lse is still wanted */
             fce_row_result(p, r, q, fce_lse2{0.0, 0.0}, st);
             fce_zero_row(p, q, 0, p.C, 1);

@@ -7,8 +7,8 @@
  *
  * A row arrives as
  *   m, l     lse = m + l: m the row max and l = log(sum exp(x - m)), or a given lse and 0
- *   mref     the point dev is measured from (the row max the statistics used; the CUDA
- *            kernels measure from 0)
+ *   mref     the point dev is measured from, a score of the row (the row max the CPU
+ *            statistics used; the CUDA kernels' first score of the row)
  *   dev, u   dev = sum_c u_c (mref - x_c), u = sum_c u_c over this array's classes, with
  *            u_c = w_c (label smoothing) or w_c t'_c (probability targets)
  * so every difference below is between nearby numbers: lse - x_y = (m - x_y) + l and
