@@ -6,9 +6,10 @@
  *
  * row_stats     one read: the row's max, sum of exp(x - max) (online softmax), and
  *               optionally dev = sum w (max - x) with u = sum w (fastce.h). Sums
- *               accumulate in float64 (the sum of exp compensated for float64 data). A lane's reference max only moves when a score
- *               exceeds it by FCE_RESCALE_MARGIN: exp(x - ref) <= e**16 stays exact
- *               enough, and rows whose max creeps up (sorted scores) pay a handful of
+ *               accumulate in float64 (the sum of exp compensated for float64 data).
+ *               A lane's reference max only moves when a score exceeds it by
+ *               FCE_RESCALE_MARGIN: exp(x - ref) <= e**16 stays exact enough,
+ *               and rows whose max creeps up (sorted scores) pay a handful of
  *               rescales instead of one per vector, each of which rounds the factor
  *               exp(old - new) once. st->max is the largest lane reference: a score of
  *               the row, so x - max is exact-ish at any magnitude, and the row max itself
