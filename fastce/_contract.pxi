@@ -1025,7 +1025,8 @@ def posinf_lse(cnp.ndarray x, cnp.ndarray lse, double scale=1.0):
     rows in the order of lse, a float64 vector.
 
     The kernels' exp(x - max) is exp(inf - inf) = nan there. Only rows whose lse is nan
-    are read again, so the common call pays one isnan over the lse.
+    are read again, so the common call pays one isnan over the lse. After an in-place
+    gradient x holds the gradient (nan on such a row): its lse stays nan.
     """
     cdef Py_ssize_t b = x.shape[2] if x.ndim == 3 else 1
     for r in np.flatnonzero(np.isnan(lse)):

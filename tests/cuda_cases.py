@@ -132,6 +132,14 @@ def check_special_values(h, reference, shape, dtype):
         g = h.ops.cross_entropy_backward(xd, h.dev(y), reduction="sum")
         assert_close(h.host(g), reference.cross_entropy_backward(x, y, reduction="sum"),
                      what=f"grad special {shape}", scale_atol=True, **tol(dtype))
+        # return_lse: logsumexp's lse, +inf for the +inf rows (the kernels give nan there)
+        for scale in (1.0, -1.0):
+            _, lse = h.ops.cross_entropy(xd, h.dev(y), reduction="none", return_lse=True,
+                                         logit_scale=scale)
+            assert_close(h.host(lse), reference.logsumexp(scale * x), what=f"ce lse x{scale} {shape}",
+                         **tol(dtype))
+        lse = h.ops.cross_entropy_with_grad(xd, h.dev(y), reduction="none", return_lse=True)[2]
+        assert_close(h.host(lse), reference.logsumexp(x), what=f"ce+grad lse {shape}", **tol(dtype))
     lse0 = h.host(h.ops.logsumexp(xd))[0]
     assert np.isfinite(lse0), "masked classes must not give nan"
 

@@ -564,11 +564,20 @@ class Ops:
         self._rows(x, a * b, c, b, xs, mode=MODE_LSE, row_out=dest, rs=rs)
         if copy_to is not None:
             copy_to[...] = dest
-        xp = self.xp
-        if bool(xp.isnan(res).any()):  # rare: +inf without nan gives +inf, as on the CPU
-            posinf = (xin == xp.inf).any(axis=ax) & ~xp.isnan(xin).any(axis=ax)
-            res[...] = xp.where(posinf, xp.inf, res)
+        self._posinf_lse(xin, ax, res)
         return res
+
+    def _posinf_lse(self, x, axis, lse, scale=1.0):
+        """lse = +inf for each row of ``x * scale`` (along ``axis``) holding +inf and no nan,
+        as the CPU path's ``_kernels.posinf_lse``: the kernels' exp(inf - inf) is nan.
+        After an in-place gradient ``x`` holds the gradient: such a row's lse stays nan."""
+        xp = self.xp
+        if not bool(xp.isnan(lse).any()):  # the common call: one isnan over the lse
+            return
+        if scale != 1.0:
+            x = x.astype(np.float64) * scale
+        posinf = (x == xp.inf).any(axis=axis) & ~xp.isnan(x).any(axis=axis)
+        lse[...] = xp.where(posinf.reshape(lse.shape), xp.inf, lse)
 
     def _softmax(self, x, axis, out, n_threads, mode):
         x = self._as_float(x, "x")
@@ -779,6 +788,8 @@ class Ops:
                 row_loss, n, call["norm"], reduction == "mean", call["cdtype"])
         if lse_rows is not None:
             lse_rows = lse_rows.reshape(call["target_shape"])
+            if lse_in is None and call["cap"] == 0.0:  # a softcap keeps +inf finite
+                self._posinf_lse(call["x"], call["axis"], lse_rows, call.get("scale", 1.0))
         return loss, grad, lse_rows
 
     def cross_entropy(self, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
