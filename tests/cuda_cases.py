@@ -610,6 +610,27 @@ class OptionTests:
         p = np.random.default_rng(43).dirichlet(np.ones(shape[1]), size=shape[0])
         check_against_cpu(h, x, p, label_smoothing=0.1, lse=None)
 
+    @pytest.mark.parametrize("shape,layout", [((10, 37), "C"), ((3, 2500), "C"), ((3, 9000), "C"),
+                                              ((40, 10), "F")], ids=str)
+    def test_dominated_rows_keep_their_tail(self, h, reference, shape, layout):
+        """A row dominated by one score (sum exp(x - max) < 1 + 2^-20) takes
+        log1p(tail) in the warp, block (registers and streaming) and thread kernels, as on
+        the CPU: lse - max and the max class's log-softmax keep their relative accuracy
+        (log(sum) gave 0 for logsumexp([0, -40]))."""
+        x = make_logits(shape, np.float64, seed=44) - 45.0
+        x[np.arange(shape[0]), np.arange(shape[0]) % shape[1]] = 0.0
+        cpu = _cpu()
+        xd = h.dev(x, layout)
+        want = cpu.logsumexp(x)
+        assert (want > 0).all() and (want < 1e-12).all()  # the case: tails below an ulp of 1
+        assert_close(h.host(h.ops.logsumexp(xd)), want, rtol=1e-13, atol=0, what=f"lse {shape}")
+        ls = h.host(h.ops.log_softmax(xd))
+        top = ls[np.arange(shape[0]), np.arange(shape[0]) % shape[1]]
+        assert_close(top, -want, rtol=1e-13, atol=0, what=f"log_softmax of the max {shape}")
+        y = np.arange(shape[0]) % shape[1]
+        assert_close(h.host(h.ops.cross_entropy(xd, h.dev(y), reduction="none")), want, rtol=1e-13,
+                     atol=0, what=f"loss of the max class {shape}")
+
     def test_mean_over_zero_total_weight_is_nan(self, h, reference):
         x = make_logits((4, 5), np.float64, seed=42)
         w = np.array([0.0, 0.0, 1.0, 2.0, 3.0])

@@ -34,6 +34,8 @@
  *    (exp(-inf - -inf) would be nan); nan propagates through s; a +inf score makes s nan
  *    (exp(inf - inf)), so the row's lse is nan like the CPU path and torch's log_softmax.
  *    With a softcap c every score is first replaced by c * tanh(x / c) (Gemma 2).
+ *    A row dominated by one score (s < 1 + 2^-20) takes log1p of its tail, summed over
+ *    the row again (fce_tail_add), in every launch shape but a row split in chunks.
  * 4. Reductions: warp shuffles (xor butterfly: every lane ends with the same bits),
  *    then one double per warp in shared memory.  Fixed order for a fixed launch shape:
  *    results are deterministic run to run.
@@ -240,6 +242,16 @@ __device__ __forceinline__ fce_lse2 fce_lse(const P &p, long long r, double m, d
     v.m = p.lse_in ? p.lse_in[r] : m;
     v.l = p.lse_in ? 0.0 : log(s);
     return v;
+}
+
+/* A row whose sum is just above 1 (row.h's fce_needs_tail: one score dominates) takes
+ * l = log1p(tail), tail = sum_{x < m} exp(x - m) + (count(x == m) - 1), as the CPU path:
+ * log(s) would keep only ~2^-53 / tail of the tail (logsumexp([0, -40]) = 4.25e-18, not
+ * 0). One thread's part of tail and of the count, over its scores v. */
+template <typename T>
+__device__ __forceinline__ void fce_tail_add(T v, T m, double &tail, double &tops) {
+    if (v < m) tail += (double)fce_num<T>::ex(v - m);
+    else if (v == m) tops += 1.0;
 }
 
 /* row.h's per-call parameters; zfold: the z-term's factor in the row value it builds. */
@@ -491,7 +503,14 @@ __device__ void fce_rows_warp(const P &p) {
             if (c < p.C) fce_accumulate(p, q, v[k], c, want_wx, st, mm);  /* mm stays m */
         }
         fce_warp_stats(st, want_wx, soft);
-        const fce_lse2 lse = fce_lse(p, r, (double)m, st.s);
+        fce_lse2 lse = fce_lse(p, r, (double)m, st.s);
+        if (!p.lse_in && fce_needs_tail(st.s)) {  /* uniform over the warp */
+            double tail = 0.0, tops = 0.0;
+#pragma unroll
+            for (int k = 0; k < VPT; ++k)
+                if (lane + 32LL * k < p.C) fce_tail_add(v[k], m, tail, tops);
+            lse.l = log1p(fce_warp_sum(tail) + (fce_warp_sum(tops) - 1.0));
+        }
         if (lane == 0) fce_row_result(p, r, q, lse, st);
         if (p.out && p.mode != FCE_MODE_LSE) {
             const fce_apply<T> k = fce_make_apply(p, r, q, lse, st);
@@ -638,6 +657,19 @@ __device__ void fce_rows_block(const P &p) {
                 continue;
             }
             lse = fce_lse(p, r, st.m, st.s);
+            if (!p.lse_in && fce_needs_tail(st.s)) {  /* uniform over the block (phase 0) */
+                fce_stat tl = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  /* s: tail, wx: tops */
+                if (VPT > 0) {
+#pragma unroll
+                    for (int k = 0; k < (VPT > 0 ? VPT : 1); ++k)
+                        if (tid + nt * k < p.C) fce_tail_add(v[k], m, tl.s, tl.wx);
+                } else {  /* read again: nothing is written before the barriers below */
+                    for (long long c = tid; c < p.C; c += nt)
+                        fce_tail_add(fce_score(p, fce_io<S>::ld(xr + c * p.xc)), m, tl.s, tl.wx);
+                }
+                fce_block_stats(tl, true, false, sm);
+                lse.l = log1p(tl.s + (tl.wx - 1.0));
+            }
         }
         if (tid == 0 && finisher) fce_row_result(p, r, q, lse, st);
         if (p.out && p.mode != FCE_MODE_LSE) {
@@ -680,7 +712,13 @@ __device__ void fce_rows_thread(const P &p) {
         T m = NINF;
         for (long long c = 0; c < p.C; ++c)
             fce_accumulate(p, q, fce_score(p, fce_io<S>::ld(xr + c * p.xc)), c, want_wx, st, m);
-        const fce_lse2 lse = fce_lse(p, r, (double)m, st.s);
+        fce_lse2 lse = fce_lse(p, r, (double)m, st.s);
+        if (!p.lse_in && fce_needs_tail(st.s)) {
+            double tail = 0.0, tops = 0.0;
+            for (long long c = 0; c < p.C; ++c)
+                fce_tail_add(fce_score(p, fce_io<S>::ld(xr + c * p.xc)), m, tail, tops);
+            lse.l = log1p(tail + (tops - 1.0));
+        }
         fce_row_result(p, r, q, lse, st);
         if (p.out && p.mode != FCE_MODE_LSE) {
             const fce_apply<T> k = fce_make_apply(p, r, q, lse, st);
