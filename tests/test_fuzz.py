@@ -35,6 +35,9 @@ WORKER = os.path.join(HERE, "_fuzz_worker.py")
 #: seconds one case may take before it counts as a hang (the cases are small: ms each;
 #: generous for a loaded machine and for the sanitizer run)
 CASE_TIMEOUT = float(os.environ.get("FASTCE_FUZZ_TIMEOUT", "60"))
+# a fresh worker's imports (numpy, fastce; slow under the sanitizers) are not a case's time
+STARTUP_TIMEOUT = 300.0
+READY = struct.pack("<Q", 0)  # the worker's first message: its imports are done
 
 
 class Worker:
@@ -56,6 +59,9 @@ class Worker:
         os.close(w)
         self.rfd = r
         self.starts += 1
+        # the case clock starts once the worker says it is ready (an 8-byte zero); a worker
+        # that dies or stalls before that is reported by the case that follows
+        self._read(8, time.monotonic() + STARTUP_TIMEOUT)
 
     def close(self):
         if self.proc is None:
@@ -100,6 +106,8 @@ class Worker:
             pass
         deadline = time.monotonic() + self.timeout
         head = self._read(8, deadline)
+        if head == READY:  # late: the worker took longer than STARTUP_TIMEOUT to start
+            head = self._read(8, deadline)
         body = self._read(struct.unpack("<Q", head)[0], deadline) if head else head
         if body:
             case_id, result = pickle.loads(body)

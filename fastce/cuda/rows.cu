@@ -47,7 +47,8 @@
  * Cross-entropy per row (docs/design.md §1): row.h turns the statistics into the loss and
  * the gradient coefficients (out_c = ca p_c - w_c (cb + cd t_c) - cy [c == y]), as on the
  * CPU path.  The statistics are measured from the row's first score (row.h's mref = ref:
- * dev = sum_c u_c (ref - x_c); the CPU path measures from the max), and the z-term's factor zfold is 1 for row_out ('none') and zrow for row_loss (torch's
+ * dev = sum_c u_c (ref - x_c); the CPU path measures from the max), and the z-term's
+ * factor zfold is 1 for row_out ('none') and zrow for row_loss (torch's
  * 'mean' normaliser turned into the z-term's own, the count of rows not ignored).  Here:
  *   logit_scale s:  x_c -> s x_c first (before the softcap); g_c *= s (in the coefficients).
  *   softcap c:      x_c -> c tanh(x_c / c) first; g_c *= 1 - (x_c / c)^2 (capped x_c).
@@ -623,11 +624,14 @@ __device__ void fce_rows_block(const P &p) {
                     if (want_wx) {
                         if (p.weight) {
                             const double rf = st.ref;
-                            st.wx += p.weight[c] * (rf - (double)x0) + p.weight[c + nt] * (rf - (double)x1)
-                                   + p.weight[c + 2 * nt] * (rf - (double)x2) + p.weight[c + 3 * nt] * (rf - (double)x3);
+                            st.wx += p.weight[c] * (rf - (double)x0)
+                                   + p.weight[c + nt] * (rf - (double)x1)
+                                   + p.weight[c + 2 * nt] * (rf - (double)x2)
+                                   + p.weight[c + 3 * nt] * (rf - (double)x3);
                         } else {
                             const double rf = st.ref;
-                            st.wx += ((rf - (double)x0) + (rf - (double)x1)) + ((rf - (double)x2) + (rf - (double)x3));
+                            st.wx += ((rf - (double)x0) + (rf - (double)x1))
+                                   + ((rf - (double)x2) + (rf - (double)x3));
                         }
                     }
                 }
