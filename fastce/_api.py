@@ -109,7 +109,7 @@ def logsumexp(x: npt.ArrayLike, axis: int = -1, *, out: npt.NDArray[Any] | None 
     if a * b and c:
         x3 = V.as_rows3(x, ax)
         _kernels.lse_rows(x3, res, nt)
-        _kernels.posinf_lse(x3, res)
+        V.posinf_lse(x3, 1, res)
     res = res.reshape(shape)
     if out is not None:
         np.copyto(out, res, casting="same_kind")

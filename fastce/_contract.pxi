@@ -983,7 +983,7 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
             if lse_arr is not None and lse_in is not None and not soft:
                 lse_arr[:] = lse_in  # the given lse, returned as given
             elif lse_arr is not None and softcap is None:  # a softcap keeps +inf finite
-                posinf_lse(x3, lse_arr, scale)
+                posinf_lse(x3, 1 if x3.ndim > 1 else 0, lse_arr, scale)
         if copy_to is not None:
             np.copyto(copy_to, o3.reshape(copy_to.shape))
 
@@ -1019,22 +1019,27 @@ def ce_call(int kind, logits, target, weight, ignore_index, reduction, label_smo
     return out_tuple[0] if len(out_tuple) == 1 else out_tuple
 
 
-def posinf_lse(cnp.ndarray x, cnp.ndarray lse, double scale=1.0):
-    """Give +inf to the lse of every row of the logits x (times ``scale``) that holds +inf
-    and no nan, as NumPy's and torch's logsumexp do. x: (C,), (N, C) or (A, C, B), its
-    rows in the order of lse, a float64 vector.
+def posinf_lse(x, axis, lse, scale=1.0, xp=np):
+    """Give +inf to the lse of every row of the logits ``x`` (times ``scale``, classes
+    along ``axis``) that holds +inf and no nan, as NumPy's and torch's logsumexp do; the
+    kernels' exp(x - max) is exp(inf - inf) = nan there. One implementation for both
+    paths: ``xp`` is the arrays' namespace (NumPy, or CuPy for device arrays).
 
-    The kernels' exp(x - max) is exp(inf - inf) = nan there. Only rows whose lse is nan
-    are read again, so the common call pays one isnan over the lse. After an in-place
-    gradient x holds the gradient (nan on such a row): its lse stays nan.
+    ``lse`` holds the rows in x's order (any shape of that size whose reshape is a view).
+    Only the rows whose lse is nan are read again: the common call pays one isnan over
+    the lse. After an in-place gradient x holds the gradient: such a row's lse stays nan.
     """
-    cdef Py_ssize_t b = x.shape[2] if x.ndim == 3 else 1
-    for r in np.flatnonzero(np.isnan(lse)):
-        row = x if x.ndim == 1 else (x[r] if x.ndim == 2 else x[r // b, :, r % b])
-        if scale != 1.0:
-            row = row.astype(np.float64) * scale
-        if np.isposinf(row).any() and not np.isnan(row).any():
-            lse[r] = np.inf
+    shape = tuple(x.shape[:axis]) + tuple(x.shape[axis + 1:])
+    lv = lse.reshape(shape or (1,))  # a view: writes reach lse
+    nan = xp.isnan(lv)
+    if not bool(nan.any()):
+        return
+    bad = xp.nonzero(nan)
+    rows = (xp.moveaxis(x, axis, -1) if shape else x[None])[bad]  # (rows, C), a copy of those
+    if scale != 1.0:
+        rows = rows.astype(xp.float64) * scale
+    fix = (rows == xp.inf).any(axis=-1) & ~xp.isnan(rows).any(axis=-1)
+    lv[tuple(i[fix] for i in bad)] = xp.inf
 
 
 cdef void nll_rows(const Sweep *s, cnp.ndarray x3, cnp.ndarray o3, double *loss, double g,

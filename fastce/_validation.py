@@ -60,6 +60,7 @@ from ._kernels import (  # noqa: F401  (the shared contract, re-exported for the
     is_probability_target as is_probability_target,
     mix_error as mix_error,
     overlaps as overlaps,
+    posinf_lse as posinf_lse,
     rows3_shape as rows3_shape,
     self_overlapping as self_overlapping,
     writable_rows3 as writable_rows3,

@@ -564,20 +564,8 @@ class Ops:
         self._rows(x, a * b, c, b, xs, mode=MODE_LSE, row_out=dest, rs=rs)
         if copy_to is not None:
             copy_to[...] = dest
-        self._posinf_lse(xin, ax, res)
+        V.posinf_lse(xin, ax, res, xp=self.xp)
         return res
-
-    def _posinf_lse(self, x, axis, lse, scale=1.0):
-        """lse = +inf for each row of ``x * scale`` (along ``axis``) holding +inf and no nan,
-        as the CPU path's ``_kernels.posinf_lse``: the kernels' exp(inf - inf) is nan.
-        After an in-place gradient ``x`` holds the gradient: such a row's lse stays nan."""
-        xp = self.xp
-        if not bool(xp.isnan(lse).any()):  # the common call: one isnan over the lse
-            return
-        if scale != 1.0:
-            x = x.astype(np.float64) * scale
-        posinf = (x == xp.inf).any(axis=axis) & ~xp.isnan(x).any(axis=axis)
-        lse[...] = xp.where(posinf.reshape(lse.shape), xp.inf, lse)
 
     def _softmax(self, x, axis, out, n_threads, mode):
         x = self._as_float(x, "x")
@@ -789,7 +777,7 @@ class Ops:
         if lse_rows is not None:
             lse_rows = lse_rows.reshape(call["target_shape"])
             if lse_in is None and call["cap"] == 0.0:  # a softcap keeps +inf finite
-                self._posinf_lse(call["x"], call["axis"], lse_rows, call.get("scale", 1.0))
+                V.posinf_lse(call["x"], call["axis"], lse_rows, call.get("scale", 1.0), xp=self.xp)
         return loss, grad, lse_rows
 
     def cross_entropy(self, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
